@@ -1,0 +1,59 @@
+# Anytime: everything a fresh machine needs comes from here (virtualenv, pip, apt packages).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ANYTIME := $(VENV)/bin/anytime
+HOST ?= 127.0.0.1
+PORT ?= 8000
+BACKEND ?= onnx
+# Debian packages the tests and the default-model pipeline use.
+APT_PACKAGES ?= dataset-fashion-mnist espeak-ng
+RUNS ?= runs/fashion-mnist
+ZOO := models/zoo/fashion-mnist
+RESULTS := bench/results/fashion-mnist
+
+.PHONY: install apt test serve zoo evaluate export bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# Installs only what is missing; needs root (or sudo) the first time on a fresh machine.
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		echo "apt-get install $$missing"; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+test: install apt
+	$(PY) -m pytest -q
+
+serve: install
+	$(ANYTIME) serve --host $(HOST) --port $(PORT) --backend $(BACKEND)
+
+# The default model's whole pipeline (about an hour on 2 CPU cores). Every step resumes.
+zoo: install apt
+	$(ANYTIME) train vqvae --stage plain --epochs 8 --out $(RUNS)/vqvae_stage1.pt
+	$(ANYTIME) train vqvae --stage ordered --init $(RUNS)/vqvae_stage1.pt --epochs 12 --out $(RUNS)/vqvae_ordered.pt
+	$(ANYTIME) train vqvae --stage plain --init $(RUNS)/vqvae_stage1.pt --epochs 12 --out $(RUNS)/vqvae_plain.pt
+	$(ANYTIME) train classifier --epochs 4 --out $(RUNS)/classifier.pt
+	$(ANYTIME) train prior --vqvae $(RUNS)/vqvae_ordered.pt --epochs 5 --out $(RUNS)/prior_ordered.pt
+	$(ANYTIME) train prior --vqvae $(RUNS)/vqvae_plain.pt --epochs 5 --out $(RUNS)/prior_plain.pt
+	$(MAKE) evaluate export
+
+evaluate:
+	$(ANYTIME) evaluate --classifier $(RUNS)/classifier.pt --out $(RESULTS) \
+		--pipeline ordered $(RUNS)/vqvae_ordered.pt $(RUNS)/prior_ordered.pt \
+		--pipeline plain $(RUNS)/vqvae_plain.pt $(RUNS)/prior_plain.pt
+
+export:
+	$(ANYTIME) export --name fashion-mnist --vqvae $(RUNS)/vqvae_ordered.pt --prior $(RUNS)/prior_ordered.pt \
+		--evaluation $(RESULTS)/evaluation.json --classifier $(RUNS)/classifier.pt --out $(ZOO)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

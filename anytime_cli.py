@@ -1,0 +1,30 @@
+"""The `anytime` command: dispatches to models (train, evaluate, export), service (serve) and bench."""
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    groups = {
+        "train": "models.cli", "evaluate": "models.cli", "export": "models.cli", "data": "models.cli",
+        "serve": "service.cli", "generate": "service.client",
+        "bench": "bench.cli",
+    }
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in groups:
+        print("usage: anytime {" + ",".join(groups) + "} ...\n\n"
+              "  train     train an OVQ-VAE, a prior or the evaluation classifier\n"
+              "  evaluate  anytime quality curve (Frechet distance, MSE, label accuracy vs k)\n"
+              "  export    TorchScript + ONNX model directory with manifest.json\n"
+              "  data      build a data set (spoken digits)\n"
+              "  serve     run the HTTP service\n"
+              "  generate  request samples from a running server\n"
+              "  bench     load and engine benchmarks")
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    import importlib
+
+    return importlib.import_module(groups[argv[0]]).main(argv) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""The evaluation classifier shipped with a model: its penultimate features give the
+Frechet distance between generated samples and the test split, its predictions the rate at
+which class-conditional samples are recognised as their label.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from . import checkpoint
+from .data import Dataset, batches
+
+
+class ImageClassifier(nn.Module):
+    """Small CNN for [B, C, H, W] inputs in [-1, 1]; `features` is the 128-d penultimate layer."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, feature_dim: int = 128):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+            nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
+            nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Dropout(0.3),
+            nn.Linear(64 * 4, feature_dim), nn.ReLU(),
+        )
+        self.head = nn.Linear(feature_dim, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def build(kind: str, **kwargs) -> nn.Module:
+    if kind == "image":
+        return ImageClassifier(**kwargs)
+    raise ValueError(f"unknown classifier kind {kind!r}")
+
+
+def load(path: Path) -> tuple[nn.Module, dict]:
+    ck = checkpoint.load(path)
+    model = build(ck["classifier_kind"], **ck["classifier_args"])
+    model.load_state_dict(ck["model"])
+    return model.eval(), ck
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+    """x in [-1, 1] -> (features [N, F], predicted class [N])."""
+    model.eval()
+    dev = next(model.parameters()).device
+    feats, preds = [], []
+    for i in range(0, len(x), batch_size):
+        f = model.features(x[i : i + batch_size].to(dev))
+        feats.append(f.cpu())
+        preds.append(model.head(f).argmax(1).cpu())
+    return torch.cat(feats), torch.cat(preds)
+
+
+def accuracy(model: nn.Module, ds: Dataset) -> float:
+    _, pred = predict(model, ds.x)
+    return (pred == ds.y).float().mean().item()
+
+
+def train(train_ds: Dataset, test_ds: Dataset, out: Path, epochs: int = 4, seed: int = 0, lr: float = 2e-3,
+          batch_size: int = 128, kind: str = "image", meta: dict | None = None) -> nn.Module:
+    torch.manual_seed(seed)
+    dev = checkpoint.device()
+    args = {"in_channels": train_ds.x.shape[1], "num_classes": len(train_ds.classes)}
+    model = build(kind, **args).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    steps = epochs * ((len(train_ds) + batch_size - 1) // batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    gen = torch.Generator().manual_seed(seed)
+    for epoch in range(epochs):
+        model.train()
+        bar = tqdm(list(batches(train_ds, batch_size, True, gen)), desc=f"classifier {epoch + 1}/{epochs}")
+        for i, (x, y) in enumerate(bar):
+            x, y = x.to(dev), y.to(dev)
+            # light augmentation: random horizontal flips and 1-pixel shifts
+            flip = torch.rand(x.shape[0], device=dev) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            x = torch.roll(x, shifts=(int(torch.randint(-1, 2, ())), int(torch.randint(-1, 2, ()))), dims=(-2, -1))
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if i % 20 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+    model.eval()
+    acc = accuracy(model, test_ds)
+    print(f"classifier test accuracy: {acc:.4f}")
+    checkpoint.save(out, kind="classifier", classifier_kind=kind, classifier_args=args, model=model.state_dict(),
+                    test_accuracy=acc, classes=train_ds.classes, meta=meta or {})
+    return model

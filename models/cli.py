@@ -1,0 +1,113 @@
+"""CLI for the models side: `anytime train|evaluate|export ...`."""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+
+def _command_line(argv: list[str]) -> str:
+    return "anytime " + shlex.join(argv)
+
+
+def _dataset_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist | folder | spoken-digits | wav-folder")
+    p.add_argument("--data-dir", default=None, help="folder of the data set (defaults per data set)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="anytime")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a model").add_subparsers(dest="what", required=True)
+    v = train.add_parser("vqvae", help="OVQ-VAE: --stage plain, then --stage ordered --init PLAIN.pt")
+    _dataset_args(v)
+    v.add_argument("--preset", default="fashion-mnist")
+    v.add_argument("--stage", choices=["plain", "ordered"], default="plain")
+    v.add_argument("--init", type=Path, default=None, help="checkpoint to fine-tune from")
+    v.add_argument("--epochs", type=int, default=10, help="total epochs of this stage (resume continues to it)")
+    v.add_argument("--lr", type=float, default=1e-3)
+    v.add_argument("--batch-size", type=int, default=128)
+    v.add_argument("--min-cut", type=int, default=1, help="smallest nested-dropout cut")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--out", type=Path, required=True)
+
+    p = train.add_parser("prior", help="Transformer prior over the codes of a trained OVQ-VAE")
+    _dataset_args(p)
+    p.add_argument("--vqvae", type=Path, required=True)
+    p.add_argument("--preset", default="fashion-mnist")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--label-dropout", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True)
+
+    c = train.add_parser("classifier", help="evaluation classifier (features for the Frechet distance)")
+    _dataset_args(c)
+    c.add_argument("--epochs", type=int, default=4)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--out", type=Path, required=True)
+
+    e = sub.add_parser("evaluate", help="quality vs k for one or more pipelines")
+    _dataset_args(e)
+    e.add_argument("--pipeline", nargs=3, action="append", metavar=("NAME", "VQVAE", "PRIOR"), required=True)
+    e.add_argument("--classifier", type=Path, required=True)
+    e.add_argument("--samples", type=int, default=5000)
+    e.add_argument("--conditional-samples", type=int, default=1000)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--out", type=Path, required=True, help="folder for the markdown report, JSON and plots")
+
+    x = sub.add_parser("export", help="TorchScript + ONNX model directory")
+    x.add_argument("--name", required=True)
+    x.add_argument("--vqvae", type=Path, required=True)
+    x.add_argument("--prior", type=Path, required=True)
+    x.add_argument("--evaluation", type=Path, default=None, help="evaluation JSON with the quality curve")
+    x.add_argument("--pipeline-name", default="ordered", help="pipeline of the evaluation JSON to ship")
+    x.add_argument("--classifier", type=Path, default=None, help="evaluation classifier to ship alongside")
+    x.add_argument("--out", type=Path, required=True)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    cmd = _command_line(argv)
+    if args.command == "train" and args.what == "vqvae":
+        from .data import load_dataset
+        from .presets import ovqvae_config
+        from .train_vqvae import train
+
+        ds = load_dataset(args.dataset, "train", args.data_dir)
+        train(ds, args.out, ovqvae_config(args.preset), stage=args.stage, epochs=args.epochs, init=args.init,
+              lr=args.lr, batch_size=args.batch_size, seed=args.seed, min_cut=args.min_cut,
+              meta={"command": cmd, "dataset": ds.name, "classes": ds.classes})
+    elif args.command == "train" and args.what == "prior":
+        from .data import load_dataset
+        from .train_prior import train
+
+        ds = load_dataset(args.dataset, "train", args.data_dir)
+        train(ds, args.vqvae, args.out, preset=args.preset, epochs=args.epochs, lr=args.lr,
+              batch_size=args.batch_size, label_dropout=args.label_dropout, seed=args.seed,
+              meta={"command": cmd, "dataset": ds.name, "classes": ds.classes})
+    elif args.command == "train" and args.what == "classifier":
+        from .classifier import train
+        from .data import load_dataset
+
+        train(load_dataset(args.dataset, "train", args.data_dir), load_dataset(args.dataset, "test", args.data_dir),
+              args.out, epochs=args.epochs, seed=args.seed, meta={"command": cmd})
+    elif args.command == "evaluate":
+        from .data import load_dataset
+        from .evaluate import evaluate_pipelines
+
+        evaluate_pipelines(load_dataset(args.dataset, "test", args.data_dir), args.pipeline, args.classifier,
+                           args.out, samples=args.samples, conditional_samples=args.conditional_samples,
+                           seed=args.seed, command=cmd)
+    elif args.command == "export":
+        from .export import export_model
+
+        export_model(args.name, args.vqvae, args.prior, args.out, evaluation=args.evaluation,
+                     pipeline=args.pipeline_name, command=cmd,
+                     extra_files={"classifier": args.classifier} if args.classifier else None)
+    return 0

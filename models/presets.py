@@ -1,0 +1,29 @@
+"""Named model presets: the architecture and training budget of each default model."""
+from __future__ import annotations
+
+from .ovqvae import OVQVAEConfig
+from .prior import PriorConfig
+
+# Fashion-MNIST 28x28 -> 64 channels of 7x7 (two stride-2 convs, as the paper's MNIST model).
+# D=64 keeps a full-length sample to 64 prior steps; K=512 gives ~8 codes per channel.
+OVQVAE_PRESETS: dict[str, OVQVAEConfig] = {
+    "fashion-mnist": OVQVAEConfig(dims=2, in_channels=1, input_shape=(28, 28), widths=(32, 64), D=64, K=512),
+    "tiny-image": OVQVAEConfig(dims=2, in_channels=1, input_shape=(8, 8), widths=(8,), res_blocks=0, D=8, K=16),
+}
+
+PRIOR_PRESETS: dict[str, dict] = {
+    "fashion-mnist": dict(n_layer=4, n_head=4, d_model=128, dropout=0.1),
+    "tiny": dict(n_layer=1, n_head=2, d_model=16, dropout=0.0),
+}
+
+
+def ovqvae_config(name: str) -> OVQVAEConfig:
+    if name not in OVQVAE_PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(OVQVAE_PRESETS)}")
+    return OVQVAE_PRESETS[name]
+
+
+def prior_config(name: str, D: int, K: int, num_classes: int) -> PriorConfig:
+    if name not in PRIOR_PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRIOR_PRESETS)}")
+    return PriorConfig(D=D, K=K, num_classes=num_classes, **PRIOR_PRESETS[name])

@@ -1,0 +1,181 @@
+"""Decoder-only Transformer prior over the D channel tokens, with a per-row-position step.
+
+Input vocabulary: the K code ids, then one start token per class, then one unconditional
+start token. Position 0 always holds a start token; the token at position p predicts code p.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class PriorConfig:
+    """Architecture of the prior; saved inside every checkpoint."""
+
+    D: int = 64
+    K: int = 256
+    num_classes: int = 0
+    n_layer: int = 4
+    n_head: int = 4
+    d_model: int = 192
+    dropout: float = 0.1
+
+    @property
+    def vocab_in(self) -> int:
+        return self.K + self.num_classes + 1
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    def start_token(self, label: int | None) -> int:
+        """Input id of the start token: class-conditional, or unconditional for None."""
+        return self.K + (self.num_classes if label is None else label)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PriorConfig":
+        return cls(**d)
+
+
+class Block(nn.Module):
+    def __init__(self, c: PriorConfig):
+        super().__init__()
+        self.n_head, self.head_dim = c.n_head, c.head_dim
+        self.ln1 = nn.LayerNorm(c.d_model)
+        self.qkv = nn.Linear(c.d_model, 3 * c.d_model)
+        self.proj = nn.Linear(c.d_model, c.d_model)
+        self.ln2 = nn.LayerNorm(c.d_model)
+        self.mlp = nn.Sequential(nn.Linear(c.d_model, 4 * c.d_model), nn.GELU(), nn.Linear(4 * c.d_model, c.d_model))
+        self.drop = nn.Dropout(c.dropout)
+        self.p = c.dropout
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        B, S, _ = t.shape
+        return t.view(B, S, self.n_head, self.head_dim).transpose(1, 2)  # [B, H, S, hd]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: [B, S, d_model], full causal pass (training / evaluation)
+        B, S, C = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(C, dim=2)
+        y = F.scaled_dot_product_attention(
+            self._heads(q), self._heads(k), self._heads(v), is_causal=True, dropout_p=self.p if self.training else 0.0
+        )
+        x = x + self.drop(self.proj(y.transpose(1, 2).reshape(B, S, C)))
+        return x + self.drop(self.mlp(self.ln2(x)))
+
+    def step(self, x, valid, k_cache, v_cache):
+        """One token per row. x [B, C]; valid [B, 1, 1, D] bool (cache slots < position);
+        k_cache, v_cache [B, H, D, hd]. Returns (x [B, C], k [B, H, hd], v [B, H, hd])."""
+        B, C = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(C, dim=1)
+        q = q.view(B, self.n_head, 1, self.head_dim)
+        k = k.view(B, self.n_head, 1, self.head_dim)
+        v = v.view(B, self.n_head, 1, self.head_dim)
+        scale = 1.0 / math.sqrt(self.head_dim)
+        s_cache = (q @ k_cache.transpose(-1, -2)) * scale  # [B, H, 1, D]
+        s_cache = s_cache.masked_fill(~valid, float("-inf"))
+        s_self = (q * k).sum(-1, keepdim=True) * scale  # [B, H, 1, 1]
+        w = torch.softmax(torch.cat([s_cache, s_self], dim=-1), dim=-1)
+        D = k_cache.shape[2]
+        y = w[..., :D] @ v_cache + w[..., D:] * v  # [B, H, 1, hd]
+        x = x + self.proj(y.reshape(B, C))
+        x = x + self.mlp(self.ln2(x))
+        return x, k.reshape(B, self.n_head, self.head_dim), v.reshape(B, self.n_head, self.head_dim)
+
+
+class Prior(nn.Module):
+    def __init__(self, config: PriorConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.tok = nn.Embedding(c.vocab_in, c.d_model)
+        self.pos = nn.Embedding(c.D, c.d_model)
+        self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layer))
+        self.ln_f = nn.LayerNorm(c.d_model)
+        self.head = nn.Linear(c.d_model, c.K, bias=False)
+        self.drop = nn.Dropout(c.dropout)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    def forward(self, codes: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits. codes [B, D] (int64), start [B] start-token ids -> [B, D, K]."""
+        inp = torch.cat([start[:, None], codes[:, :-1]], dim=1)
+        x = self.drop(self.tok(inp) + self.pos.weight[None, : inp.shape[1]])
+        for b in self.blocks:
+            x = b(x)
+        return self.head(self.ln_f(x))
+
+    def step(self, tokens, positions, k_cache, v_cache):
+        """One autoregressive step for rows at different positions (continuous batching).
+
+        tokens [B] int64 (start token at position 0, else the previous code), positions [B]
+        int64, k_cache / v_cache [B, L, H, D, hd] holding keys/values of positions < position.
+        Returns logits [B, K], k_new [B, L, H, hd], v_new [B, L, H, hd]; the caller writes
+        k_new/v_new into its cache at `positions` (the step never copies the whole cache).
+        """
+        D = k_cache.shape[3]
+        x = self.tok(tokens) + self.pos(positions)
+        valid = (torch.arange(D, device=tokens.device)[None, :] < positions[:, None])[:, None, None, :]
+        ks, vs = [], []
+        for i, b in enumerate(self.blocks):
+            x, k, v = b.step(x, valid, k_cache[:, i], v_cache[:, i])
+            ks.append(k)
+            vs.append(v)
+        logits = self.head(self.ln_f(x))
+        return logits, torch.stack(ks, dim=1), torch.stack(vs, dim=1)
+
+
+class PriorStep(nn.Module):
+    """The exported step graph: (tokens, positions, k_cache, v_cache) -> (logits, k_new, v_new)."""
+
+    def __init__(self, prior: Prior):
+        super().__init__()
+        self.prior = prior
+
+    def forward(self, tokens, positions, k_cache, v_cache):
+        return self.prior.step(tokens, positions, k_cache, v_cache)
+
+
+def empty_cache(c: PriorConfig, batch: int, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    shape = (batch, c.n_layer, c.n_head, c.D, c.head_dim)
+    return torch.zeros(shape, device=device), torch.zeros(shape, device=device)
+
+
+@torch.no_grad()
+def sample(prior: Prior, labels: list[int | None], k: int | None = None, temperature: float = 1.0,
+           generator: torch.Generator | None = None) -> torch.Tensor:
+    """Ancestral sampling of k (default D) codes for each label with the KV-cache step.
+
+    Returns codes [B, D] with zeros after k. Used by evaluation; the service has its own loop.
+    """
+    c = prior.config
+    k = c.D if k is None else k
+    dev = prior.head.weight.device
+    B = len(labels)
+    kc, vc = empty_cache(c, B, dev)
+    tokens = torch.tensor([c.start_token(l) for l in labels], device=dev)
+    codes = torch.zeros(B, c.D, dtype=torch.long, device=dev)
+    rows = torch.arange(B, device=dev)
+    for p in range(k):
+        pos = torch.full((B,), p, device=dev)
+        logits, kn, vn = prior.step(tokens, pos, kc, vc)
+        kc[rows, :, :, p] = kn
+        vc[rows, :, :, p] = vn
+        probs = torch.softmax(logits / temperature, dim=-1)
+        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        codes[:, p] = tokens
+    return codes

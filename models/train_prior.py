@@ -1,0 +1,105 @@
+"""Prior training: dump the codes of a trained OVQ-VAE once, then fit the Transformer on them."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import checkpoint
+from .data import Dataset, batches
+from .presets import prior_config
+from .prior import Prior, PriorConfig
+
+
+@torch.no_grad()
+def dump_codes(vqvae, ds: Dataset, batch_size: int = 1000) -> torch.Tensor:
+    dev = next(vqvae.parameters()).device
+    out = [vqvae.encode(x.to(dev)).cpu() for x, _ in tqdm(list(batches(ds, batch_size, False)), desc="encoding")]
+    return torch.cat(out)
+
+
+def start_tokens(c: PriorConfig, labels: torch.Tensor, label_dropout: float, gen: torch.Generator | None = None):
+    """Class start tokens, replaced by the unconditional one with probability label_dropout
+    (and always for unlabelled rows, label -1), so one prior samples both ways."""
+    drop = torch.rand(labels.shape, generator=gen) < label_dropout
+    drop |= labels < 0
+    if c.num_classes == 0:
+        drop[:] = True
+    return torch.where(drop, torch.full_like(labels, c.start_token(None)), c.K + labels.clamp(min=0))
+
+
+def lr_at(step: int, total: int, base: float, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def train(train_ds: Dataset, vqvae_path: Path, out: Path, preset: str = "fashion-mnist", epochs: int = 5,
+          lr: float = 2e-3, batch_size: int = 256, label_dropout: float = 0.1, seed: int = 0,
+          val_fraction: float = 0.05, resume: bool = True, meta: dict | None = None) -> Prior:
+    dev = checkpoint.device()
+    torch.manual_seed(seed)
+    vqvae, _ = checkpoint.load_ovqvae(vqvae_path)
+    codes = dump_codes(vqvae.to(dev), train_ds)
+    labels = train_ds.y.clone()
+    n_val = int(len(codes) * val_fraction)
+    perm = torch.randperm(len(codes), generator=torch.Generator().manual_seed(seed))
+    val_idx, tr_idx = perm[:n_val], perm[n_val:]
+    vc = vqvae.config
+    state = checkpoint.load(out) if resume and out.exists() else None
+    config = PriorConfig.from_dict(state["config"]) if state else prior_config(preset, vc.D, vc.K, len(train_ds.classes))
+    model = Prior(config).to(dev)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "pos" not in n and "tok" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "pos" not in n and "tok" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=lr, betas=(0.9, 0.98))
+    start_epoch, history = 0, []
+    if state:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start_epoch, history = state["epoch"], state["history"]
+    steps_per_epoch = (len(tr_idx) + batch_size - 1) // batch_size
+    total, warmup = epochs * steps_per_epoch, min(500, steps_per_epoch)
+    gen = torch.Generator().manual_seed(seed + 1 + start_epoch)
+    for epoch in range(start_epoch, epochs):
+        model.train()
+        order = tr_idx[torch.randperm(len(tr_idx), generator=gen)]
+        bar = tqdm(range(0, len(order), batch_size), desc=f"prior {epoch + 1}/{epochs}")
+        run_loss = 0.0
+        for i, j in enumerate(bar):
+            step = epoch * steps_per_epoch + i
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, total, lr, warmup)
+            idx = order[j : j + batch_size]
+            x = codes[idx].to(dev)
+            start = start_tokens(config, labels[idx], label_dropout, gen).to(dev)
+            loss = F.cross_entropy(model(x, start).reshape(-1, config.K), x.reshape(-1))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            run_loss = 0.98 * run_loss + 0.02 * loss.item() if i else loss.item()
+            if i % 10 == 0:
+                bar.set_postfix(loss=f"{run_loss:.3f}")
+        val = validation_loss(model, codes[val_idx], labels[val_idx])
+        print(f"prior epoch {epoch + 1}: train {run_loss:.4f} val {val:.4f} nats/token")
+        history.append({"epoch": epoch + 1, "train_loss": run_loss, "val_loss": val})
+        checkpoint.save(out, kind="prior", config=config.to_dict(), model=model.state_dict(), optimizer=opt.state_dict(),
+                        epoch=epoch + 1, history=history, vqvae=str(vqvae_path), meta=meta or {})
+    return model.eval()
+
+
+@torch.no_grad()
+def validation_loss(model: Prior, codes: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> float:
+    model.eval()
+    dev = next(model.parameters()).device
+    c, tot = model.config, 0.0
+    for i in range(0, len(codes), batch_size):
+        x = codes[i : i + batch_size].to(dev)
+        start = start_tokens(c, labels[i : i + batch_size], 0.0).to(dev)
+        tot += F.cross_entropy(model(x, start).reshape(-1, c.K), x.reshape(-1), reduction="sum").item()
+    model.train()
+    return tot / codes.numel()

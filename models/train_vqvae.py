@@ -1,0 +1,87 @@
+"""Two-stage OVQ-VAE training: `plain` (all D channels), then `ordered` (nested dropout)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import checkpoint
+from .data import Dataset, batches
+from .ovqvae import OVQVAE, OVQVAEConfig
+
+
+def sample_cuts(batch: int, D: int, min_cut: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per-sample nested-dropout cuts, uniform on {min_cut..D}: keep channels < cut."""
+    return torch.randint(min_cut, D + 1, (batch,), generator=generator)
+
+
+@torch.no_grad()
+def reconstruction_mse(model: OVQVAE, ds: Dataset, lengths: list[int], batch_size: int = 1000) -> dict[int, float]:
+    """Test MSE on the [0, 1] pixel scale for each truncation length k."""
+    model.eval()
+    dev = next(model.parameters()).device
+    sums = {k: 0.0 for k in lengths}
+    for x, _ in batches(ds, batch_size, shuffle=False):
+        x = x.to(dev)
+        codes = model.encode(x)
+        for k in lengths:
+            lens = torch.full((x.shape[0],), k, device=dev)
+            rec = model.decode(codes, lens)
+            sums[k] += F.mse_loss((rec + 1) / 2, (x + 1) / 2, reduction="sum").item()
+    n = len(ds) * ds.x[0].numel()
+    return {k: s / n for k, s in sums.items()}
+
+
+def train(train_ds: Dataset, out: Path, config: OVQVAEConfig | None = None, stage: str = "plain", epochs: int = 10,
+          init: Path | None = None, lr: float = 1e-3, batch_size: int = 128, seed: int = 0, min_cut: int = 1,
+          resume: bool = True, meta: dict | None = None) -> OVQVAE:
+    """Train (or fine-tune from `init`) and checkpoint after every epoch; resumes from `out`."""
+    if stage not in ("plain", "ordered"):
+        raise ValueError("stage must be 'plain' or 'ordered'")
+    dev = checkpoint.device()
+    torch.manual_seed(seed)
+    state = None
+    if resume and out.exists():
+        state = checkpoint.load(out)
+        config = OVQVAEConfig.from_dict(state["config"])
+    elif init is not None:
+        config = OVQVAEConfig.from_dict(checkpoint.load(init)["config"])
+    config = config or OVQVAEConfig()
+    model = OVQVAE(config).to(dev)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    start_epoch, history = 0, []
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start_epoch, history = state["epoch"], state["history"]
+    elif init is not None:
+        model.load_state_dict(checkpoint.load(init)["model"])
+    gen = torch.Generator().manual_seed(seed + start_epoch)
+    for epoch in range(start_epoch, epochs):
+        model.train()
+        bar = tqdm(list(batches(train_ds, batch_size, shuffle=True, generator=gen)), desc=f"ovqvae/{stage} {epoch + 1}/{epochs}")
+        used = torch.zeros(config.K, dtype=torch.bool)
+        tot_rec = tot_n = 0.0
+        for i, (x, _) in enumerate(bar):
+            x = x.to(dev)
+            lengths = sample_cuts(x.shape[0], config.D, min_cut, gen).to(dev) if stage == "ordered" else None
+            rec, vq_loss, ids = model(x, lengths)
+            rec_loss = F.mse_loss(rec, x)
+            loss = rec_loss + vq_loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            used[ids.flatten().cpu()] = True
+            if model.quantizer.use_ema and i % 50 == 49:
+                z = model.encoder(x).detach().reshape(-1, config.token_dim)
+                model.quantizer.restart_dead(z)
+            tot_rec += rec_loss.item() * x.shape[0]
+            tot_n += x.shape[0]
+            if i % 20 == 0:
+                bar.set_postfix(rec=f"{tot_rec / tot_n:.4f}", vq=f"{vq_loss.item():.4f}", codes=int(used.sum()))
+        history.append({"epoch": epoch + 1, "stage": stage, "rec_loss": tot_rec / tot_n, "codes_used": int(used.sum())})
+        checkpoint.save(out, kind="ovqvae", config=config.to_dict(), model=model.state_dict(), optimizer=opt.state_dict(),
+                        epoch=epoch + 1, history=history, stage=stage, meta=meta or {})
+    return model.eval()

@@ -1,0 +1,1 @@
+"""The Anytime HTTP service: loads exported model directories and serves them under deadlines."""

@@ -1,0 +1,34 @@
+"""The FastAPI application factory."""
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from . import errors
+from .middleware import ArrivalAndLimits
+from .routes import router
+from .settings import Settings
+from .state import ServiceState
+
+
+def create_app(settings: Settings | None = None, state: ServiceState | None = None) -> FastAPI:
+    """Build the app; models load (and warm up) in the lifespan, before readiness."""
+    settings = settings or Settings()
+    state = state or ServiceState(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if not state.ready:
+            state.load()
+        yield
+        state.shutdown()
+
+    app = FastAPI(title="Anytime", version="0.1.0", lifespan=lifespan,
+                  description="Deadline-aware serving of anytime generative models: the server turns each "
+                              "request's deadline into a number of tokens, and always answers on time.")
+    app.state.service = state
+    errors.install(app)
+    app.include_router(router)
+    app.add_middleware(ArrivalAndLimits, max_body_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,301 @@
+"""The engine: one thread per model that owns all generation state.
+
+Each iteration reads like the lifecycle: take new requests, schedule (finish / start),
+decode the finished, execute one batched prior step over every running sequence, update
+them with the sampled tokens. HTTP handlers only enqueue requests and wait on callbacks.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .latency import LatencyModel
+from .model_dir import ModelSpec
+from .request import FinishReason, Request, SamplingParams, Sequence, Status
+from .runtime import Runtime
+from .sampling import sample_rows, sequence_rng
+from .scheduler import Admission, Scheduler, SchedulerConfig
+
+log = logging.getLogger("anytime.engine")
+
+
+@dataclass
+class StepStats:
+    model: str
+    backend: str
+    batch: int
+    seconds: float
+
+
+@dataclass
+class DecodeStats:
+    model: str
+    backend: str
+    batch: int
+    seconds: float
+
+
+class Engine:
+    def __init__(self, spec: ModelSpec, runtime: Runtime, config: SchedulerConfig, observers=(),
+                 profile_sizes=(1, 2, 4, 8, 16, 32, 64, 128, 256)):
+        self.spec = spec
+        self.runtime = runtime
+        self.config = config
+        self.observers = list(observers)
+        self.profile_sizes = [b for b in profile_sizes if b <= config.max_batch] or [1]
+        if self.profile_sizes[-1] != config.max_batch:
+            self.profile_sizes.append(config.max_batch)
+        self.scheduler: Scheduler | None = None
+        self.latency: LatencyModel | None = None
+        self.inbox: queue.SimpleQueue[Request] = queue.SimpleQueue()
+        self.waiting: list[Request] = []
+        self.running: list[Request] = []
+        self.rows: list[Sequence] = []  # rows[i] is the sequence in KV cache row i
+        self.ready = threading.Event()
+        self.stopped = threading.Event()
+        self._stop = False
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.fault_hook = None  # tests: callable(batch_size) run before each step; may raise or sleep
+        self.waiting_rows = 0  # read by admission from other threads
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        self.warmup()
+        self._thread = threading.Thread(target=self._loop, name=f"engine-{self.spec.name}", daemon=True)
+        self._thread.start()
+
+    def warmup(self) -> None:
+        """Profile step and decode cost vs batch size; the latency model starts from it."""
+        D = self.spec.D
+        step, dec = {}, {}
+        for b in self.profile_sizes:
+            tokens = np.full(b, self.spec.unconditional_token, dtype=np.int64)
+            positions = (np.arange(b, dtype=np.int64) * 7) % D
+            step[b] = self._median_time(lambda: self.runtime.step(tokens, positions), 3 if b > 64 else 6)
+        for b in [s for s in self.profile_sizes if s <= 64]:
+            codes = np.zeros((b, D), dtype=np.int64)
+            lengths = np.full(b, D, dtype=np.int64)
+            dec[b] = self._median_time(lambda: self.runtime.decode(codes, lengths), 3)
+        self.latency = LatencyModel(step, dec)
+        self.scheduler = Scheduler(self.config, self.latency, D, self.spec.quality_k)
+        self.ready.set()
+
+    @staticmethod
+    def _median_time(fn, repeats: int) -> float:
+        fn()
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return float(np.median(times))
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop after in-flight and queued work is answered (admission is closed by the caller)."""
+        self._stop = True
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout)
+
+    @property
+    def active_sequences(self) -> int:
+        return len(self.rows)
+
+    @property
+    def queued_sequences(self) -> int:
+        return self.waiting_rows
+
+    # ---- admission (called from HTTP threads) ----------------------------------------------
+    def new_request(self, *, n: int, seed: int, label: int | None, deadline_s: float, arrival: float,
+                    min_tokens: int, max_tokens: int, sampling: SamplingParams, request_id: str = "") -> Request:
+        start = self.spec.unconditional_token if label is None else self.spec.start_token_base + label
+        req = Request(model=self.spec.name, n=n, seed=seed, label=label, start_token=start, deadline_s=deadline_s,
+                      arrival=arrival, min_tokens=min_tokens, max_tokens=min(max_tokens, self.spec.D),
+                      sampling=sampling, request_id=request_id)
+        req.sequences = [Sequence(req, i, sequence_rng(seed, i)) for i in range(n)]
+        return req
+
+    def admit(self, req: Request) -> Admission:
+        """Plan a budget (or reject), then enqueue; the engine thread picks it up next iteration."""
+        adm = self.scheduler.admit(req, time.monotonic(), len(self.rows), self.waiting_rows)
+        if adm.ok:
+            req.planned_tokens = adm.planned_tokens
+            self.waiting_rows += req.n
+            self.inbox.put(req)
+            self._wake.set()
+        return adm
+
+    def cancel(self, req: Request) -> None:
+        """Mark a request cancelled (client went away); its rows are freed next iteration."""
+        req.cancelled = True
+        self._wake.set()
+
+    # ---- the loop --------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            self._take_new()
+            if not self.running and not self.waiting:
+                if self._stop:
+                    break
+                self._wake.wait(0.05)
+                self._wake.clear()
+                continue
+            try:
+                self.iteration()
+            except Exception:  # never let one bad iteration kill the engine
+                log.exception("engine iteration failed")
+                self._fail(list(self.running), "internal engine error")
+        self.stopped.set()
+
+    def _take_new(self) -> None:
+        while True:
+            try:
+                self.waiting.append(self.inbox.get_nowait())
+            except queue.Empty:
+                return
+
+    def iteration(self) -> None:
+        now = time.monotonic()
+        self._drop_cancelled()
+        plan = self.scheduler.plan(now, self.running, self.waiting, len(self.rows))
+        for r in plan.expire:
+            self.waiting.remove(r)
+            self.waiting_rows -= r.n
+            self._finish_request(r, FinishReason.ERROR, status=503,
+                                 error="waited for a free row until min_tokens no longer fit the deadline")
+        if plan.finish:
+            self._decode_and_finish(plan.finish)
+        for r in plan.start:
+            self._start(r)
+        if self.rows:
+            self._step()
+
+    def _start(self, r: Request) -> None:
+        self.waiting.remove(r)
+        self.waiting_rows -= r.n
+        r.status = Status.RUNNING
+        r.started = time.monotonic()
+        for s in r.sequences:
+            s.slot = len(self.rows)
+            s.status = Status.RUNNING
+            self.rows.append(s)
+        self.running.append(r)
+
+    def _release_rows(self, r: Request) -> None:
+        """Remove r's rows, moving the last rows into the holes so rows stay 0..B-1."""
+        for s in r.sequences:
+            if s.slot < 0:
+                continue
+            last = self.rows.pop()
+            if last is not s:
+                self.runtime.move_row(last.slot, s.slot)
+                last.slot = s.slot
+                self.rows[s.slot] = last
+            s.slot = -1
+        if r in self.running:
+            self.running.remove(r)
+
+    def _drop_cancelled(self) -> None:
+        for r in [r for r in self.running + self.waiting if getattr(r, "cancelled", False)]:
+            if r in self.waiting:
+                self.waiting.remove(r)
+                self.waiting_rows -= r.n
+            self._release_rows(r)
+            self._finish_request(r, FinishReason.CANCELLED)
+
+    def _decode_and_finish(self, finishing: list[tuple[Request, FinishReason]]) -> None:
+        D = self.spec.D
+        seqs = [s for r, _ in finishing for s in r.sequences]
+        codes = np.zeros((len(seqs), D), dtype=np.int64)
+        lengths = np.zeros(len(seqs), dtype=np.int64)
+        for i, s in enumerate(seqs):
+            codes[i, : s.position] = s.codes
+            lengths[i] = s.position
+        t = time.perf_counter()
+        try:
+            out = self.runtime.decode(codes, lengths)
+        except Exception as e:  # a decoder failure fails only these requests
+            log.exception("decode failed")
+            for r, _ in finishing:
+                self._release_rows(r)
+                self._finish_request(r, FinishReason.ERROR, error=f"decoder failed: {type(e).__name__}",
+                                     status=500)
+            return
+        dt = time.perf_counter() - t
+        self.latency.decode.observe(len(seqs), dt)
+        self._emit(DecodeStats(self.spec.name, self.runtime.backend, len(seqs), dt))
+        i = 0
+        for r, reason in finishing:
+            r.samples = out[i : i + r.n]
+            i += r.n
+            self._release_rows(r)
+            self._finish_request(r, reason)
+
+    def _step(self) -> None:
+        B = len(self.rows)
+        tokens = np.empty(B, dtype=np.int64)
+        positions = np.empty(B, dtype=np.int64)
+        for i, s in enumerate(self.rows):
+            positions[i] = s.position
+            tokens[i] = s.codes[-1] if s.codes else s.request.start_token
+        t = time.perf_counter()
+        try:
+            if self.fault_hook is not None:
+                self.fault_hook(B)
+            logits = self.runtime.step(tokens, positions)
+        except Exception as e:  # fail the requests of this step only; the engine goes on
+            log.exception("prior step failed")
+            self._fail(list(self.running), f"runtime step failed: {type(e).__name__}")
+            return
+        dt = time.perf_counter() - t
+        self.latency.step.observe(B, dt)
+        self._emit(StepStats(self.spec.name, self.runtime.backend, B, dt))
+        finite = np.isfinite(logits).all(axis=1)
+        if not finite.all():
+            old_row = {id(s): i for i, s in enumerate(self.rows)}
+            bad = {self.rows[i].request for i in np.nonzero(~finite)[0]}
+            self._fail(list(bad), "non-finite logits from the model")
+            if not self.rows:
+                return
+            logits = logits[[old_row[id(s)] for s in self.rows]]
+        sp = [s.request.sampling for s in self.rows]
+        new = sample_rows(
+            logits,
+            np.array([s.rng.random() for s in self.rows]),
+            np.array([p.temperature for p in sp]),
+            np.array([p.top_k for p in sp], dtype=np.int64),
+            np.array([p.top_p for p in sp]),
+        )
+        for s, tok in zip(self.rows, new.tolist()):
+            s.codes.append(tok)
+
+    def _fail(self, requests: list[Request], message: str) -> None:
+        for r in requests:
+            self._release_rows(r)
+            self._finish_request(r, FinishReason.ERROR, error=message, status=500)
+
+    def _finish_request(self, r: Request, reason: FinishReason, error: str | None = None,
+                        status: int = 0) -> None:
+        r.status = Status.FINISHED
+        r.finish_reason = reason
+        r.error = error
+        r.error_status = status
+        r.finished = time.monotonic()
+        for s in r.sequences:
+            s.status = Status.FINISHED
+            s.finish_reason = reason
+        if r.on_done is not None:
+            try:
+                r.on_done(r)
+            except Exception:
+                log.exception("on_done callback failed")
+
+    def _emit(self, stats) -> None:
+        for o in self.observers:
+            o(stats)

@@ -1,0 +1,60 @@
+"""Latency model: cost of one prior step vs batch size and of one decode vs batch size.
+
+Profiled at start-up, then corrected online: every measured step updates a multiplicative
+factor (EMA of measured / profiled), so contention from anything else on the device shows
+up as load and every later budget shrinks accordingly.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+
+class CostCurve:
+    """Piecewise-linear cost (seconds) vs batch size from a profile, with online correction."""
+
+    def __init__(self, profile: dict[int, float], alpha: float = 0.2):
+        if not profile:
+            raise ValueError("empty latency profile")
+        self.sizes = np.array(sorted(profile), dtype=np.float64)
+        self.costs = np.array([profile[int(b)] for b in self.sizes], dtype=np.float64)
+        self.costs = np.maximum.accumulate(self.costs)  # a bigger batch never costs less
+        self.alpha = alpha
+        self.factor = 1.0
+        self._lock = threading.Lock()
+
+    def profiled(self, batch: float) -> float:
+        b = max(1.0, float(batch))
+        if b <= self.sizes[-1] or len(self.sizes) == 1:
+            return float(np.interp(b, self.sizes, self.costs))
+        slope = (self.costs[-1] - self.costs[-2]) / (self.sizes[-1] - self.sizes[-2])
+        return float(self.costs[-1] + slope * (b - self.sizes[-1]))
+
+    def __call__(self, batch: float) -> float:
+        return self.profiled(batch) * self.factor
+
+    def observe(self, batch: int, seconds: float) -> None:
+        ratio = min(20.0, max(0.25, seconds / max(self.profiled(batch), 1e-9)))
+        with self._lock:
+            self.factor += self.alpha * (ratio - self.factor)
+
+
+class LatencyModel:
+    def __init__(self, step_profile: dict[int, float], decode_profile: dict[int, float], alpha: float = 0.2):
+        self.step = CostCurve(step_profile, alpha)
+        self.decode = CostCurve(decode_profile, alpha)
+
+    def capacity(self, D: int, max_batch: int) -> float:
+        """Samples per second at k = D with the best batch size (the full-length capacity)."""
+        best = 0.0
+        for b in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512):
+            if b > max_batch:
+                break
+            best = max(best, b / (D * self.step(b) + self.decode(b)))
+        return best
+
+    def snapshot(self) -> dict:
+        return {"step_factor": self.step.factor, "decode_factor": self.decode.factor,
+                "step_profile": dict(zip(self.step.sizes.astype(int).tolist(), self.step.costs.tolist())),
+                "decode_profile": dict(zip(self.decode.sizes.astype(int).tolist(), self.decode.costs.tolist()))}

@@ -1,0 +1,64 @@
+"""ASGI middleware: arrival time and request id on every request, and the body-size limit
+(413 before any parsing, whether or not the client sent Content-Length)."""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+
+class ArrivalAndLimits:
+    def __init__(self, app, max_body_bytes: int):
+        self.app = app
+        self.max_body = max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        state = scope.setdefault("state", {})
+        state["arrival"] = time.monotonic()
+        headers = dict(scope.get("headers") or [])
+        rid = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex[:16]
+        state["request_id"] = rid
+        length = headers.get(b"content-length")
+        if length is not None:
+            try:
+                too_big = int(length) > self.max_body
+            except ValueError:
+                too_big = True
+            if too_big:
+                return await _reject(send, rid, self.max_body)
+        # Read the (small, capped) body here so an oversized chunked upload is refused before
+        # FastAPI parses anything; then replay it to the app once.
+        body, more = b"", scope["method"] in ("POST", "PUT", "PATCH")
+        while more:
+            msg = await receive()
+            if msg["type"] != "http.request":
+                return  # client went away before sending its body
+            body += msg.get("body", b"")
+            if len(body) > self.max_body:
+                return await _reject(send, rid, self.max_body)
+            more = msg.get("more_body", False)
+        replayed = False
+
+        async def replay_receive():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        async def send_with_id(msg):
+            if msg["type"] == "http.response.start":
+                msg["headers"] = list(msg.get("headers", [])) + [(b"x-request-id", rid.encode("latin-1"))]
+            await send(msg)
+
+        await self.app(scope, replay_receive, send_with_id)
+
+
+async def _reject(send, rid: str, limit: int) -> None:
+    body = json.dumps({"error": {"code": 413, "message": f"request body larger than {limit} bytes"}}).encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"x-request-id", rid.encode("latin-1"))]})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,89 @@
+"""The request lifecycle: a Request holds its sequences (one per sample), each with an
+explicit status; only the scheduler and engine change them."""
+from __future__ import annotations
+
+import enum
+import itertools
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"  # admitted, not yet in the batch
+    RUNNING = "running"  # in the batch, generating
+    FINISHED = "finished"
+
+
+class FinishReason(enum.Enum):
+    BUDGET = "budget"  # reached the token budget planned at admission (or D / max_tokens)
+    DEADLINE_GUARD = "deadline_guard"  # stopped early: only time left to decode and respond
+    QUALITY = "quality"  # stopped at the quality knee because steps were scarce
+    CANCELLED = "cancelled"  # the client went away or the server is shutting down
+    ERROR = "error"  # the runtime failed or produced non-finite logits
+
+
+_ids = itertools.count(1)
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+
+@dataclass
+class Sequence:
+    """One sample being generated. `slot` is its row in the runtime's KV cache."""
+
+    request: "Request"
+    index: int
+    rng: np.random.Generator
+    codes: list[int] = field(default_factory=list)
+    slot: int = -1
+    status: Status = Status.WAITING
+    finish_reason: FinishReason | None = None
+
+    @property
+    def position(self) -> int:
+        return len(self.codes)
+
+
+@dataclass(eq=False)
+class Request:
+    model: str
+    n: int
+    seed: int
+    label: int | None
+    start_token: int
+    deadline_s: float  # relative budget in seconds
+    arrival: float  # time.monotonic() at arrival at the server
+    min_tokens: int
+    max_tokens: int  # cap (<= D)
+    planned_tokens: int = 0  # budget the scheduler gave at admission
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    id: int = field(default_factory=lambda: next(_ids))
+    request_id: str = ""
+    sequences: list[Sequence] = field(default_factory=list)
+    status: Status = Status.WAITING
+    finish_reason: FinishReason | None = None
+    error: str | None = None
+    error_status: int = 0  # HTTP status for failed requests: 503 (deadline), 500 (runtime)
+    cancelled: bool = False  # set by the HTTP side when the client goes away
+    started: float | None = None  # first step
+    finished: float | None = None
+    samples: np.ndarray | None = None  # decoded [n, ...] in [0, 1]
+    on_done: object = None  # callable(request), set by whoever waits for it
+
+    @property
+    def deadline(self) -> float:
+        return self.arrival + self.deadline_s
+
+    @property
+    def tokens(self) -> int:
+        return min((s.position for s in self.sequences), default=0)
+
+    def remaining(self, now: float | None = None) -> float:
+        return self.deadline - (time.monotonic() if now is None else now)

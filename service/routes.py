@@ -1,0 +1,107 @@
+"""HTTP routes: thin functions over ServiceState."""
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+
+from . import encoding
+from .errors import ApiError
+from .schemas import ErrorResponse, GenerateRequest, GenerateResponse, ModelInfo, ModelList, Sample
+from .state import Result, ServiceState
+
+
+def get_state(request: Request) -> ServiceState:
+    return request.app.state.service
+
+
+StateDep = Annotated[ServiceState, Depends(get_state)]
+ERRORS = {code: {"model": ErrorResponse} for code in (401, 404, 413, 422, 500, 503)}
+
+router = APIRouter()
+
+
+@router.post("/generate", response_model=GenerateResponse, responses={
+    **ERRORS, 200: {"content": {"image/png": {}, "audio/wav": {}, "application/x-npy": {}}}})
+async def generate(body: GenerateRequest, request: Request, state: StateDep):
+    """Generate samples within deadline_ms; the server picks the token count k that fits."""
+    arrival = request.state.arrival
+    result = await state.generate(body, arrival, request.state.request_id, request.is_disconnected)
+    if result is None:  # client went away; nobody reads this
+        return Response(status_code=499)
+    return _encode(body, result, arrival, state)
+
+
+def _encode(body: GenerateRequest, result: Result, arrival: float, state: ServiceState) -> Response:
+    r, spec = result.request, result.spec
+    samples = r.samples
+    label = spec.classes[r.label] if r.label is not None and spec.classes else None
+    meta = {"model": spec.name, "tokens": r.tokens, "max_tokens": spec.D, "quality": round(result.quality, 4),
+            "deadline_ms": body.deadline_ms, "seed": r.seed, "label": label,
+            "finish_reason": r.finish_reason.value, "request_id": r.request_id}
+    if body.format == "json":
+        encoded = [encoding.encode_one(s, spec.modality, spec.sample_rate) for s in samples]
+        items = [Sample(data=encoding.b64(data), media_type=mt) for mt, data in encoded]
+        latency = time.monotonic() - arrival
+        payload = GenerateResponse(**meta, latency_ms=round(latency * 1000, 3), deadline_met=latency <= r.deadline_s,
+                                   samples=items)
+        state.record(result, latency)
+        return JSONResponse(payload.model_dump())
+    if body.format == "npy":
+        data, media = encoding.npy(samples), encoding.MEDIA_TYPES["npy"]
+    elif body.format == "png":
+        data, media = encoding.png_grid(samples), encoding.MEDIA_TYPES["png"]
+    else:
+        data, media = encoding.wav(samples.reshape(-1), spec.sample_rate or 16000), encoding.MEDIA_TYPES["wav"]
+    latency = time.monotonic() - arrival
+    headers = {f"X-Anytime-{k.replace('_', '-').title()}": str(v) for k, v in meta.items() if v is not None}
+    headers["X-Anytime-Latency-Ms"] = f"{latency * 1000:.3f}"
+    headers["X-Anytime-Deadline-Met"] = str(latency <= r.deadline_s).lower()
+    state.record(result, latency)
+    return Response(content=data, media_type=media, headers=headers)
+
+
+@router.get("/models", response_model=ModelList)
+async def list_models(state: StateDep):
+    """The models this server serves."""
+    return ModelList(models=[_info(state, name) for name in state.engines])
+
+
+@router.get("/models/{name}", responses=ERRORS)
+async def read_model(name: str, state: StateDep):
+    """One model: its manifest, including the measured quality curve."""
+    engine = state.engine(name)
+    return {**_info(state, name).model_dump(), "manifest": engine.spec.manifest}
+
+
+def _info(state: ServiceState, name: str) -> ModelInfo:
+    e = state.engines[name]
+    q = e.spec.manifest["quality"]
+    return ModelInfo(name=name, modality=e.spec.modality, D=e.spec.D, K=e.spec.K, classes=e.spec.classes,
+                     backend=e.runtime.backend, device=e.runtime.device, default=name == state.default_model,
+                     quality={"metric": q.get("metric", ""), "k": q["k"], "quality": q["quality"]},
+                     output=e.spec.manifest.get("output", {}))
+
+
+@router.get("/healthz")
+async def healthz():
+    """Alive: the process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"model": ErrorResponse}})
+async def readyz(state: StateDep):
+    """Ready: models loaded and warmed up, admission open (503 while loading or draining)."""
+    if state.draining:
+        raise ApiError(503, "draining")
+    if not state.ready:
+        raise ApiError(503, "loading models")
+    return {"status": "ready", "models": sorted(state.engines)}
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(state: StateDep):
+    data, content_type = state.metrics.exposition()
+    return Response(data, media_type=content_type)

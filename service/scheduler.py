@@ -1,0 +1,178 @@
+"""Deadline-aware scheduling: admission with a token budget, per-iteration finish decisions.
+
+The scheduler only does accounting on Request objects and the latency model; it never
+touches tensors. Policies (selected by configuration, all on the same engine):
+
+- anytime: budget from the deadline, the current batch and the latency model; a deadline
+  guard stops a sequence when only decode-and-respond time is left; under pressure every
+  sequence stops where the quality curve flattens (equal marginal quality per step);
+  fast 503 when not even `min_tokens` fit.
+- fixed:   always max_tokens (D), FIFO, no admission control (a standard server).
+- drop:    always max_tokens, reject at admission when that is predicted to miss (Clockwork).
+- static:  k from the deadline alone against the idle profile, ignoring load.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .latency import LatencyModel
+from .request import FinishReason, Request
+
+POLICIES = ("anytime", "fixed", "drop", "static")
+
+
+@dataclass
+class SchedulerConfig:
+    policy: str = "anytime"
+    max_batch: int = 128  # sequences stepped together (KV cache rows)
+    max_queue: int = 1024  # sequences admitted but waiting for a row
+    respond_margin_s: float = 0.002  # encoding + response after the decode
+    safety: float = 1.15  # multiplies every predicted cost in deadline decisions
+    quality_price: float = 1.0  # price of a step at full pressure, in units of the mean slope 1/D
+    pressure_alpha: float = 0.05  # EMA weight of each admission in the pressure signal
+
+
+@dataclass
+class Admission:
+    ok: bool
+    planned_tokens: int = 0
+    reason: str = ""  # for rejections: deadline | queue_full
+    message: str = ""
+    retry_after_s: float = 0.0
+
+
+@dataclass
+class IterationPlan:
+    start: list[Request] = field(default_factory=list)
+    finish: list[tuple[Request, FinishReason]] = field(default_factory=list)
+    expire: list[Request] = field(default_factory=list)  # waited too long for min_tokens
+
+
+def future_gain_rate(quality: np.ndarray) -> np.ndarray:
+    """g[k] = best average quality gain per further token from k: max_j (q[j]-q[k])/(j-k)."""
+    D = len(quality) - 1
+    g = np.zeros(D + 1)
+    for k in range(D):
+        g[k] = np.max((quality[k + 1:] - quality[k]) / np.arange(1, D - k + 1))
+    return g
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, latency: LatencyModel, D: int, quality: np.ndarray):
+        if config.policy not in POLICIES:
+            raise ValueError(f"unknown policy {config.policy!r}; choose from {', '.join(POLICIES)}")
+        self.config = config
+        self.latency = latency
+        self.D = D
+        self.quality = quality
+        self.gain = future_gain_rate(quality)
+        self.pressure = 0.0  # EMA share of recent admissions whose deadline limited their tokens
+        self.mean_planned = float(D)
+
+    # ---- budgets -------------------------------------------------------------------------
+    def quality_cap(self) -> int:
+        """Under pressure, the k after which further tokens buy less quality than a step costs."""
+        price = self.config.quality_price * self.pressure / self.D
+        if price <= 0:
+            return self.D
+        below = np.nonzero(self.gain < price)[0]
+        return int(below[0]) if len(below) else self.D
+
+    def deadline_tokens(self, req: Request, now: float, batch: int, wait_s: float = 0.0) -> int:
+        """Steps that fit before the deadline at `batch` rows, after waiting, decoding and responding."""
+        c, lat = self.config, self.latency
+        overhead = wait_s + c.safety * lat.decode(req.n) + c.respond_margin_s
+        per_step = c.safety * lat.step(batch)
+        return max(0, math.floor((req.deadline - now - overhead) / per_step))
+
+    def _wait_estimate(self, running: int, waiting: int, n: int) -> float:
+        excess = running + waiting + n - self.config.max_batch
+        if excess <= 0:
+            return self.latency.step(running)  # at most the iteration in flight
+        # rows free up as sequences finish: about mean_planned steps per generation
+        return self.latency.step(self.config.max_batch) * self.mean_planned * min(1.0, excess / self.config.max_batch)
+
+    def admit(self, req: Request, now: float, running: int, waiting: int) -> Admission:
+        """Decide in microseconds: a token budget for `req`, or a rejection with a reason."""
+        c = self.config
+        cap = min(req.max_tokens, self.D)
+        if waiting + req.n > c.max_queue:
+            return Admission(False, reason="queue_full", message="the queue is full", retry_after_s=self._retry_after(running))
+        if c.policy == "fixed":
+            return self._accept(cap)
+        wait = self._wait_estimate(running, waiting, req.n)
+        batch = min(running + waiting + req.n, c.max_batch)
+        if c.policy == "static":
+            idle = self.latency.step.profiled(1) * c.safety
+            k = math.floor((req.deadline_s - self.latency.decode.profiled(req.n) - c.respond_margin_s) / idle)
+            k = min(cap, k)
+        else:
+            fit = self.deadline_tokens(req, now, batch, wait)
+            if c.policy == "drop":
+                k = cap if fit >= cap else -1
+            else:
+                self.pressure += c.pressure_alpha * (float(fit < cap) - self.pressure)
+                k = min(cap, fit, max(req.min_tokens, self.quality_cap()))
+        if k < max(1, req.min_tokens):
+            need = "all tokens" if c.policy == "drop" else f"min_tokens={max(1, req.min_tokens)}"
+            return Admission(False, reason="deadline", retry_after_s=self._retry_after(running),
+                             message=f"deadline_ms={round(req.deadline_s * 1000)} cannot be met with {need} "
+                                     f"at the current load")
+        return self._accept(k)
+
+    def _accept(self, k: int) -> Admission:
+        self.mean_planned += 0.05 * (k - self.mean_planned)
+        return Admission(True, planned_tokens=k)
+
+    def _retry_after(self, running: int) -> float:
+        return max(1.0, self.latency.step(max(1, running)) * self.mean_planned)
+
+    # ---- each iteration --------------------------------------------------------------------
+    def plan(self, now: float, running: list[Request], waiting: list[Request], running_rows: int) -> IterationPlan:
+        """Which running requests finish now (and why), and which waiting ones join the batch."""
+        c, lat = self.config, self.latency
+        plan = IterationPlan()
+        rows = running_rows
+        finishing_rows = 0
+        cap_q = self.quality_cap() if c.policy == "anytime" else self.D
+        # 1. budgets reached, and the quality knee under pressure
+        keep = []
+        for r in running:
+            if r.tokens >= r.planned_tokens:
+                plan.finish.append((r, FinishReason.BUDGET))
+            elif c.policy == "anytime" and r.tokens >= max(cap_q, r.min_tokens):
+                plan.finish.append((r, FinishReason.QUALITY))
+            else:
+                keep.append(r)
+                continue
+            finishing_rows += r.n
+        rows -= finishing_rows
+        # 2. deadline guard: continue only if this iteration's decode, one more step, then this
+        #    request's own decode and response still fit before its deadline
+        if c.policy == "anytime":
+            for r in sorted(keep, key=lambda r: r.deadline):
+                dec_now = lat.decode(finishing_rows) if finishing_rows else 0.0
+                need = c.safety * (dec_now + lat.step(rows) + lat.decode(r.n)) + c.respond_margin_s
+                if now + need > r.deadline and r.tokens >= 1:
+                    plan.finish.append((r, FinishReason.DEADLINE_GUARD))
+                    finishing_rows += r.n
+                    rows -= r.n
+        # 3. admit waiting requests into free rows (earliest deadline first for anytime)
+        order = sorted(waiting, key=lambda r: r.deadline) if c.policy == "anytime" else waiting
+        for r in order:
+            if rows + r.n > c.max_batch:
+                if c.policy == "anytime":
+                    continue  # a smaller request behind may still fit
+                break
+            if c.policy == "anytime":
+                fit = self.deadline_tokens(r, now, rows + r.n)
+                r.planned_tokens = min(r.planned_tokens, max(fit, 0))
+                if r.planned_tokens < max(1, r.min_tokens):
+                    plan.expire.append(r)
+                    continue
+            plan.start.append(r)
+            rows += r.n
+        return plan

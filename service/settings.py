@@ -1,0 +1,35 @@
+"""Service settings: one class, read from flags and `ANYTIME_*` environment variables."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_ZOO = Path(__file__).resolve().parent.parent / "models" / "zoo"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ANYTIME_", extra="ignore")
+
+    host: str = Field("127.0.0.1", validation_alias=AliasChoices("ANYTIME_HOST", "HOST"))
+    port: int = Field(8000, validation_alias=AliasChoices("ANYTIME_PORT", "PORT"))
+    model_dirs: str = Field(str(DEFAULT_ZOO), description="comma-separated model directories or zoo folders")
+    default_model: str | None = Field(None, description="model used when a request names none")
+    backend: Literal["onnx", "torchscript"] = "onnx"
+    device: Literal["cpu", "cuda"] | None = Field(None, description="default: cuda when present, else cpu")
+    threads: int = Field(0, description="intra-op threads per runtime (0: all cores)")
+    policy: Literal["anytime", "fixed", "drop", "static"] = "anytime"
+    max_batch: int = Field(128, ge=1, le=4096, description="sequences stepped together per model")
+    max_queue: int = Field(1024, ge=0, description="sequences admitted and waiting for a batch row")
+    max_body_bytes: int = Field(65536, ge=1024, description="larger request bodies get 413 before parsing")
+    respond_margin_ms: float = Field(2.0, ge=0, description="time kept for encoding and responding")
+    safety: float = Field(1.15, ge=1.0, description="multiplies predicted costs in deadline decisions")
+    quality_price: float = Field(1.0, ge=0, description="how hard steps are rationed by the quality curve under load")
+    verify_checksums: bool = True
+    drain_timeout_s: float = Field(65.0, description="longest wait for in-flight work on SIGTERM")
+    log_level: str = "info"
+
+    def model_paths(self) -> list[Path]:
+        return [Path(p.strip()) for p in self.model_dirs.split(",") if p.strip()]

@@ -1,0 +1,160 @@
+"""Service state: the loaded models with their engines, readiness, draining, and the
+generate flow (validate -> admit -> wait -> encode) that the routes call."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+
+from .engine import Engine
+from .errors import ApiError
+from .metrics import Metrics
+from .model_dir import ModelSpec, discover, load_model_dir
+from .request import FinishReason, Request, SamplingParams
+from .runtime import make_runtime
+from .scheduler import SchedulerConfig
+from .schemas import GenerateRequest
+from .settings import Settings
+
+log = logging.getLogger("anytime.service")
+
+
+@dataclass
+class Result:
+    """A finished generation, ready to encode."""
+
+    request: Request
+    spec: ModelSpec
+    latency_s: float
+    quality: float
+
+
+class ServiceState:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None):
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.engines: dict[str, Engine] = {}
+        self.default_model: str | None = None
+        self.ready = False
+        self.draining = False
+        self._inflight = 0
+        self._lock = threading.Lock()
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def load(self) -> None:
+        """Load, verify and warm up every model; raises ModelDirError with a clear message."""
+        s = self.settings
+        for path in discover(s.model_paths()):
+            spec = load_model_dir(path, s.backend, verify=s.verify_checksums)
+            if spec.name in self.engines:
+                continue
+            import os
+
+            if s.threads:
+                os.environ["ANYTIME_THREADS"] = str(s.threads)
+            runtime = make_runtime(spec, s.backend, s.max_batch, s.device)
+            config = SchedulerConfig(policy=s.policy, max_batch=s.max_batch, max_queue=s.max_queue,
+                                     respond_margin_s=s.respond_margin_ms / 1000, safety=s.safety,
+                                     quality_price=s.quality_price)
+            engine = Engine(spec, runtime, config)
+            self.metrics.watch_engine(engine)
+            engine.start()
+            self.engines[spec.name] = engine
+            log.info("model ready", extra={"model": spec.name, "backend": s.backend, "device": runtime.device,
+                                           "D": spec.D})
+        self.default_model = s.default_model or next(iter(self.engines))
+        if self.default_model not in self.engines:
+            from .model_dir import ModelDirError
+
+            raise ModelDirError(f"default model {self.default_model!r} is not among {sorted(self.engines)}")
+        self.ready = True
+        self.metrics.ready.set(1)
+
+    def start_draining(self) -> None:
+        """Stop admission (readyz -> 503); in-flight work still completes."""
+        self.draining = True
+        self.metrics.ready.set(0)
+
+    def idle(self) -> bool:
+        return self._inflight == 0 and all(e.active_sequences == 0 and e.queued_sequences == 0
+                                           for e in self.engines.values())
+
+    def wait_idle(self, timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.idle():
+                return True
+            time.sleep(0.01)
+        return self.idle()
+
+    def shutdown(self) -> None:
+        for e in self.engines.values():
+            e.stop(timeout=5)
+
+    # ---- requests --------------------------------------------------------------------------
+    def engine(self, name: str | None) -> Engine:
+        name = name or self.default_model
+        if name not in self.engines:
+            raise ApiError(404, f"unknown model {name!r}; available: {', '.join(sorted(self.engines))}")
+        return self.engines[name]
+
+    async def generate(self, body: GenerateRequest, arrival: float, request_id: str, is_disconnected) -> Result | None:
+        """Admit, wait for the engine, and return the result; None when the client went away."""
+        if not self.ready or self.draining:
+            raise ApiError(503, "server is draining" if self.draining else "models are still loading",
+                           {"Retry-After": "1"})
+        engine = self.engine(body.model)
+        spec = engine.spec
+        try:
+            label = spec.label_index(body.label)
+        except KeyError as e:
+            raise ApiError(404, e.args[0]) from None
+        if body.format == "wav" and spec.modality != "audio":
+            raise ApiError(422, f"format 'wav' needs an audio model; {spec.name!r} is {spec.modality}")
+        if body.format == "png" and spec.modality != "image":
+            raise ApiError(422, f"format 'png' needs an image model; {spec.name!r} is {spec.modality}")
+        if body.min_tokens is not None and body.min_tokens > spec.D:
+            raise ApiError(422, f"min_tokens={body.min_tokens} exceeds D={spec.D} of model {spec.name!r}")
+        if body.top_k > spec.K:
+            raise ApiError(422, f"top_k={body.top_k} exceeds the vocabulary K={spec.K}")
+        seed = body.seed if body.seed is not None else secrets.randbits(63)
+        req = engine.new_request(
+            n=body.n, seed=seed, label=label, deadline_s=body.deadline_ms / 1000, arrival=arrival,
+            min_tokens=body.min_tokens or 1, max_tokens=body.max_tokens or spec.D,
+            sampling=SamplingParams(body.temperature, body.top_k, body.top_p), request_id=request_id)
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        req.on_done = lambda r: loop.call_soon_threadsafe(lambda: done.done() or done.set_result(r))
+        with self._lock:
+            self._inflight += 1
+        try:
+            adm = engine.admit(req)
+            if not adm.ok:
+                self.metrics.rejected(spec.name, adm.reason)
+                raise ApiError(503, adm.message, {"Retry-After": str(max(1, round(adm.retry_after_s)))})
+            while not done.done():
+                await asyncio.wait({done}, timeout=0.05)
+                if not done.done() and await is_disconnected():
+                    engine.cancel(req)
+                    await done  # the engine frees the rows, then finishes the request as cancelled
+            r = done.result()
+            if r.finish_reason is FinishReason.CANCELLED:
+                self.metrics.outcome(spec.name, "cancelled", r.n, "cancelled")
+                return None
+            if r.finish_reason is FinishReason.ERROR:
+                self.metrics.outcome(spec.name, "error", r.n, "error")
+                raise ApiError(r.error_status or 500, r.error or "generation failed")
+            k = r.tokens
+            return Result(r, spec, time.monotonic() - arrival, spec.quality(k))
+        finally:
+            with self._lock:
+                self._inflight -= 1
+
+    def record(self, result: Result, latency_s: float) -> None:
+        r = result.request
+        self.metrics.answered(r.model, latency_s, r.deadline_s, r.tokens, result.spec.D, result.quality, r.n,
+                              r.finish_reason.value)
+
