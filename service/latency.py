@@ -22,6 +22,7 @@ class CostCurve:
         self.costs = np.maximum.accumulate(self.costs)  # a bigger batch never costs less
         self.alpha = alpha
         self.factor = 1.0
+        self.last_factor = 1.0  # measured / profiled of the latest observation alone
         self._lock = threading.Lock()
 
     def profiled(self, batch: float) -> float:
@@ -34,9 +35,15 @@ class CostCurve:
     def __call__(self, batch: float) -> float:
         return self.profiled(batch) * self.factor
 
+    def paced(self, batch: float) -> float:
+        """Pessimistic cost for the deadline guard: the smoothed model or the measured pace of
+        the latest step, whichever is slower, so a sudden slowdown counts at once."""
+        return self.profiled(batch) * max(self.factor, self.last_factor)
+
     def observe(self, batch: int, seconds: float) -> None:
-        ratio = min(20.0, max(0.25, seconds / max(self.profiled(batch), 1e-9)))
+        ratio = min(1000.0, max(0.25, seconds / max(self.profiled(batch), 1e-9)))
         with self._lock:
+            self.last_factor = ratio
             self.factor += self.alpha * (ratio - self.factor)
 
 

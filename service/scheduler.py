@@ -33,6 +33,7 @@ class SchedulerConfig:
     safety: float = 1.15  # multiplies every predicted cost in deadline decisions
     quality_price: float = 1.0  # price of a step at full pressure, in units of the mean slope 1/D
     pressure_alpha: float = 0.05  # EMA weight of each admission in the pressure signal
+    # pressure = EMA share of admissions that got fewer tokens than on an idle server
 
 
 @dataclass
@@ -86,7 +87,7 @@ class Scheduler:
         c, lat = self.config, self.latency
         overhead = wait_s + c.safety * lat.decode(req.n) + c.respond_margin_s
         per_step = c.safety * lat.step(batch)
-        return max(0, math.floor((req.deadline - now - overhead) / per_step))
+        return max(0, math.floor((req.deadline - now - overhead) / per_step + 1e-9))
 
     def _wait_estimate(self, running: int, waiting: int, n: int) -> float:
         excess = running + waiting + n - self.config.max_batch
@@ -114,7 +115,9 @@ class Scheduler:
             if c.policy == "drop":
                 k = cap if fit >= cap else -1
             else:
-                self.pressure += c.pressure_alpha * (float(fit < cap) - self.pressure)
+                # pressure: did load (not the deadline itself) take tokens from this request?
+                idle_fit = self.deadline_tokens(req, now, req.n, self.latency.step(1))
+                self.pressure += c.pressure_alpha * (float(fit < min(cap, idle_fit)) - self.pressure)
                 k = min(cap, fit, max(req.min_tokens, self.quality_cap()))
         if k < max(1, req.min_tokens):
             need = "all tokens" if c.policy == "drop" else f"min_tokens={max(1, req.min_tokens)}"
@@ -154,8 +157,8 @@ class Scheduler:
         #    request's own decode and response still fit before its deadline
         if c.policy == "anytime":
             for r in sorted(keep, key=lambda r: r.deadline):
-                dec_now = lat.decode(finishing_rows) if finishing_rows else 0.0
-                need = c.safety * (dec_now + lat.step(rows) + lat.decode(r.n)) + c.respond_margin_s
+                dec_now = lat.decode.paced(finishing_rows) if finishing_rows else 0.0
+                need = c.safety * (dec_now + lat.step.paced(rows) + lat.decode.paced(r.n)) + c.respond_margin_s
                 if now + need > r.deadline and r.tokens >= 1:
                     plan.finish.append((r, FinishReason.DEADLINE_GUARD))
                     finishing_rows += r.n

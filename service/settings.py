@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     verify_checksums: bool = True
     drain_timeout_s: float = Field(65.0, description="longest wait for in-flight work on SIGTERM")
     log_level: str = "info"
+    test_step_delay_ms: float = Field(0.0, ge=0, description="test hook: sleep before every prior step")
 
     def model_paths(self) -> list[Path]:
         return [Path(p.strip()) for p in self.model_dirs.split(",") if p.strip()]

@@ -60,6 +60,9 @@ class ServiceState:
                                      respond_margin_s=s.respond_margin_ms / 1000, safety=s.safety,
                                      quality_price=s.quality_price)
             engine = Engine(spec, runtime, config)
+            if s.test_step_delay_ms:
+                delay = s.test_step_delay_ms / 1000
+                engine.fault_hook = lambda batch: time.sleep(delay)
             self.metrics.watch_engine(engine)
             engine.start()
             self.engines[spec.name] = engine

@@ -1,0 +1,130 @@
+"""The real engine on a tiny exported model: batching, determinism, faults, the deadline guard."""
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from service.request import FinishReason, Status
+from tests.utils.engine import make_engine, run, submit
+
+
+@pytest.fixture(params=["onnx", "torchscript"])
+def engine(request, tiny_model_dir):
+    e = make_engine(tiny_model_dir, request.param)
+    yield e
+    e.stop(timeout=5)
+
+
+def codes(req):
+    return [s.codes for s in req.sequences]
+
+
+def test_same_seed_same_sample_and_shorter_is_prefix(engine):
+    a = run(engine, seed=7, n=2)
+    b = run(engine, seed=7, n=2)
+    short = run(engine, seed=7, n=2, max_tokens=3)
+    assert codes(a) == codes(b) and a.tokens == engine.spec.D
+    assert [c[:3] for c in codes(a)] == codes(short) and short.tokens == 3
+    np.testing.assert_allclose(a.samples, b.samples, atol=1e-6)
+    assert codes(run(engine, seed=8, n=2)) != codes(a)
+    assert codes(a)[0] != codes(a)[1]  # the n samples of one request differ
+
+
+def test_mixed_positions_in_one_batch_give_the_same_tokens_as_alone(engine):
+    alone = {s: codes(run(engine, seed=s, label=s % 3)) for s in range(6)}
+    slow = lambda B: time.sleep(0.01)  # noqa: E731 - keep every request in flight long enough to overlap
+    engine.fault_hook = slow
+    reqs = []
+    for s in range(6):  # staggered arrivals: each joins the batch at a different position of the others
+        reqs.append(submit(engine, seed=s, label=s % 3))
+        time.sleep(0.025)
+    for r, done in reqs:
+        assert done.wait(10)
+    engine.fault_hook = None
+    assert {r.seed: codes(r) for r, _ in reqs} == alone
+    assert max(e for e in engine_batch_sizes(reqs)) > 1
+
+
+def engine_batch_sizes(reqs):
+    # overlapping lifetimes prove the requests shared steps
+    spans = sorted((r.started, r.finished) for r, _ in reqs)
+    return [sum(1 for s, f in spans if s <= start < f) for start, _ in spans]
+
+
+def test_a_failing_step_fails_only_its_requests(engine):
+    calls = {"n": 0}
+
+    def fail_once(B):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("injected")
+
+    engine.fault_hook = fail_once
+    failed = run(engine, seed=1)
+    engine.fault_hook = None
+    assert failed.finish_reason is FinishReason.ERROR and failed.error_status == 500
+    assert "runtime step failed" in failed.error
+    ok = run(engine, seed=1)
+    assert ok.finish_reason is FinishReason.BUDGET and ok.tokens == engine.spec.D
+    assert engine.active_sequences == 0
+
+
+def test_non_finite_logits_fail_that_request_only(engine):
+    real_step = engine.runtime.step
+    poisoned = {}
+
+    def step(tokens, positions):
+        logits = real_step(tokens, positions)
+        for i, s in enumerate(engine.rows):
+            if s.request.seed == 666:
+                logits[i, 0] = np.nan
+                poisoned["hit"] = True
+        return logits
+
+    engine.runtime.step = step
+    engine.fault_hook = lambda B: time.sleep(0.005)
+    bad, bad_done = submit(engine, seed=666)
+    good, good_done = submit(engine, seed=5)
+    assert bad_done.wait(10) and good_done.wait(10)
+    engine.runtime.step = real_step
+    engine.fault_hook = None
+    assert poisoned and bad.finish_reason is FinishReason.ERROR and "non-finite" in bad.error
+    assert good.finish_reason is FinishReason.BUDGET
+    assert codes(good) == codes(run(engine, seed=5))
+
+
+def test_slow_steps_make_the_guard_truncate_instead_of_running_late(engine):
+    engine.fault_hook = lambda B: time.sleep(0.04)  # 8 steps would take 320 ms
+    t0 = time.monotonic()
+    req = run(engine, seed=3, deadline_ms=200)
+    engine.fault_hook = None
+    latency = req.finished - req.arrival
+    assert req.finish_reason is FinishReason.DEADLINE_GUARD
+    assert 1 <= req.tokens < engine.spec.D
+    assert latency <= 0.2, f"finished {latency * 1000:.1f} ms after arrival"
+    assert time.monotonic() - t0 < 1
+
+
+def test_cancel_frees_rows(engine):
+    engine.fault_hook = lambda B: time.sleep(0.02)
+    req, done = submit(engine, seed=1, n=4)
+    time.sleep(0.05)
+    assert engine.active_sequences == 4
+    engine.cancel(req)
+    assert done.wait(5)
+    engine.fault_hook = None
+    assert req.finish_reason is FinishReason.CANCELLED and req.status is Status.FINISHED
+    assert engine.active_sequences == 0 and engine.queued_sequences == 0
+
+
+def test_a_request_arriving_mid_generation_starts_within_one_step(engine):
+    engine.fault_hook = lambda B: time.sleep(0.02)
+    first, first_done = submit(engine, seed=1)
+    time.sleep(0.05)
+    assert first.status is Status.RUNNING
+    second, second_done = submit(engine, seed=2)
+    assert second_done.wait(10) and first_done.wait(10)
+    engine.fault_hook = None
+    assert second.started - second.arrival <= 0.02 + 0.015  # at most one (slowed) step, plus slack
+    assert second.started < first.finished  # it did not wait for the first to end

@@ -1,0 +1,118 @@
+"""Scheduler policy with made-up timings and no model at all."""
+import numpy as np
+import pytest
+
+from service.latency import LatencyModel
+from service.request import FinishReason, Request
+from service.scheduler import Scheduler, SchedulerConfig, future_gain_rate
+
+D = 64
+STEP = {1: 0.001, 8: 0.002, 64: 0.008}  # seconds per step vs batch
+DECODE = {1: 0.001, 64: 0.01}
+QUALITY = np.concatenate([[0.0], 1 - (1 - np.arange(1, D + 1) / D) ** 3])  # concave curve
+
+
+def scheduler(policy="anytime", **kw) -> Scheduler:
+    cfg = SchedulerConfig(policy=policy, respond_margin_s=0.002, safety=1.0, **kw)
+    return Scheduler(cfg, LatencyModel(STEP, DECODE), D, QUALITY)
+
+
+def request(deadline_ms, now=100.0, n=1, min_tokens=1, max_tokens=D, tokens=0, planned=0) -> Request:
+    r = Request(model="m", n=n, seed=0, label=None, start_token=0, deadline_s=deadline_ms / 1000, arrival=now,
+                min_tokens=min_tokens, max_tokens=max_tokens, planned_tokens=planned)
+    r.sequences = [type("S", (), {"position": tokens})() for _ in range(n)]
+    return r
+
+
+def test_budget_grows_with_deadline_and_caps_at_D():
+    s = scheduler()
+    ks = [s.admit(request(d), 100.0, running=0, waiting=0).planned_tokens for d in (10, 20, 40, 100, 1000)]
+    assert ks == sorted(ks) and ks[0] >= 1 and ks[-1] == D
+    # 20 ms at an idle server: (20 - step in flight 1 - decode 1 - margin 2) / 1 ms per step = 16 tokens
+    assert s.admit(request(20), 100.0, 0, 0).planned_tokens == 16
+
+
+def test_budget_shrinks_with_load():
+    s = scheduler()
+    idle = s.admit(request(100), 100.0, running=0, waiting=0).planned_tokens
+    busy = s.admit(request(100), 100.0, running=63, waiting=0).planned_tokens
+    assert busy < idle
+
+
+def test_fast_rejection_when_min_tokens_cannot_fit():
+    s = scheduler()
+    adm = s.admit(request(5, min_tokens=10), 100.0, 0, 0)
+    assert not adm.ok and adm.reason == "deadline" and adm.retry_after_s >= 1
+    assert "min_tokens=10" in adm.message
+    # not even one token: 3 ms cannot hold a step, a decode and the response margin
+    assert not s.admit(request(3), 100.0, 0, 0).ok
+
+
+def test_max_tokens_caps_the_budget():
+    assert scheduler().admit(request(1000, max_tokens=10), 100.0, 0, 0).planned_tokens == 10
+
+
+def test_queue_full_is_rejected():
+    s = scheduler(max_queue=4)
+    adm = s.admit(request(1000, n=5), 100.0, running=0, waiting=0)
+    assert not adm.ok and adm.reason == "queue_full"
+
+
+def test_policies():
+    tight = request(20)
+    assert scheduler("fixed").admit(tight, 100.0, 0, 0).planned_tokens == D  # ignores the deadline
+    assert not scheduler("drop").admit(tight, 100.0, 0, 0).ok  # D tokens would miss: drop
+    assert scheduler("drop").admit(request(1000), 100.0, 0, 0).planned_tokens == D
+    static = scheduler("static")
+    assert static.admit(request(20), 100.0, 0, 0).planned_tokens == static.admit(request(20), 100.0, 63, 0).planned_tokens
+
+
+def test_deadline_guard_finishes_when_only_decode_time_is_left():
+    s = scheduler()
+    now = 100.0
+    # 5 ms left: decode (1) + step (1) + margin (2) = 4 fits -> continue; 3.5 ms left -> stop
+    ok = request(10, now=now - 0.005, tokens=3, planned=50)
+    late = request(10, now=now - 0.0065, tokens=3, planned=50)
+    plan = s.plan(now, [ok, late], [], running_rows=2)
+    assert [(r, why) for r, why in plan.finish] == [(late, FinishReason.DEADLINE_GUARD)]
+
+
+def test_budget_reached_finishes():
+    s = scheduler()
+    r = request(1000, tokens=12, planned=12)
+    assert s.plan(100.0, [r], [], 1).finish == [(r, FinishReason.BUDGET)]
+
+
+def test_quality_cap_under_pressure_only():
+    s = scheduler()
+    assert s.quality_cap() == D  # no pressure: every token is worth having
+    s.pressure = 1.0
+    cap = s.quality_cap()
+    # stops where further tokens gain less than the curve's mean slope 1/D (the price at full pressure)
+    gain = future_gain_rate(QUALITY)
+    assert 1 <= cap < D and gain[cap] < 1 / D <= gain[cap - 1] and QUALITY[cap] > 0.75
+    r = request(1000, tokens=cap, planned=D)
+    assert s.plan(100.0, [r], [], 1).finish == [(r, FinishReason.QUALITY)]
+
+
+def test_pressure_follows_admissions():
+    s = scheduler()
+    for _ in range(100):
+        s.admit(request(10), 100.0, running=60, waiting=0)  # deadline-limited
+    assert s.pressure > 0.9
+    for _ in range(200):
+        s.admit(request(5000), 100.0, running=0, waiting=0)
+    assert s.pressure < 0.1
+
+
+def test_waiting_requests_join_by_earliest_deadline_and_expire_when_hopeless():
+    s = scheduler(max_batch=2)
+    late, soon, hopeless = request(500, planned=20), request(50, planned=20), request(1, planned=20)
+    plan = s.plan(100.0, [], [late, soon, hopeless], running_rows=0)
+    assert plan.start == [soon, late] and plan.expire == [hopeless]
+
+
+def test_future_gain_rate_is_zero_on_a_flat_tail():
+    q = np.array([0, 0.5, 0.9, 1.0, 1.0, 1.0])
+    g = future_gain_rate(q)
+    assert g[0] == pytest.approx(0.5) and g[3] == 0 and g[2] == pytest.approx(0.1)

@@ -1,0 +1,36 @@
+"""Helpers to drive a real engine without HTTP."""
+from __future__ import annotations
+
+import threading
+import time
+
+from service.engine import Engine
+from service.model_dir import load_model_dir
+from service.request import Request, SamplingParams
+from service.runtime import make_runtime
+from service.scheduler import SchedulerConfig
+
+
+def make_engine(model_dir, backend="onnx", policy="anytime", max_batch=16, **kw) -> Engine:
+    spec = load_model_dir(model_dir, backend)
+    engine = Engine(spec, make_runtime(spec, backend, max_batch), SchedulerConfig(policy=policy, max_batch=max_batch, **kw))
+    engine.start()
+    return engine
+
+
+def submit(engine: Engine, seed=0, n=1, deadline_ms=5000, max_tokens=None, min_tokens=1, label=None,
+           sampling: SamplingParams | None = None) -> tuple[Request, threading.Event]:
+    done = threading.Event()
+    req = engine.new_request(n=n, seed=seed, label=label, deadline_s=deadline_ms / 1000, arrival=time.monotonic(),
+                             min_tokens=min_tokens, max_tokens=max_tokens or engine.spec.D,
+                             sampling=sampling or SamplingParams())
+    req.on_done = lambda r: done.set()
+    adm = engine.admit(req)
+    assert adm.ok, adm.message
+    return req, done
+
+
+def run(engine: Engine, **kw) -> Request:
+    req, done = submit(engine, **kw)
+    assert done.wait(30), "request did not finish"
+    return req
