@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
 
             def finish():
                 state.wait_idle(settings.drain_timeout_s)
-                super(DrainingServer, self).handle_exit(sig, frame)
+                # a drained shutdown is a clean exit (0): do not re-raise the signal as uvicorn would
+                self.should_exit = True
 
             threading.Thread(target=finish, daemon=True).start()
 
