@@ -168,7 +168,7 @@ class Engine:
             self.waiting.remove(r)
             self.waiting_rows -= r.n
             self._finish_request(r, FinishReason.ERROR, status=503,
-                                 error="waited for a free row until min_tokens no longer fit the deadline")
+                                 error="by the time the request could start, its deadline no longer fit min_tokens")
         if plan.finish:
             self._decode_and_finish(plan.finish)
         for r in plan.start:

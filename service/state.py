@@ -147,6 +147,9 @@ class ServiceState:
             if r.finish_reason is FinishReason.CANCELLED:
                 self.metrics.outcome(spec.name, "cancelled", r.n, "cancelled")
                 return None
+            if r.finish_reason is FinishReason.ERROR and r.error_status == 503:
+                self.metrics.rejected(spec.name, "expired")
+                raise ApiError(503, r.error, {"Retry-After": "1"})
             if r.finish_reason is FinishReason.ERROR:
                 self.metrics.outcome(spec.name, "error", r.n, "error")
                 raise ApiError(r.error_status or 500, r.error or "generation failed")

@@ -1,0 +1,1 @@
+"""Benchmarks: open-loop HTTP load, policy sweeps, engine micro-benchmarks."""

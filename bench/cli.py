@@ -1,0 +1,86 @@
+"""`anytime bench ...`: engine micro-benchmark, load test of one server, policy sweep."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "zoo" / "fashion-mnist"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="anytime bench")
+    sub = ap.add_subparsers(dest="what", required=True)
+    e = sub.add_parser("engine", help="step/decode latency vs batch per backend, vs the FLOP bound")
+    e.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL)
+    e.add_argument("--prior", type=Path, default=None, help="prior checkpoint, to time eager PyTorch too")
+    e.add_argument("--out", type=Path, default=Path("bench/results/engine"))
+
+    for name, text in (("load", "open-loop load against one server"), ("sweep", "policies x offered loads")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL)
+        p.add_argument("--backend", default="onnx", choices=["onnx", "torchscript"])
+        p.add_argument("--duration", type=float, default=20.0, help="seconds of arrivals per run")
+        p.add_argument("--deadlines", default="loguniform:20:1000", help="deadline distribution in ms")
+        p.add_argument("--n-mix", default="1:0.8,4:0.15,16:0.05", help="samples per request: value:weight,...")
+        p.add_argument("--server-flag", action="append", default=[], help="extra `anytime serve` flag (repeat)")
+        p.add_argument("--out", type=Path, required=True)
+    load = sub.choices["load"]
+    load.add_argument("--url", default=None, help="a running server; default: start one")
+    load.add_argument("--rate", type=float, default=None, help="requests/s (default: --load x measured capacity)")
+    load.add_argument("--load", type=float, default=1.0, help="offered load as a multiple of full-length capacity")
+    sweep = sub.choices["sweep"]
+    sweep.add_argument("--loads", default="0.25,0.5,1,2,4")
+    sweep.add_argument("--policies", default="anytime,fixed,drop,static")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "bench":
+        argv = argv[1:]
+    args = build_parser().parse_args(argv)
+    if args.what == "engine":
+        from .engine_bench import run
+
+        run(args.model_dir, args.out, args.prior)
+        print((args.out / "engine.md").read_text())
+        return 0
+    flags = ["--model-dirs", str(args.model_dir), "--backend", args.backend, *args.server_flag]
+    if args.what == "sweep":
+        from .policy_sweep import run
+
+        run(flags, [float(x) for x in args.loads.split(",")], args.policies.split(","), args.duration,
+            args.deadlines, args.n_mix, args.out)
+        print((args.out / "sweep.md").read_text())
+        return 0
+    import asyncio
+    import json
+
+    from .load_bench import measure_capacity, run
+    from .loadgen import parse_mix
+    from .server_proc import serve
+
+    model = json.loads((args.model_dir / "manifest.json").read_text())
+    title = f"Load test: {model['name']} on {args.backend}, policy anytime"
+    values, weights = parse_mix(args.n_mix)
+    mean_n = sum(v * w for v, w in zip(values, weights)) / sum(weights)
+
+    def go(url: str) -> None:
+        rate = args.rate
+        if rate is None:
+            with serve(*flags, "--policy", "fixed") as cap_url:
+                capacity = asyncio.run(measure_capacity(cap_url))
+            rate = args.load * capacity / mean_n
+            print(f"capacity {capacity:.1f} samples/s -> {rate:.1f} requests/s at {args.load}x")
+        s = run(url, rate, args.duration, args.deadlines, args.n_mix, args.out, title,
+                label_count=len(model.get("classes", [])))
+        print((args.out / "load.md").read_text())
+
+    if args.url:
+        go(args.url)
+    else:
+        args.out.mkdir(parents=True, exist_ok=True)
+        with serve(*flags, log_path=args.out / "server.log") as url:
+            go(url)
+    return 0

@@ -1,0 +1,113 @@
+"""Open-loop load generator: Poisson arrivals at a fixed rate, each request sent on time
+whether or not earlier ones have answered (closed-loop clients would hide overload)."""
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import asdict, dataclass
+
+import httpx
+from tqdm import tqdm
+
+
+@dataclass
+class Record:
+    sent_at: float  # seconds since the start of the run
+    deadline_ms: int
+    n: int
+    status: int  # HTTP status, 0 for a transport error
+    client_ms: float  # client-observed latency
+    server_ms: float | None = None  # latency_ms the server reported
+    tokens: int | None = None
+    max_tokens: int | None = None
+    quality: float | None = None
+    deadline_met: bool | None = None  # at the server
+    finish_reason: str | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def parse_deadlines(spec: str):
+    """'loguniform:20:1000' | 'uniform:20:1000' | 'fixed:100' | 'choice:20,50,100' -> sampler(rng)."""
+    kind, _, rest = spec.partition(":")
+    if kind == "fixed":
+        v = int(rest)
+        return lambda rng: v
+    if kind == "choice":
+        vals = [int(x) for x in rest.split(",")]
+        return lambda rng: rng.choice(vals)
+    lo, hi = (float(x) for x in rest.split(":"))
+    if kind == "uniform":
+        return lambda rng: int(round(rng.uniform(lo, hi)))
+    if kind == "loguniform":
+        import math
+
+        return lambda rng: int(round(math.exp(rng.uniform(math.log(lo), math.log(hi)))))
+    raise ValueError(f"unknown deadline distribution {spec!r}")
+
+
+def parse_mix(spec: str) -> tuple[list[int], list[float]]:
+    """'1:0.8,4:0.15,16:0.05' -> values and weights of n."""
+    values, weights = [], []
+    for part in spec.split(","):
+        v, _, w = part.partition(":")
+        values.append(int(v))
+        weights.append(float(w or 1))
+    return values, weights
+
+
+async def run_load(url: str, rate: float, duration: float, deadlines: str = "loguniform:20:1000", n_mix: str = "1",
+                   model: str | None = None, seed: int = 0, progress: bool = True, label_count: int = 0) -> list[Record]:
+    rng = random.Random(seed)
+    pick_deadline = parse_deadlines(deadlines)
+    n_values, n_weights = parse_mix(n_mix)
+    t, plan = 0.0, []
+    while True:
+        t += rng.expovariate(rate)
+        if t >= duration:
+            break
+        body = {"deadline_ms": pick_deadline(rng), "n": rng.choices(n_values, n_weights)[0],
+                "seed": rng.randrange(2**31), "format": "npy"}
+        if model:
+            body["model"] = model
+        if label_count and rng.random() < 0.5:
+            body["label"] = rng.randrange(label_count)
+        plan.append((t, body))
+    records: list[Record] = []
+    bar = tqdm(total=len(plan), desc=f"load {rate:.0f}/s", disable=not progress, leave=False)
+    limits = httpx.Limits(max_connections=2000, max_keepalive_connections=2000)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=httpx.Timeout(70.0)) as client:
+        start = time.perf_counter()
+
+        async def one(at: float, body: dict):
+            delay = at - (time.perf_counter() - start)
+            if delay > 0:
+                await asyncio.sleep(delay)
+            sent = time.perf_counter()
+            rec = Record(sent_at=sent - start, deadline_ms=body["deadline_ms"], n=body["n"], status=0, client_ms=0.0)
+            try:
+                r = await client.post("/generate", json=body)
+                rec.client_ms = (time.perf_counter() - sent) * 1000
+                rec.status = r.status_code
+                if r.status_code == 200:
+                    h = r.headers
+                    rec.server_ms = float(h["x-anytime-latency-ms"])
+                    rec.tokens = int(h["x-anytime-tokens"])
+                    rec.max_tokens = int(h["x-anytime-max-tokens"])
+                    rec.quality = float(h["x-anytime-quality"])
+                    rec.deadline_met = h["x-anytime-deadline-met"] == "true"
+                    rec.finish_reason = h.get("x-anytime-finish-reason")
+                else:
+                    rec.error = r.json().get("error", {}).get("message", "")[:200]
+            except (httpx.HTTPError, ValueError) as e:
+                rec.client_ms = (time.perf_counter() - sent) * 1000
+                rec.error = f"{type(e).__name__}: {e}"[:200]
+            records.append(rec)
+            bar.update()
+
+        await asyncio.gather(*(one(at, body) for at, body in plan))
+    bar.close()
+    return sorted(records, key=lambda r: r.sent_at)

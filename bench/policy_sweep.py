@@ -1,0 +1,90 @@
+"""Policy sweep: the same engine under each scheduling policy, at offered loads expressed as
+multiples of the measured full-length capacity, side by side in one run."""
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from .load_bench import measure_capacity
+from .loadgen import parse_mix, run_load
+from .machine import header
+from .server_proc import serve
+from .summary import summarize
+
+COLUMNS = [("attainment_all", "met (all)", "{:.2%}"), ("attainment_admitted", "met (admitted)", "{:.2%}"),
+           ("rejection_rate", "rejected", "{:.1%}"), ("latency_p50_ms", "p50 ms", "{:.0f}"),
+           ("latency_p99_ms", "p99 ms", "{:.0f}"), ("mean_token_fraction", "k/D", "{:.2f}"),
+           ("mean_quality", "quality", "{:.3f}"), ("quality_goodput", "quality-goodput/s", "{:.1f}")]
+
+
+def run(server_flags: list[str], loads: list[float], policies: list[str], duration: float, deadlines: str,
+        n_mix: str, out: Path, seed: int = 0) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    with serve(*server_flags, "--policy", "fixed", log_path=out / "server-capacity.log") as url:
+        capacity = asyncio.run(measure_capacity(url))
+    values, weights = parse_mix(n_mix)
+    mean_n = sum(v * w for v, w in zip(values, weights)) / sum(weights)
+    results = {"capacity_samples_per_s": capacity, "server_flags": server_flags, "duration_s": duration,
+               "deadlines": deadlines, "n_mix": n_mix, "runs": []}
+    for load in loads:
+        rate = load * capacity / mean_n
+        for policy in policies:
+            with serve(*server_flags, "--policy", policy, log_path=out / f"server-{policy}-{load}.log") as url:
+                records = asyncio.run(run_load(url, rate, duration, deadlines, n_mix, seed=seed))
+            s = summarize(records, duration)
+            s.update({"policy": policy, "load": load, "rate": rate})
+            results["runs"].append(s)
+            print(f"load {load}x policy {policy}: " + ", ".join(f"{label} {fmt.format(s[k])}" for k, label, fmt in COLUMNS))
+    (out / "sweep.json").write_text(json.dumps(results, indent=1))
+    plot(results, out / "sweep.png")
+    (out / "sweep.md").write_text(markdown(results))
+    return results
+
+
+def markdown(res: dict) -> str:
+    lines = [header("Scheduling policies under load, same engine"),
+             f"Full-length capacity measured first (policy `fixed`, saturating open-loop load, deadlines 60 s): "
+             f"**{res['capacity_samples_per_s']:.1f} samples/s** at k = D. Offered load = multiple of that capacity, "
+             f"Poisson arrivals for {res['duration_s']:.0f} s per cell, deadlines `{res['deadlines']}` ms, "
+             f"samples per request `{res['n_mix']}`. Server flags: `{' '.join(res['server_flags'])}`.", "",
+             "quality-goodput = sum over samples answered on time of their quality estimate, per second.", "",
+             "| load | policy | " + " | ".join(label for _, label, _ in COLUMNS) + " |",
+             "|---|---|" + "---|" * len(COLUMNS)]
+    for s in res["runs"]:
+        lines.append(f"| {s['load']}x | {s['policy']} | " + " | ".join(fmt.format(s[k]) for k, _, fmt in COLUMNS) + " |")
+    lines += ["", "## Quality-goodput of `anytime` relative to the others", "", "| load | vs fixed | vs drop | vs static |",
+              "|---|---|---|---|"]
+    for load in sorted({s["load"] for s in res["runs"]}):
+        cell = {s["policy"]: s["quality_goodput"] for s in res["runs"] if s["load"] == load}
+        if "anytime" not in cell:
+            continue
+        ratio = lambda p: f"{cell['anytime'] / cell[p]:.2f}x" if cell.get(p) else ("inf" if p in cell else "-")  # noqa: E731
+        lines.append(f"| {load}x | {ratio('fixed')} | {ratio('drop')} | {ratio('static')} |")
+    lines += ["", "![sweep](sweep.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for policy in sorted({s["policy"] for s in res["runs"]}):
+        runs = sorted((s for s in res["runs"] if s["policy"] == policy), key=lambda s: s["load"])
+        x = [s["load"] for s in runs]
+        axes[0].plot(x, [s["quality_goodput"] for s in runs], "o-", label=policy)
+        axes[1].plot(x, [s["attainment_all"] for s in runs], "o-", label=policy)
+        axes[2].plot(x, [s["mean_quality"] for s in runs], "o-", label=policy)
+    axes[0].set(title="quality-goodput (on-time quality / s)", xlabel="offered load (x capacity)", xscale="log")
+    axes[1].set(title="deadline attainment (all requests)", xlabel="offered load (x capacity)", xscale="log",
+                ylim=(0, 1.02))
+    axes[2].set(title="mean quality of answers", xlabel="offered load (x capacity)", xscale="log", ylim=(0, 1.02))
+    for a in axes:
+        a.grid(alpha=0.3)
+        a.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
