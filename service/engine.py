@@ -163,14 +163,18 @@ class Engine:
     def iteration(self) -> None:
         now = time.monotonic()
         self._drop_cancelled()
-        plan = self.scheduler.plan(now, self.running, self.waiting, len(self.rows))
+        due = [r for r in self.running if r.preview_due()]
+        plan = self.scheduler.plan(now, self.running, self.waiting, len(self.rows),
+                                   preview_rows=sum(r.n for r in due))
         for r in plan.expire:
             self.waiting.remove(r)
             self.waiting_rows -= r.n
             self._finish_request(r, FinishReason.ERROR, status=503,
                                  error="by the time the request could start, its deadline no longer fit min_tokens")
-        if plan.finish:
-            self._decode_and_finish(plan.finish)
+        finishing = {r for r, _ in plan.finish}
+        previews = [r for r in due if r not in finishing]
+        if plan.finish or previews:
+            self._decode_and_finish(plan.finish, previews)
         for r in plan.start:
             self._start(r)
         if self.rows:
@@ -209,9 +213,10 @@ class Engine:
             self._release_rows(r)
             self._finish_request(r, FinishReason.CANCELLED)
 
-    def _decode_and_finish(self, finishing: list[tuple[Request, FinishReason]]) -> None:
+    def _decode_and_finish(self, finishing: list[tuple[Request, FinishReason]], previews: list[Request] = ()) -> None:
+        """One batched decode for the requests that finish now and the streaming previews due."""
         D = self.spec.D
-        seqs = [s for r, _ in finishing for s in r.sequences]
+        seqs = [s for r, _ in finishing for s in r.sequences] + [s for r in previews for s in r.sequences]
         codes = np.zeros((len(seqs), D), dtype=np.int64)
         lengths = np.zeros(len(seqs), dtype=np.int64)
         for i, s in enumerate(seqs):
@@ -222,7 +227,7 @@ class Engine:
             out = self.runtime.decode(codes, lengths)
         except Exception as e:  # a decoder failure fails only these requests
             log.exception("decode failed")
-            for r, _ in finishing:
+            for r in [r for r, _ in finishing] + list(previews):
                 self._release_rows(r)
                 self._finish_request(r, FinishReason.ERROR, error=f"decoder failed: {type(e).__name__}",
                                      status=500)
@@ -236,6 +241,14 @@ class Engine:
             i += r.n
             self._release_rows(r)
             self._finish_request(r, reason)
+        for r in previews:
+            r.last_preview = r.tokens
+            if r.on_preview is not None:
+                try:
+                    r.on_preview(r, r.tokens, out[i : i + r.n])
+                except Exception:
+                    log.exception("on_preview callback failed")
+            i += r.n
 
     def _step(self) -> None:
         B = len(self.rows)

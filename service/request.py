@@ -76,6 +76,9 @@ class Request:
     finished: float | None = None
     samples: np.ndarray | None = None  # decoded [n, ...] in [0, 1]
     on_done: object = None  # callable(request), set by whoever waits for it
+    preview_every: int = 0  # streaming: decode a preview every this many tokens (0: off)
+    last_preview: int = 0
+    on_preview: object = None  # callable(request, tokens, samples [n, ...])
 
     @property
     def deadline(self) -> float:
@@ -84,6 +87,11 @@ class Request:
     @property
     def tokens(self) -> int:
         return min((s.position for s in self.sequences), default=0)
+
+    def preview_due(self) -> bool:
+        k = self.tokens
+        return (self.preview_every > 0 and 0 < k < self.planned_tokens and k % self.preview_every == 0
+                and k != self.last_preview)
 
     def remaining(self, now: float | None = None) -> float:
         return self.deadline - (time.monotonic() if now is None else now)

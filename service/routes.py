@@ -1,15 +1,16 @@
 """HTTP routes: thin functions over ServiceState."""
 from __future__ import annotations
 
+import json
 import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from . import encoding
 from .errors import ApiError
-from .schemas import ErrorResponse, GenerateRequest, GenerateResponse, ModelInfo, ModelList, Sample
+from .schemas import ErrorResponse, GenerateRequest, GenerateResponse, ModelInfo, ModelList, Preview, Sample
 from .state import Result, ServiceState
 
 
@@ -28,27 +29,41 @@ router = APIRouter()
 async def generate(body: GenerateRequest, request: Request, state: StateDep):
     """Generate samples within deadline_ms; the server picks the token count k that fits."""
     arrival = request.state.arrival
+    if body.stream:
+        return _stream(body, request, state)
     result = await state.generate(body, arrival, request.state.request_id, request.is_disconnected)
     if result is None:  # client went away; nobody reads this
         return Response(status_code=499)
     return _encode(body, result, arrival, state)
 
 
+def _samples(samples, spec) -> list[Sample]:
+    encoded = [encoding.encode_one(s, spec.modality, spec.sample_rate) for s in samples]
+    return [Sample(data=encoding.b64(data), media_type=mt) for mt, data in encoded]
+
+
+def _meta(body: GenerateRequest, result: Result) -> dict:
+    r, spec = result.request, result.spec
+    label = spec.classes[r.label] if r.label is not None and spec.classes else None
+    return {"model": spec.name, "tokens": r.tokens, "max_tokens": spec.D, "quality": round(result.quality, 4),
+            "deadline_ms": body.deadline_ms, "seed": r.seed, "label": label,
+            "finish_reason": r.finish_reason.value, "request_id": r.request_id}
+
+
+def _json_payload(body: GenerateRequest, result: Result, arrival: float, state: ServiceState) -> GenerateResponse:
+    items = _samples(result.request.samples, result.spec)
+    latency = time.monotonic() - arrival
+    state.record(result, latency)
+    return GenerateResponse(**_meta(body, result), latency_ms=round(latency * 1000, 3),
+                            deadline_met=latency <= result.request.deadline_s, samples=items)
+
+
 def _encode(body: GenerateRequest, result: Result, arrival: float, state: ServiceState) -> Response:
     r, spec = result.request, result.spec
     samples = r.samples
-    label = spec.classes[r.label] if r.label is not None and spec.classes else None
-    meta = {"model": spec.name, "tokens": r.tokens, "max_tokens": spec.D, "quality": round(result.quality, 4),
-            "deadline_ms": body.deadline_ms, "seed": r.seed, "label": label,
-            "finish_reason": r.finish_reason.value, "request_id": r.request_id}
+    meta = _meta(body, result)
     if body.format == "json":
-        encoded = [encoding.encode_one(s, spec.modality, spec.sample_rate) for s in samples]
-        items = [Sample(data=encoding.b64(data), media_type=mt) for mt, data in encoded]
-        latency = time.monotonic() - arrival
-        payload = GenerateResponse(**meta, latency_ms=round(latency * 1000, 3), deadline_met=latency <= r.deadline_s,
-                                   samples=items)
-        state.record(result, latency)
-        return JSONResponse(payload.model_dump())
+        return JSONResponse(_json_payload(body, result, arrival, state).model_dump())
     if body.format == "npy":
         data, media = encoding.npy(samples), encoding.MEDIA_TYPES["npy"]
     elif body.format == "png":
@@ -61,6 +76,48 @@ def _encode(body: GenerateRequest, result: Result, arrival: float, state: Servic
     headers["X-Anytime-Deadline-Met"] = str(latency <= r.deadline_s).lower()
     state.record(result, latency)
     return Response(content=data, media_type=media, headers=headers)
+
+
+def _sse(event: str, data: dict) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+def _stream(body: GenerateRequest, request: Request, state: ServiceState) -> StreamingResponse:
+    """Server-sent events: `preview` every preview_every tokens, then `final` (or `error`).
+
+    Admission errors are raised here, before the stream starts, as plain JSON errors."""
+    arrival = request.state.arrival
+    engine, req = state.prepare(body, arrival, request.state.request_id)
+    events = state.admit(engine, req)
+    spec = engine.spec
+
+    async def produce():
+        finished = False
+        try:
+            while True:
+                kind, *payload = await events.get()
+                if kind == "preview":
+                    k, samples = payload
+                    yield _sse("preview", Preview(tokens=k, max_tokens=spec.D, quality=round(spec.quality(k), 4),
+                                                  elapsed_ms=round((time.monotonic() - arrival) * 1000, 3),
+                                                  samples=_samples(samples, spec)).model_dump())
+                    continue
+                finished = True
+                try:
+                    result = state.outcome(engine, req)
+                except ApiError as e:
+                    yield _sse("error", {"error": {"code": e.status, "message": e.message}})
+                    return
+                if result is not None:
+                    yield _sse("final", _json_payload(body, result, arrival, state).model_dump())
+                return
+        finally:
+            if not finished:  # the client went away mid-stream: free its rows
+                engine.cancel(req)
+            state.release()
+
+    return StreamingResponse(produce(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 @router.get("/models", response_model=ModelList)

@@ -87,6 +87,8 @@ class Scheduler:
         c, lat = self.config, self.latency
         overhead = wait_s + c.safety * lat.decode(req.n) + c.respond_margin_s
         per_step = c.safety * lat.step(batch)
+        if req.preview_every:  # streaming: one preview decode every preview_every steps
+            per_step += c.safety * lat.decode(req.n) / req.preview_every
         return max(0, math.floor((req.deadline - now - overhead) / per_step + 1e-9))
 
     def _wait_estimate(self, running: int, waiting: int, n: int) -> float:
@@ -134,12 +136,16 @@ class Scheduler:
         return max(1.0, self.latency.step(max(1, running)) * self.mean_planned)
 
     # ---- each iteration --------------------------------------------------------------------
-    def plan(self, now: float, running: list[Request], waiting: list[Request], running_rows: int) -> IterationPlan:
-        """Which running requests finish now (and why), and which waiting ones join the batch."""
+    def plan(self, now: float, running: list[Request], waiting: list[Request], running_rows: int,
+             preview_rows: int = 0) -> IterationPlan:
+        """Which running requests finish now (and why), and which waiting ones join the batch.
+
+        preview_rows: streaming previews decoded in this iteration's decode batch."""
         c, lat = self.config, self.latency
         plan = IterationPlan()
         rows = running_rows
         finishing_rows = 0
+        decode_rows = preview_rows
         cap_q = self.quality_cap() if c.policy == "anytime" else self.D
         # 1. budgets reached, and the quality knee under pressure
         keep = []
@@ -153,15 +159,16 @@ class Scheduler:
                 continue
             finishing_rows += r.n
         rows -= finishing_rows
+        decode_rows += finishing_rows
         # 2. deadline guard: continue only if this iteration's decode, one more step, then this
         #    request's own decode and response still fit before its deadline
         if c.policy == "anytime":
             for r in sorted(keep, key=lambda r: r.deadline):
-                dec_now = lat.decode.paced(finishing_rows) if finishing_rows else 0.0
+                dec_now = lat.decode.paced(decode_rows) if decode_rows else 0.0
                 need = c.safety * (dec_now + lat.step.paced(rows) + lat.decode.paced(r.n)) + c.respond_margin_s
                 if now + need > r.deadline and r.tokens >= 1:
                     plan.finish.append((r, FinishReason.DEADLINE_GUARD))
-                    finishing_rows += r.n
+                    decode_rows += r.n
                     rows -= r.n
         # 3. admit waiting requests into free rows (earliest deadline first for anytime)
         order = sorted(waiting, key=lambda r: r.deadline) if c.policy == "anytime" else waiting

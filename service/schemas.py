@@ -24,6 +24,9 @@ class GenerateRequest(BaseModel):
     top_k: int = Field(0, ge=0, le=65536, description="sample from the k most likely tokens (0: off)")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass (1: off)")
     format: Literal["json", "png", "wav", "npy"] = Field("json", description="response body")
+    stream: bool = Field(False, description="answer text/event-stream: `preview` events of the decoded prefix, "
+                                           "then a `final` event with the JSON response")
+    preview_every: int | None = Field(None, ge=1, le=65536, description="tokens between previews (default D/8)")
 
     @model_validator(mode="after")
     def _floor_below_cap(self):
@@ -31,6 +34,8 @@ class GenerateRequest(BaseModel):
             raise ValueError("min_tokens must not exceed max_tokens")
         if isinstance(self.label, str) and len(self.label) > 128:
             raise ValueError("label is too long")
+        if self.stream and self.format != "json":
+            raise ValueError("stream needs format 'json' (previews carry base64 samples)")
         return self
 
 
@@ -51,6 +56,16 @@ class GenerateResponse(BaseModel):
     label: str | None = None
     finish_reason: str = Field(..., description="budget | deadline_guard | quality")
     request_id: str
+    samples: list[Sample]
+
+
+class Preview(BaseModel):
+    """Data of a streamed `preview` event: the decoded prefix so far."""
+
+    tokens: int
+    max_tokens: int
+    quality: float
+    elapsed_ms: float
     samples: list[Sample]
 
 

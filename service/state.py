@@ -104,8 +104,8 @@ class ServiceState:
             raise ApiError(404, f"unknown model {name!r}; available: {', '.join(sorted(self.engines))}")
         return self.engines[name]
 
-    async def generate(self, body: GenerateRequest, arrival: float, request_id: str, is_disconnected) -> Result | None:
-        """Admit, wait for the engine, and return the result; None when the client went away."""
+    def prepare(self, body: GenerateRequest, arrival: float, request_id: str) -> tuple[Engine, Request]:
+        """Validate against the model and build the Request (no engine state is touched)."""
         if not self.ready or self.draining:
             raise ApiError(503, "server is draining" if self.draining else "models are still loading",
                            {"Retry-After": "1"})
@@ -128,36 +128,62 @@ class ServiceState:
             n=body.n, seed=seed, label=label, deadline_s=body.deadline_ms / 1000, arrival=arrival,
             min_tokens=body.min_tokens or 1, max_tokens=body.max_tokens or spec.D,
             sampling=SamplingParams(body.temperature, body.top_k, body.top_p), request_id=request_id)
+        if body.stream:
+            req.preview_every = body.preview_every or max(1, spec.D // 8)
+        return engine, req
+
+    def admit(self, engine: Engine, req: Request) -> asyncio.Queue:
+        """Admit or raise 503; returns the queue of engine events: ("preview", tokens, samples)
+        for streaming requests, then ("done", request). Pair every admit with release()."""
         loop = asyncio.get_running_loop()
-        done = loop.create_future()
-        req.on_done = lambda r: loop.call_soon_threadsafe(lambda: done.done() or done.set_result(r))
+        events: asyncio.Queue = asyncio.Queue()
+        req.on_done = lambda r: loop.call_soon_threadsafe(events.put_nowait, ("done", r))
+        if req.preview_every:
+            req.on_preview = lambda r, k, samples: loop.call_soon_threadsafe(
+                events.put_nowait, ("preview", k, samples.copy()))
+        adm = engine.admit(req)
+        if not adm.ok:
+            self.metrics.rejected(engine.spec.name, adm.reason)
+            raise ApiError(503, adm.message, {"Retry-After": str(max(1, round(adm.retry_after_s)))})
         with self._lock:
             self._inflight += 1
+        return events
+
+    def release(self) -> None:
+        with self._lock:
+            self._inflight -= 1
+
+    def outcome(self, engine: Engine, r: Request) -> Result | None:
+        """The finished request as a Result; None if cancelled; ApiError if it failed."""
+        spec = engine.spec
+        if r.finish_reason is FinishReason.CANCELLED:
+            self.metrics.outcome(spec.name, "cancelled", r.n, "cancelled")
+            return None
+        if r.finish_reason is FinishReason.ERROR and r.error_status == 503:
+            self.metrics.rejected(spec.name, "expired")
+            raise ApiError(503, r.error, {"Retry-After": "1"})
+        if r.finish_reason is FinishReason.ERROR:
+            self.metrics.outcome(spec.name, "error", r.n, "error")
+            raise ApiError(r.error_status or 500, r.error or "generation failed")
+        return Result(r, spec, time.monotonic() - r.arrival, spec.quality(r.tokens))
+
+    async def generate(self, body: GenerateRequest, arrival: float, request_id: str, is_disconnected) -> Result | None:
+        """Admit, wait for the engine, and return the result; None when the client went away."""
+        engine, req = self.prepare(body, arrival, request_id)
+        events = self.admit(engine, req)
+        cancelled = False
         try:
-            adm = engine.admit(req)
-            if not adm.ok:
-                self.metrics.rejected(spec.name, adm.reason)
-                raise ApiError(503, adm.message, {"Retry-After": str(max(1, round(adm.retry_after_s)))})
-            while not done.done():
-                await asyncio.wait({done}, timeout=0.05)
-                if not done.done() and await is_disconnected():
-                    engine.cancel(req)
-                    await done  # the engine frees the rows, then finishes the request as cancelled
-            r = done.result()
-            if r.finish_reason is FinishReason.CANCELLED:
-                self.metrics.outcome(spec.name, "cancelled", r.n, "cancelled")
-                return None
-            if r.finish_reason is FinishReason.ERROR and r.error_status == 503:
-                self.metrics.rejected(spec.name, "expired")
-                raise ApiError(503, r.error, {"Retry-After": "1"})
-            if r.finish_reason is FinishReason.ERROR:
-                self.metrics.outcome(spec.name, "error", r.n, "error")
-                raise ApiError(r.error_status or 500, r.error or "generation failed")
-            k = r.tokens
-            return Result(r, spec, time.monotonic() - arrival, spec.quality(k))
+            while True:  # a non-streaming request gets exactly one event: ("done", request)
+                try:
+                    await asyncio.wait_for(events.get(), timeout=0.05)
+                    break
+                except asyncio.TimeoutError:
+                    if not cancelled and await is_disconnected():
+                        engine.cancel(req)  # the engine frees its rows, then finishes it as cancelled
+                        cancelled = True
+            return self.outcome(engine, req)
         finally:
-            with self._lock:
-                self._inflight -= 1
+            self.release()
 
     def record(self, result: Result, latency_s: float) -> None:
         r = result.request

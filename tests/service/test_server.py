@@ -140,10 +140,11 @@ def test_a_request_arriving_mid_generation_joins_within_one_step(server):
     t = time.monotonic()
     second = post(base, deadline_ms=5000, seed=2, max_tokens=2).json()
     second_latency = time.monotonic() - t
+    first_still_running = first.is_alive()
     first.join()
     engine.fault_hook = None
-    # the second finished its 2 steps long before the first's 8 steps ended
-    assert second["tokens"] == 2 and second_latency < 0.03 * 5
+    # the second finished its 2 steps while the first's 8 steps were still going
+    assert second["tokens"] == 2 and first_still_running and second_latency < 0.2
     assert results["first"]["tokens"] == 8
 
 
