@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
 from . import encoding
 from .errors import ApiError
@@ -22,6 +23,7 @@ StateDep = Annotated[ServiceState, Depends(get_state)]
 ERRORS = {code: {"model": ErrorResponse} for code in (401, 404, 413, 422, 500, 503)}
 
 router = APIRouter()
+STATIC = Path(__file__).resolve().parent / "static"
 
 
 @router.post("/generate", response_model=GenerateResponse, responses={
@@ -140,6 +142,12 @@ def _info(state: ServiceState, name: str) -> ModelInfo:
                      backend=e.runtime.backend, device=e.runtime.device, default=name == state.default_model,
                      quality={"metric": q.get("metric", ""), "k": q["k"], "quality": q["quality"]},
                      output=e.spec.manifest.get("output", {}))
+
+
+@router.get("/", include_in_schema=False)
+async def playground():
+    """The browser playground (a single self-contained page, no external assets)."""
+    return FileResponse(STATIC / "playground.html", media_type="text/html")
 
 
 @router.get("/healthz")
