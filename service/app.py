@@ -4,8 +4,10 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from . import errors
+from .auth import ApiKeyAuth, load_keys
 from .middleware import ArrivalAndLimits
 from .routes import router
 from .settings import Settings
@@ -30,5 +32,12 @@ def create_app(settings: Settings | None = None, state: ServiceState | None = No
     app.state.service = state
     errors.install(app)
     app.include_router(router)
+    keys = load_keys(settings.api_keys, settings.api_keys_file)
+    app.add_middleware(ApiKeyAuth, keys=keys, open_paths={p.strip() for p in settings.open_paths.split(",")})
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    if origins:  # off by default: a browser page elsewhere cannot call the API unless allowed here
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
+    # added last = outermost: every request gets its arrival time and id before anything else
     app.add_middleware(ArrivalAndLimits, max_body_bytes=settings.max_body_bytes)
     return app

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
+
+access = logging.getLogger("anytime.access")
 
 
 class ArrivalAndLimits:
@@ -48,12 +51,21 @@ class ArrivalAndLimits:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
+        status = 0
+
         async def send_with_id(msg):
+            nonlocal status
             if msg["type"] == "http.response.start":
+                status = msg["status"]
                 msg["headers"] = list(msg.get("headers", [])) + [(b"x-request-id", rid.encode("latin-1"))]
             await send(msg)
 
-        await self.app(scope, replay_receive, send_with_id)
+        try:
+            await self.app(scope, replay_receive, send_with_id)
+        finally:
+            access.info("request", extra={"request_id": rid, "method": scope["method"], "path": scope["path"],
+                                          "status": status,
+                                          "latency_ms": round((time.monotonic() - state["arrival"]) * 1000, 3)})
 
 
 async def _reject(send, rid: str, limit: int) -> None:

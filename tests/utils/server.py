@@ -32,9 +32,11 @@ def running_server(**settings):
     thread.start()
     base = f"http://127.0.0.1:{port}"
     end = time.monotonic() + 60
+    key = cfg.api_keys.split(",")[0].strip()
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
     while time.monotonic() < end:
         try:
-            if httpx.get(base + "/readyz", timeout=1).status_code == 200:
+            if httpx.get(base + "/readyz", timeout=1, headers=headers).status_code == 200:
                 break
         except httpx.HTTPError:
             pass

@@ -1,0 +1,47 @@
+"""Optional API keys: `Authorization: Bearer <key>`, compared in constant time.
+
+Keys come from `api_keys` (comma-separated) and/or `api_keys_file` (one per line, # comments).
+With no keys configured, everything is open. `open_paths` stay open either way (probes,
+metrics scrapes)."""
+from __future__ import annotations
+
+import hmac
+import json
+from pathlib import Path
+
+
+def load_keys(inline: str, file: str | None) -> list[bytes]:
+    keys = [k.strip() for k in inline.split(",") if k.strip()]
+    if file:
+        for line in Path(file).read_text().splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line:
+                keys.append(line)
+    return [k.encode() for k in keys]
+
+
+class ApiKeyAuth:
+    def __init__(self, app, keys: list[bytes], open_paths: set[str]):
+        self.app, self.keys, self.open_paths = app, keys, open_paths
+
+    def _authorized(self, header: bytes) -> bool:
+        scheme, _, token = header.partition(b" ")
+        if scheme.lower() != b"bearer" or not token:
+            return False
+        ok = False
+        for key in self.keys:  # no early exit: time does not depend on which key matched
+            ok |= hmac.compare_digest(token.strip(), key)
+        return ok
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not self.keys or scope["path"] in self.open_paths:
+            return await self.app(scope, receive, send)
+        header = dict(scope.get("headers") or []).get(b"authorization", b"")
+        if self._authorized(header):
+            return await self.app(scope, receive, send)
+        body = json.dumps({"error": {"code": 401, "message": "missing or invalid API key "
+                                     "(send Authorization: Bearer <key>)"}}).encode()
+        await send({"type": "http.response.start", "status": 401,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"www-authenticate", b'Bearer realm="anytime"')]})
+        await send({"type": "http.response.body", "body": body})
