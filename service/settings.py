@@ -23,6 +23,7 @@ class Settings(BaseSettings):
     policy: Literal["anytime", "fixed", "drop", "static"] = "anytime"
     max_batch: int = Field(128, ge=1, le=4096, description="sequences stepped together per model")
     max_queue: int = Field(1024, ge=0, description="sequences admitted and waiting for a batch row")
+    max_inflight: int = Field(4096, ge=1, description="HTTP requests in flight; beyond: 503 at once")
     max_body_bytes: int = Field(65536, ge=1024, description="larger request bodies get 413 before parsing")
     respond_margin_ms: float = Field(2.0, ge=0, description="time kept for encoding and responding")
     safety: float = Field(1.15, ge=1.0, description="multiplies predicted costs in deadline decisions")

@@ -135,6 +135,9 @@ class ServiceState:
     def admit(self, engine: Engine, req: Request) -> asyncio.Queue:
         """Admit or raise 503; returns the queue of engine events: ("preview", tokens, samples)
         for streaming requests, then ("done", request). Pair every admit with release()."""
+        if self._inflight >= self.settings.max_inflight:
+            self.metrics.rejected(engine.spec.name, "overloaded")
+            raise ApiError(503, f"overloaded: {self._inflight} requests in flight", {"Retry-After": "1"})
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         req.on_done = lambda r: loop.call_soon_threadsafe(events.put_nowait, ("done", r))
