@@ -36,10 +36,52 @@ class ImageClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
 
+    @staticmethod
+    def augment(x: torch.Tensor) -> torch.Tensor:
+        """Light augmentation: random horizontal flips and 1-pixel shifts."""
+        flip = torch.rand(x.shape[0], device=x.device) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        return torch.roll(x, shifts=(int(torch.randint(-1, 2, ())), int(torch.randint(-1, 2, ()))), dims=(-2, -1))
+
+
+class AudioClassifier(nn.Module):
+    """Small CNN on log-mel features of [B, 1, T] waveforms in [-1, 1]; `features` is the
+    128-d penultimate layer. The log-mel front end is gain-invariant (see audio.LogMel)."""
+
+    def __init__(self, num_classes: int = 10, sample_rate: int = 16000, n_mels: int = 40, feature_dim: int = 128):
+        super().__init__()
+        from .audio import LogMel
+
+        self.logmel = LogMel(sample_rate, n_mels=n_mels)
+
+        def block(cin, cout):
+            return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
+
+        pool = lambda: nn.MaxPool2d(2, ceil_mode=True)  # noqa: E731  (ceil: short clips still pool to >= 1 frame)
+        self.conv = nn.Sequential(*block(1, 16), pool(), *block(16, 32), pool(), *block(32, 64), pool(), *block(64, 128))
+        self.body = nn.Sequential(nn.Dropout(0.3), nn.Linear(256, feature_dim), nn.ReLU())
+        self.head = nn.Linear(feature_dim, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(self.logmel(x)[:, None])  # [B, 128, mels/8, frames/8]
+        return self.body(torch.cat([h.mean((2, 3)), h.amax((2, 3))], dim=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    @staticmethod
+    def augment(x: torch.Tensor) -> torch.Tensor:
+        """Random shifts of up to 0.1 s and a little white noise (some clips clean)."""
+        x = torch.roll(x, int(torch.randint(-1600, 1601, ())), dims=-1)
+        level = torch.rand(x.shape[0], 1, 1, device=x.device) * 0.02
+        return x + level * torch.randn_like(x)
+
 
 def build(kind: str, **kwargs) -> nn.Module:
     if kind == "image":
         return ImageClassifier(**kwargs)
+    if kind == "audio":
+        return AudioClassifier(**kwargs)
     raise ValueError(f"unknown classifier kind {kind!r}")
 
 
@@ -69,10 +111,16 @@ def accuracy(model: nn.Module, ds: Dataset) -> float:
 
 
 def train(train_ds: Dataset, test_ds: Dataset, out: Path, epochs: int = 4, seed: int = 0, lr: float = 2e-3,
-          batch_size: int = 128, kind: str = "image", meta: dict | None = None) -> nn.Module:
+          batch_size: int = 128, kind: str | None = None, meta: dict | None = None) -> nn.Module:
+    """kind: 'image' or 'audio'; by default from the data ([N, C, H, W] images, [N, 1, T] audio)."""
     torch.manual_seed(seed)
     dev = checkpoint.device()
-    args = {"in_channels": train_ds.x.shape[1], "num_classes": len(train_ds.classes)}
+    kind = kind or ("audio" if train_ds.x.dim() == 3 else "image")
+    args = {"num_classes": len(train_ds.classes)}
+    if kind == "image":
+        args["in_channels"] = train_ds.x.shape[1]
+    else:
+        args["sample_rate"] = train_ds.sample_rate or 16000
     model = build(kind, **args).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     steps = epochs * ((len(train_ds) + batch_size - 1) // batch_size)
@@ -83,11 +131,7 @@ def train(train_ds: Dataset, test_ds: Dataset, out: Path, epochs: int = 4, seed:
         bar = tqdm(list(batches(train_ds, batch_size, True, gen)), desc=f"classifier {epoch + 1}/{epochs}")
         for i, (x, y) in enumerate(bar):
             x, y = x.to(dev), y.to(dev)
-            # light augmentation: random horizontal flips and 1-pixel shifts
-            flip = torch.rand(x.shape[0], device=dev) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-            x = torch.roll(x, shifts=(int(torch.randint(-1, 2, ())), int(torch.randint(-1, 2, ()))), dims=(-2, -1))
-            loss = F.cross_entropy(model(x), y)
+            loss = F.cross_entropy(model(model.augment(x)), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

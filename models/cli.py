@@ -59,6 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--out", type=Path, required=True, help="folder for the markdown report, JSON and plots")
 
+    d = sub.add_parser("data", help="build a data set").add_subparsers(dest="what", required=True)
+    sd = d.add_parser("spoken-digits", help="words spoken by espeak-ng voices, split by speaker")
+    sd.add_argument("--out", type=Path, default=Path("data/spoken-digits"))
+    sd.add_argument("--renditions", type=int, default=6, help="clips per speaker and word")
+    sd.add_argument("--test-fraction", type=float, default=0.2, help="fraction of speakers held out")
+    sd.add_argument("--words", default=None, help="comma-separated words (default: the ten digits)")
+    sd.add_argument("--seed", type=int, default=0)
+
     x = sub.add_parser("export", help="TorchScript + ONNX model directory")
     x.add_argument("--name", required=True)
     x.add_argument("--vqvae", type=Path, required=True)
@@ -104,6 +112,13 @@ def main(argv: list[str] | None = None) -> int:
         evaluate_pipelines(load_dataset(args.dataset, "test", args.data_dir), args.pipeline, args.classifier,
                            args.out, samples=args.samples, conditional_samples=args.conditional_samples,
                            seed=args.seed, command=cmd)
+    elif args.command == "data":
+        from .spoken_digits import build
+
+        meta = build(args.out, renditions=args.renditions, test_fraction=args.test_fraction, seed=args.seed,
+                     words=args.words.split(",") if args.words else None, command=cmd)
+        print(f"{args.out}: {meta['clips']} clips, {len(meta['speakers']['train'])} train / "
+              f"{len(meta['speakers']['test'])} test speakers")
     elif args.command == "export":
         from .export import export_model
 

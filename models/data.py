@@ -26,6 +26,7 @@ class Dataset:
     y: torch.Tensor  # [N] int64, -1 when unlabelled
     classes: list[str]
     name: str
+    sample_rate: int | None = None  # audio only: samples per second of x [N, 1, T]
 
     def __len__(self) -> int:
         return len(self.x)
@@ -94,13 +95,24 @@ def image_folder(directory: Path, size: tuple[int, int] = (28, 28), channels: in
 
 
 def load_dataset(name: str, split: str, data_dir: str | None = None, **kwargs) -> Dataset:
-    """By name: 'fashion-mnist', or 'folder' with data_dir (a folder of images)."""
+    """By name: 'fashion-mnist', 'folder' with data_dir (a folder of images), 'spoken-digits'
+    (built by `anytime data spoken-digits`), or 'wav-folder' with data_dir (a folder of WAVs)."""
     if name == "fashion-mnist":
         return fashion_mnist(split, Path(data_dir) if data_dir else FASHION_MNIST_DIR)
     if name == "folder":
         if not data_dir:
             raise ValueError("dataset 'folder' needs --data-dir")
         return image_folder(Path(data_dir), split=split, **kwargs)
+    if name == "spoken-digits":
+        from .spoken_digits import DEFAULT_DIR, spoken_digits
+
+        return spoken_digits(split, Path(data_dir) if data_dir else DEFAULT_DIR)
+    if name == "wav-folder":
+        from .audio import wav_folder
+
+        if not data_dir:
+            raise ValueError("dataset 'wav-folder' needs --data-dir")
+        return wav_folder(Path(data_dir), split=split, **kwargs)
     raise ValueError(f"unknown dataset {name!r}")
 
 

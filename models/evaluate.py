@@ -86,7 +86,7 @@ def evaluate_pipelines(test_ds: Dataset, pipelines: list[tuple[str, str, str]], 
         "command": command, "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
         "classifier_test_accuracy": clf_ck["test_accuracy"], "dataset": test_ds.name,
-        "test_samples": len(test_ds), "pipelines": {},
+        "modality": "audio" if test_ds.x.dim() == 3 else "image", "test_samples": len(test_ds), "pipelines": {},
     }
     out.mkdir(parents=True, exist_ok=True)
     for name, vq_path, prior_path in pipelines:
@@ -97,7 +97,8 @@ def evaluate_pipelines(test_ds: Dataset, pipelines: list[tuple[str, str, str]], 
         res["quality"] = quality_from_frechet(res["curve"])
         res["vqvae"], res["prior"] = str(vq_path), str(prior_path)
         result["pipelines"][name] = res
-        sample_grid(vqvae, prior, out / f"samples-{name}.png", test_ds.classes, seed=seed)
+        figures = sample_grid(vqvae, prior, out / f"samples-{name}.png", test_ds.classes, seed=seed)
+        res["figures"] = [Path(f).name for f in figures or [out / f"samples-{name}.png"]]
     (out / "evaluation.json").write_text(json.dumps(result, indent=1))
     plot_curves(result, out / "anytime-curve.png")
     (out / "evaluation.md").write_text(report_markdown(result))
@@ -106,13 +107,16 @@ def evaluate_pipelines(test_ds: Dataset, pipelines: list[tuple[str, str, str]], 
 
 def report_markdown(result: dict) -> str:
     names = list(result["pipelines"])
+    audio = result.get("modality") == "audio"
+    unit, scale = ("clips", "[0, 1] sample scale") if audio else ("images", "[0, 1] pixels")
     lines = [
         f"# Anytime quality curve: {result['dataset']}", "",
         f"- command: `{result['command']}`", f"- date: {result['date']}", f"- machine: {result['machine']}",
         f"- Frechet distance in the shipped classifier's feature space (test accuracy "
         f"{result['classifier_test_accuracy']:.4f}), {result['pipelines'][names[0]]['unconditional_samples']} "
-        f"unconditional samples vs the {result['test_samples']} test images; reconstruction MSE on the test split "
-        "([0, 1] pixels); label accuracy of class-conditional samples.", "",
+        f"unconditional samples vs the {result['test_samples']} test {unit}; reconstruction MSE on the test split "
+        f"({scale}); " + ("label accuracy: how often class-conditional samples are recognised as their label by "
+                           "that classifier." if audio else "label accuracy of class-conditional samples."), "",
         "| k | k/D | " + " | ".join(f"FD {n} | MSE {n} | label acc {n}" for n in names) + " |",
         "|---|---|" + "---|---|---|" * len(names),
     ]
@@ -126,5 +130,6 @@ def report_markdown(result: dict) -> str:
         lines.append(f"| {row['k']} | {row['fraction']:.2f} | " + " | ".join(cells) + " |")
     lines += ["", "![anytime curve](anytime-curve.png)", ""]
     for n in names:
-        lines.append(f"![samples {n}](samples-{n}.png)")
+        for f in result["pipelines"][n].get("figures", [f"samples-{n}.png"]):
+            lines.append(f"![samples {n}]({f})")
     return "\n".join(lines) + "\n"

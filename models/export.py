@@ -106,13 +106,16 @@ def export_model(name: str, vqvae_path: Path, prior_path: Path, out: Path, evalu
         files[role] = Path(src).name
     meta = pr_ck.get("meta", {})
     classes = list(meta.get("classes", []))[: pc.num_classes]
+    output = {"shape": [vc.in_channels, *vc.input_shape], "range": [0.0, 1.0]}
+    if vc.dims == 1:
+        output["sample_rate"] = vc.sample_rate or 16000
     manifest = {
         "format_version": FORMAT_VERSION,
         "name": name,
         "modality": "image" if vc.dims == 2 else "audio",
         "D": vc.D,
         "K": vc.K,
-        "output": {"shape": [vc.in_channels, *vc.input_shape], "range": [0.0, 1.0]},
+        "output": output,
         "classes": classes,
         "prior": {"n_layer": pc.n_layer, "n_head": pc.n_head, "head_dim": pc.head_dim, "d_model": pc.d_model,
                   "start_token_base": pc.K, "unconditional_token": pc.start_token(None)},

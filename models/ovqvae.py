@@ -30,6 +30,8 @@ class OVQVAEConfig:
     beta: float = 0.25  # commitment weight
     codebook_update: str = "ema"  # "ema" (decayed averages) or "loss" (codebook loss term)
     ema_decay: float = 0.99
+    sample_rate: int | None = None  # audio: samples per second of the [C, T] input
+    spectral_weight: float = 0.0  # audio: weight of the multi-resolution STFT loss added to the MSE
 
     @property
     def latent_shape(self) -> tuple[int, ...]:

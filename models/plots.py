@@ -33,15 +33,24 @@ def plot_curves(result: dict, path: Path) -> None:
 
 @torch.no_grad()
 def sample_grid(vqvae, prior, path: Path, classes: list[str], seed: int = 0,
-                fractions=(0.1, 0.2, 0.4, 0.6, 0.8, 1.0)) -> None:
-    """One class-conditional sample per class (rows), decoded at several k (columns)."""
+                fractions=(0.1, 0.2, 0.4, 0.6, 0.8, 1.0)) -> list[Path]:
+    """One class-conditional sample per class (rows), decoded at several k (columns).
+
+    Images are drawn as they are; audio as log-mel spectrograms at `path` plus the waveforms
+    at `<path stem>-waveforms.png`. Returns the files written.
+    """
     from .evaluate import decode, sample_codes
 
     n_cls = prior.config.num_classes
     labels = list(range(n_cls)) if n_cls else [None] * 10
     codes = sample_codes(prior, len(labels), labels, seed + 7)
     D = vqvae.config.D
-    cols = [decode(vqvae, codes, max(1, round(f * D))) for f in fractions]
+    ks = [max(1, round(f * D)) for f in fractions]
+    cols = [decode(vqvae, codes, k) for k in ks]
+    if vqvae.config.dims == 1:
+        waves = path.with_name(path.stem + "-waveforms.png")
+        _audio_grid(cols, ks, labels, classes, path, waves, vqvae.config.sample_rate or 16000)
+        return [path, waves]
     fig, axes = plt.subplots(len(labels), len(fractions), figsize=(1.3 * len(fractions), 1.3 * len(labels)))
     for r in range(len(labels)):
         for c, imgs in enumerate(cols):
@@ -51,9 +60,43 @@ def sample_grid(vqvae, prior, path: Path, classes: list[str], seed: int = 0,
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
-                ax.set_title(f"k={max(1, round(fractions[c] * D))}", fontsize=8)
+                ax.set_title(f"k={ks[c]}", fontsize=8)
             if c == 0 and labels[r] is not None:
                 ax.set_ylabel(classes[labels[r]], fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return [path]
+
+
+def _audio_grid(cols: list[torch.Tensor], ks: list[int], labels: list[int | None], classes: list[str],
+                spec_path: Path, wave_path: Path, sample_rate: int) -> None:
+    """cols[c]: [rows, 1, T] waveforms in [-1, 1] decoded with ks[c] tokens."""
+    from .audio import LogMel
+
+    logmel = LogMel(sample_rate, n_mels=64)
+    T = cols[0].shape[-1]
+    t = np.arange(T) / sample_rate
+    for kind, path in (("spectrogram", spec_path), ("waveform", wave_path)):
+        fig, axes = plt.subplots(len(labels), len(ks), figsize=(2.0 * len(ks), 1.1 * len(labels)), squeeze=False)
+        for c, waves in enumerate(cols):
+            feats = logmel(waves) if kind == "spectrogram" else None
+            for r in range(len(labels)):
+                ax = axes[r, c]
+                if kind == "spectrogram":
+                    ax.imshow(feats[r].numpy(), origin="lower", aspect="auto", cmap="magma", vmin=0, vmax=1,
+                              extent=(0, T / sample_rate, 0, feats.shape[1]))
+                else:
+                    ax.plot(t, waves[r, 0].numpy(), lw=0.4, color="tab:blue")
+                    ax.set_ylim(-1, 1)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if r == 0:
+                    ax.set_title(f"k={ks[c]}", fontsize=8)
+                if c == 0 and labels[r] is not None:
+                    ax.set_ylabel(classes[labels[r]], fontsize=7)
+        fig.suptitle(f"class-conditional samples at several k: {'log-mel spectrograms' if kind == 'spectrogram' else 'waveforms'}"
+                     f" ({T / sample_rate:.2f} s at {sample_rate} Hz)", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)

@@ -70,6 +70,10 @@ def train(train_ds: Dataset, out: Path, config: OVQVAEConfig | None = None, stag
             rec, vq_loss, ids = model(x, lengths)
             rec_loss = F.mse_loss(rec, x)
             loss = rec_loss + vq_loss
+            if config.spectral_weight:
+                from .audio import spectral_loss
+
+                loss = loss + config.spectral_weight * spectral_loss(rec, x)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
