@@ -16,7 +16,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--prior", type=Path, default=None, help="prior checkpoint, to time eager PyTorch too")
     e.add_argument("--out", type=Path, default=Path("bench/results/engine"))
 
-    for name, text in (("load", "open-loop load against one server"), ("sweep", "policies x offered loads")):
+    for name, text in (("load", "open-loop load against one server"), ("sweep", "policies x offered loads"),
+                       ("overhead", "HTTP + scheduling overhead on an idle server")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL)
         p.add_argument("--backend", default="onnx", choices=["onnx", "torchscript"])
@@ -47,6 +48,15 @@ def main(argv: list[str] | None = None) -> int:
         print((args.out / "engine.md").read_text())
         return 0
     flags = ["--model-dirs", str(args.model_dir), "--backend", args.backend, *args.server_flag]
+    if args.what == "overhead":
+        from .overhead import run
+        from .server_proc import serve
+
+        args.out.mkdir(parents=True, exist_ok=True)
+        with serve(*flags, log_path=args.out / "server.log") as url:
+            run(url, args.out, title=f"HTTP + scheduling overhead on an idle server ({args.backend})")
+        print((args.out / "overhead.md").read_text())
+        return 0
     if args.what == "sweep":
         from .policy_sweep import run
 

@@ -19,6 +19,7 @@ class Record:
     status: int  # HTTP status, 0 for a transport error
     client_ms: float  # client-observed latency
     server_ms: float | None = None  # latency_ms the server reported
+    compute_ms: float | None = None  # engine time (steps + decodes) the server reported
     tokens: int | None = None
     max_tokens: int | None = None
     quality: float | None = None
@@ -95,6 +96,7 @@ async def run_load(url: str, rate: float, duration: float, deadlines: str = "log
                 if r.status_code == 200:
                     h = r.headers
                     rec.server_ms = float(h["x-anytime-latency-ms"])
+                    rec.compute_ms = float(h["x-anytime-compute-ms"])
                     rec.tokens = int(h["x-anytime-tokens"])
                     rec.max_tokens = int(h["x-anytime-max-tokens"])
                     rec.quality = float(h["x-anytime-quality"])

@@ -234,6 +234,8 @@ class Engine:
             return
         dt = time.perf_counter() - t
         self.latency.decode.observe(len(seqs), dt)
+        for r in [r for r, _ in finishing] + list(previews):
+            r.compute_s += dt
         self._emit(DecodeStats(self.spec.name, self.runtime.backend, len(seqs), dt))
         i = 0
         for r, reason in finishing:
@@ -268,6 +270,8 @@ class Engine:
             return
         dt = time.perf_counter() - t
         self.latency.step.observe(B, dt)
+        for r in self.running:
+            r.compute_s += dt
         self._emit(StepStats(self.spec.name, self.runtime.backend, B, dt))
         finite = np.isfinite(logits).all(axis=1)
         if not finite.all():

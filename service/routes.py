@@ -49,7 +49,8 @@ def _meta(body: GenerateRequest, result: Result) -> dict:
     label = spec.classes[r.label] if r.label is not None and spec.classes else None
     return {"model": spec.name, "tokens": r.tokens, "max_tokens": spec.D, "quality": round(result.quality, 4),
             "deadline_ms": body.deadline_ms, "seed": r.seed, "label": label,
-            "finish_reason": r.finish_reason.value, "request_id": r.request_id}
+            "finish_reason": r.finish_reason.value, "request_id": r.request_id,
+            "compute_ms": round(r.compute_s * 1000, 3)}
 
 
 def _json_payload(body: GenerateRequest, result: Result, arrival: float, state: ServiceState) -> GenerateResponse:

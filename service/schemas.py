@@ -50,6 +50,7 @@ class GenerateResponse(BaseModel):
     max_tokens: int = Field(..., description="D, tokens of a full-length sample")
     quality: float = Field(..., description="quality estimate at k from the model's curve (1 = full length)")
     latency_ms: float = Field(..., description="arrival at the server to response ready")
+    compute_ms: float = Field(..., description="time of the batched steps and decodes this request took part in")
     deadline_ms: int
     deadline_met: bool
     seed: int

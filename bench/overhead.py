@@ -1,0 +1,44 @@
+"""HTTP + scheduling overhead on an idle server: latency minus the engine compute the server
+reports for the request (its steps and decode), one request at a time."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from .machine import header
+
+
+def run(url: str, out: Path, requests: int = 500, deadline_ms: int = 1000, title: str = "") -> dict:
+    rows = []
+    with httpx.Client(base_url=url, timeout=10) as client:
+        for i in range(requests + 20):
+            t = time.perf_counter()
+            r = client.post("/generate", json={"deadline_ms": deadline_ms, "seed": i, "format": "npy"})
+            client_ms = (time.perf_counter() - t) * 1000
+            r.raise_for_status()
+            if i >= 20:  # warm-up
+                h = r.headers
+                rows.append((client_ms, float(h["x-anytime-latency-ms"]), float(h["x-anytime-compute-ms"])))
+    a = np.array(rows)
+    client_over, server_over = a[:, 0] - a[:, 2], a[:, 1] - a[:, 2]
+    res = {"requests": requests, "deadline_ms": deadline_ms,
+           "client_overhead_ms": {"p50": float(np.median(client_over)), "p99": float(np.percentile(client_over, 99))},
+           "server_overhead_ms": {"p50": float(np.median(server_over)), "p99": float(np.percentile(server_over, 99))},
+           "compute_ms_p50": float(np.median(a[:, 2])), "client_latency_ms_p50": float(np.median(a[:, 0]))}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "overhead.json").write_text(json.dumps(res, indent=1))
+    (out / "overhead.md").write_text("\n".join([
+        header(title or "HTTP + scheduling overhead on an idle server"),
+        f"{requests} sequential `POST /generate` (n=1, deadline {deadline_ms} ms, full length, `format: npy`) "
+        "after 20 warm-up requests; overhead = latency − engine compute (the steps and decode the request "
+        "took part in, reported by the server as `compute_ms`).", "",
+        "| | p50 ms | p99 ms |", "|---|---|---|",
+        f"| client-observed latency − compute | {res['client_overhead_ms']['p50']:.3f} | {res['client_overhead_ms']['p99']:.3f} |",
+        f"| server-measured latency − compute | {res['server_overhead_ms']['p50']:.3f} | {res['server_overhead_ms']['p99']:.3f} |",
+        "", f"Median engine compute per request: {res['compute_ms_p50']:.2f} ms; median client latency "
+        f"{res['client_latency_ms_p50']:.2f} ms.", ""]))
+    return res
