@@ -21,11 +21,18 @@ class CostCurve:
         self.costs = np.array([profile[int(b)] for b in self.sizes], dtype=np.float64)
         self.costs = np.maximum.accumulate(self.costs)  # a bigger batch never costs less
         self.alpha = alpha
+        # the scheduler asks for integer batch sizes many times per iteration: tabulate them
+        self._table = [self._interpolate(b) for b in range(int(self.sizes[-1]) * 2 + 1)]
         self.factor = 1.0
         self.last_factor = 1.0  # measured / profiled of the latest observation alone
         self._lock = threading.Lock()
 
     def profiled(self, batch: float) -> float:
+        if type(batch) is int and 0 <= batch < len(self._table):
+            return self._table[batch]
+        return self._interpolate(batch)
+
+    def _interpolate(self, batch: float) -> float:
         b = max(1.0, float(batch))
         if b <= self.sizes[-1] or len(self.sizes) == 1:
             return float(np.interp(b, self.sizes, self.costs))

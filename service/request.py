@@ -87,7 +87,8 @@ class Request:
 
     @property
     def tokens(self) -> int:
-        return min((s.position for s in self.sequences), default=0)
+        # all sequences of a request start together and advance in the same steps
+        return len(self.sequences[0].codes) if self.sequences else 0
 
     def preview_due(self) -> bool:
         k = self.tokens

@@ -163,13 +163,14 @@ class Scheduler:
         # 2. deadline guard: continue only if this iteration's decode, one more step, then this
         #    request's own decode and response still fit before its deadline
         if c.policy == "anytime":
+            step_cost, dec_now = lat.step.paced(rows), lat.decode.paced(decode_rows) if decode_rows else 0.0
             for r in sorted(keep, key=lambda r: r.deadline):
-                dec_now = lat.decode.paced(decode_rows) if decode_rows else 0.0
-                need = c.safety * (dec_now + lat.step.paced(rows) + lat.decode.paced(r.n)) + c.respond_margin_s
+                need = c.safety * (dec_now + step_cost + lat.decode.paced(r.n)) + c.respond_margin_s
                 if now + need > r.deadline and r.tokens >= 1:
                     plan.finish.append((r, FinishReason.DEADLINE_GUARD))
                     decode_rows += r.n
                     rows -= r.n
+                    step_cost, dec_now = lat.step.paced(rows), lat.decode.paced(decode_rows)
         # 3. admit waiting requests into free rows (earliest deadline first for anytime)
         order = sorted(waiting, key=lambda r: r.deadline) if c.policy == "anytime" else waiting
         for r in order:
