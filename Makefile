@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 BACKEND ?= onnx
 # Debian packages the tests and the default-model pipeline use.
-APT_PACKAGES ?= dataset-fashion-mnist espeak-ng chromium chromium-driver
+APT_PACKAGES ?= dataset-fashion-mnist espeak-ng chromium chromium-driver prometheus shellcheck
 RUNS ?= runs/fashion-mnist
 ZOO := models/zoo/fashion-mnist
 RESULTS := bench/results/fashion-mnist
@@ -57,3 +57,17 @@ export:
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# Container images without a Docker engine (buildah, chroot isolation, vfs storage); see
+# README "Deployment". Not part of `make test`: it builds and runs the CPU image (minutes).
+DOCKER_TOOLS := buildah podman debootstrap curl
+
+.PHONY: docker-tools docker-smoke
+
+docker-tools:
+	@$(MAKE) --no-print-directory apt APT_PACKAGES="$(DOCKER_TOOLS)"
+
+# The log is committed as evidence: bench/results/docker-smoke.log
+docker-smoke: install docker-tools
+	mkdir -p bench/results
+	PYTHON=$(abspath $(PY)) SMOKE_LOG=bench/results/docker-smoke.log ./docker/smoke-test.sh

@@ -9,11 +9,12 @@
 #      HEALTHCHECK command, then SIGTERM and a clean drain (exit 0);
 #   5. image sizes (`buildah images`).
 #
-# Environment: SMOKE_WORK (storage, base rootfs; default /var/tmp/anytime-smoke), SMOKE_PORT,
+# Environment: SMOKE_WORK (storage and base rootfs; default /var/tmp/anytime-smoke), SMOKE_PORT,
 # SMOKE_MODEL_ZOO (a zoo folder inside the repo; default models/zoo, or a tiny random-weight
 # model when the zoo has no model yet), SMOKE_TORCH_VARIANT=1 (also build WITH_TORCH=true and
-# generate with the TorchScript backend), DEBIAN_MIRROR. Needs root, buildah, podman,
-# debootstrap (`make docker-tools`). SMOKE_SKIP_BUILD=1 reuses an existing image. Heavy steps run under `nice -n 19`.
+# generate with the TorchScript backend), SMOKE_SKIP_BUILD=1 (reuse an existing image),
+# SMOKE_LOG (also write the output there), DEBIAN_MIRROR. Needs root, buildah, podman,
+# debootstrap (`make docker-tools`). Heavy steps run under `nice -n 19`.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -25,6 +26,11 @@ MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 TORCH_VARIANT=${SMOKE_TORCH_VARIANT:-0}
 PY=${PYTHON:-$REPO/.venv/bin/python}
 NICE=(nice -n 19)
+
+if [ -n "${SMOKE_LOG:-}" ]; then  # everything below also goes to this file
+    mkdir -p "$(dirname "$SMOKE_LOG")"
+    exec > >(tee "$SMOKE_LOG") 2>&1
+fi
 
 log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 die() { log "FAIL: $*"; exit 1; }
@@ -88,7 +94,7 @@ from tests.utils.tiny_model import build_model_dir; build_model_dir(Path(sys.arg
         zoo=docker/.smoke-zoo/zoo
     fi
 fi
-log "model zoo in the image: $zoo ($(cd "$REPO/$zoo" && ls -d */ | tr -d / | tr '\n' ' '))"
+log "model zoo in the image: $zoo ($(find "$REPO/$zoo" -mindepth 2 -maxdepth 2 -name manifest.json -printf '%h ' | xargs -n1 basename | tr '\n' ' '))"
 
 # pip inside RUN steps needs the host's CA bundle and pip settings (find-links for the torch
 # wheel on disk); mounted for the build only, nothing of it lands in the image.
@@ -126,6 +132,7 @@ smoke() {  # smoke TAG [extra env for the server...]
     log "image env: $(cfg 'print(" ".join(c.get("Env") or []))')"
     health=$(cfg 'print(json.dumps(c.get("Healthcheck")))')
     log "healthcheck: $health"
+    # shellcheck disable=SC2016  # expanded inside the container
     log "inside: $(buildah run --isolation chroot "$container" -- sh -c \
         'echo "id=$(id -u):$(id -g)"; echo "torch=$(python3 -c "import torch" 2>/dev/null && echo yes || echo no)"; \
          echo "pip=$(command -v pip pip3 || echo none)"; echo "gcc=$(command -v gcc cc || echo none)"; \
