@@ -59,7 +59,7 @@ clean:
 	rm -rf $(VENV) .pytest_cache
 
 # Container images without a Docker engine (buildah, chroot isolation, vfs storage); see
-# README "Deployment". Not part of `make test`: it builds and runs the CPU image (minutes).
+# docs/deployment.md. Not part of `make test`: it builds and runs the CPU image (minutes).
 DOCKER_TOOLS := buildah podman debootstrap curl
 
 .PHONY: docker-tools docker-smoke

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Smoke test of the CPU image on a machine without a Docker engine (see docs: Deployment):
+# Smoke test of the CPU image on a machine without a Docker engine (docs/deployment.md):
 #   1. a Debian bookworm base made with debootstrap, imported with podman (once; reused);
 #   2. `buildah bud` of docker/Dockerfile (chroot isolation, vfs storage, docker format so
 #      that HEALTHCHECK is kept) with BASE_IMAGE set to that base;

@@ -114,3 +114,33 @@ def test_smoke_script_passes_shellcheck():
     proc = subprocess.run([tool("shellcheck"), "-S", "warning", str(script)], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0, proc.stdout
+
+
+# Runtime dependencies the images leave out on purpose: training, export and plotting only.
+NOT_SERVING = {"torch", "onnx", "onnxscript", "scipy", "tqdm", "matplotlib"}
+
+
+@pytest.mark.parametrize("name", ["requirements-cpu.txt", "requirements-gpu.txt"])
+def test_requirements_follow_pyproject(name):
+    """Every runtime dependency of the package is in the image (a new one must be added there
+    too, or listed above), at a version pyproject.toml allows."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    deps = [Requirement(d) for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]]
+    pins = {}
+    for line in (DOCKER / name).read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            r = Requirement(line)
+            pins[canonicalize_name(r.name)] = next(iter(r.specifier)).version
+    if "gpu" in name:  # onnxruntime-gpu provides the onnxruntime module; torch is served there
+        pins["onnxruntime"] = pins.pop("onnxruntime-gpu")
+    for d in deps:
+        key = canonicalize_name(d.name)
+        if key in NOT_SERVING and key not in pins:
+            continue
+        assert key in pins, f"{name} lacks {d.name} (pyproject.toml dependency)"
+        assert d.specifier.contains(pins[key], prereleases=True), f"{name}: {key}=={pins[key]} outside {d.specifier}"
