@@ -27,7 +27,7 @@ STATIC = Path(__file__).resolve().parent / "static"
 
 
 @router.post("/generate", response_model=GenerateResponse, responses={
-    **ERRORS, 200: {"content": {"image/png": {}, "audio/wav": {}, "application/x-npy": {}}}})
+    **ERRORS, 200: {"content": {"image/png": {}, "audio/wav": {}, "application/x-npy": {}, "text/event-stream": {}}}})
 async def generate(body: GenerateRequest, request: Request, state: StateDep):
     """Generate samples within deadline_ms; the server picks the token count k that fits."""
     arrival = request.state.arrival
