@@ -42,8 +42,8 @@ zoo: install apt
 	$(ANYTIME) train vqvae --stage ordered --init $(RUNS)/vqvae_stage1.pt --epochs 12 --out $(RUNS)/vqvae_ordered.pt
 	$(ANYTIME) train vqvae --stage plain --init $(RUNS)/vqvae_stage1.pt --epochs 12 --out $(RUNS)/vqvae_plain.pt
 	$(ANYTIME) train classifier --epochs 4 --out $(RUNS)/classifier.pt
-	$(ANYTIME) train prior --vqvae $(RUNS)/vqvae_ordered.pt --epochs 5 --out $(RUNS)/prior_ordered.pt
-	$(ANYTIME) train prior --vqvae $(RUNS)/vqvae_plain.pt --epochs 5 --out $(RUNS)/prior_plain.pt
+	$(ANYTIME) train prior --vqvae $(RUNS)/vqvae_ordered.pt --epochs 3 --out $(RUNS)/prior_ordered.pt
+	$(ANYTIME) train prior --vqvae $(RUNS)/vqvae_plain.pt --epochs 3 --out $(RUNS)/prior_plain.pt
 	$(MAKE) evaluate export
 
 evaluate:
