@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--backend", default="onnx", choices=["onnx", "torchscript"])
         p.add_argument("--duration", type=float, default=20.0, help="seconds of arrivals per run")
         p.add_argument("--deadlines", default="loguniform:20:1000", help="deadline distribution in ms")
-        p.add_argument("--n-mix", default="1:0.8,4:0.15,16:0.05", help="samples per request: value:weight,...")
+        p.add_argument("--n-mix", default="1:0.5,4:0.3,16:0.2", help="samples per request: value:weight,...")
         p.add_argument("--server-flag", action="append", default=[], help="extra `anytime serve` flag (repeat)")
         p.add_argument("--out", type=Path, required=True)
     load = sub.choices["load"]
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         rate = args.rate
         if rate is None:
             with serve(*flags, "--policy", "fixed") as cap_url:
-                capacity = asyncio.run(measure_capacity(cap_url))
+                capacity = asyncio.run(measure_capacity(cap_url, args.n_mix))
             rate = args.load * capacity / mean_n
             print(f"capacity {capacity:.1f} samples/s -> {rate:.1f} requests/s at {args.load}x")
         s = run(url, rate, args.duration, args.deadlines, args.n_mix, args.out, title,

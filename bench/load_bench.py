@@ -11,16 +11,19 @@ from .machine import header
 from .summary import summarize
 
 
-async def measure_capacity(url: str, model: str | None = None, seconds: float = 6.0, rate: float = 3000.0) -> float:
-    """Full-length capacity (samples/s at k = D): saturate a `fixed`-policy server with
-    requests that cannot be truncated (max deadline) and count completions per second."""
-    records = await run_load(url, rate, seconds, deadlines="fixed:60000", model=model, seed=123, progress=False)
-    done = [r for r in records if r.status == 200]
-    if not done:
-        raise RuntimeError("capacity run produced no answers")
-    end = max(r.sent_at + r.client_ms / 1000 for r in done)
-    # steady state: ignore the ramp, count completions after the first second
-    return sum(r.n for r in done) / end
+async def measure_capacity(url: str, n_mix: str = "1", model: str | None = None, seconds: float = 8.0,
+                           rate: float = 400.0) -> float:
+    """Full-length capacity (samples/s at k = D): overload a `fixed`-policy server with requests
+    that cannot be truncated (60 s deadlines) and count the samples completed per second while
+    the backlog drains at full speed (between the first and the last answer)."""
+    records = await run_load(url, rate, seconds, deadlines="fixed:60000", n_mix=n_mix, model=model, seed=123,
+                             progress=False)
+    done = sorted((r.sent_at + r.client_ms / 1000, r.n) for r in records if r.status == 200)
+    if len(done) < 10:
+        raise RuntimeError("capacity run produced too few answers")
+    # skip the first 10% of completions (ramp-up) and measure the steady drain rate
+    start = len(done) // 10
+    return sum(n for _, n in done[start + 1:]) / (done[-1][0] - done[start][0])
 
 
 def run(url: str, rate: float, duration: float, deadlines: str, n_mix: str, out: Path, title: str,

@@ -22,7 +22,7 @@ def run(server_flags: list[str], loads: list[float], policies: list[str], durati
         n_mix: str, out: Path, seed: int = 0) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     with serve(*server_flags, "--policy", "fixed", log_path=out / "server-capacity.log") as url:
-        capacity = asyncio.run(measure_capacity(url))
+        capacity = asyncio.run(measure_capacity(url, n_mix))
     values, weights = parse_mix(n_mix)
     mean_n = sum(v * w for v, w in zip(values, weights)) / sum(weights)
     results = {"capacity_samples_per_s": capacity, "server_flags": server_flags, "duration_s": duration,
