@@ -17,7 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", type=Path, default=Path("bench/results/engine"))
 
     for name, text in (("load", "open-loop load against one server"), ("sweep", "policies x offered loads"),
-                       ("overhead", "HTTP + scheduling overhead on an idle server")):
+                       ("overhead", "HTTP + scheduling overhead on an idle server"),
+                       ("soak", "minutes at a multiple of capacity: memory, health, attainment")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL)
         p.add_argument("--backend", default="onnx", choices=["onnx", "torchscript"])
@@ -30,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--url", default=None, help="a running server; default: start one")
     load.add_argument("--rate", type=float, default=None, help="requests/s (default: --load x measured capacity)")
     load.add_argument("--load", type=float, default=1.0, help="offered load as a multiple of full-length capacity")
+    soak = sub.choices["soak"]
+    soak.add_argument("--load", type=float, default=2.0, help="multiple of full-length capacity")
     sweep = sub.choices["sweep"]
     sweep.add_argument("--loads", default="0.25,0.5,1,2,4")
     sweep.add_argument("--policies", default="anytime,fixed,drop,static")
@@ -56,6 +59,23 @@ def main(argv: list[str] | None = None) -> int:
         with serve(*flags, log_path=args.out / "server.log") as url:
             run(url, args.out, title=f"HTTP + scheduling overhead on an idle server ({args.backend})")
         print((args.out / "overhead.md").read_text())
+        return 0
+    if args.what == "soak":
+        import asyncio
+
+        from .load_bench import measure_capacity
+        from .loadgen import parse_mix
+        from .server_proc import serve
+        from .soak import run
+
+        args.out.mkdir(parents=True, exist_ok=True)
+        with serve(*flags, "--policy", "fixed") as cap_url:
+            capacity = asyncio.run(measure_capacity(cap_url, args.n_mix))
+        values, weights = parse_mix(args.n_mix)
+        rate = args.load * capacity / (sum(v * w for v, w in zip(values, weights)) / sum(weights))
+        with serve(*flags, log_path=args.out / "server.log") as url:
+            run(url, serve.last_pid, rate, args.load, args.duration, args.deadlines, args.n_mix, args.out)
+        print((args.out / "soak.md").read_text())
         return 0
     if args.what == "sweep":
         from .policy_sweep import run

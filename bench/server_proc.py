@@ -23,12 +23,14 @@ def free_port() -> int:
 
 @contextmanager
 def serve(*flags: str, log_path: Path | None = None, env: dict | None = None):
-    """Yields the base URL of a ready server started with `anytime serve FLAGS`."""
+    """Yields the base URL of a ready server started with `anytime serve FLAGS` (its process
+    id is available as `serve.last_pid` for memory sampling)."""
     port = free_port()
     log = open(log_path, "wb") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen([sys.executable, "-m", "anytime_cli", "serve", "--port", str(port), *flags],
                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     base = f"http://127.0.0.1:{port}"
+    serve.last_pid = proc.pid
     try:
         end = time.monotonic() + 120
         while True:
