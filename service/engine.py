@@ -62,7 +62,10 @@ class Engine:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self.fault_hook = None  # tests: callable(batch_size) run before each step; may raise or sleep
-        self.waiting_rows = 0  # read by admission from other threads
+        # Rows admitted but not yet running, as two single-writer counters (HTTP side adds,
+        # engine thread removes) so no update is lost between threads.
+        self._admitted_rows = 0
+        self._dequeued_rows = 0
 
     # ---- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -109,7 +112,7 @@ class Engine:
 
     @property
     def queued_sequences(self) -> int:
-        return self.waiting_rows
+        return self._admitted_rows - self._dequeued_rows
 
     # ---- admission (called from HTTP threads) ----------------------------------------------
     def new_request(self, *, n: int, seed: int, label: int | None, deadline_s: float, arrival: float,
@@ -123,10 +126,10 @@ class Engine:
 
     def admit(self, req: Request) -> Admission:
         """Plan a budget (or reject), then enqueue; the engine thread picks it up next iteration."""
-        adm = self.scheduler.admit(req, time.monotonic(), len(self.rows), self.waiting_rows)
+        adm = self.scheduler.admit(req, time.monotonic(), len(self.rows), self.queued_sequences)
         if adm.ok:
             req.planned_tokens = adm.planned_tokens
-            self.waiting_rows += req.n
+            self._admitted_rows += req.n
             self.inbox.put(req)
             self._wake.set()
         return adm
@@ -168,7 +171,7 @@ class Engine:
                                    preview_rows=sum(r.n for r in due))
         for r in plan.expire:
             self.waiting.remove(r)
-            self.waiting_rows -= r.n
+            self._dequeued_rows += r.n
             self._finish_request(r, FinishReason.ERROR, status=503,
                                  error="by the time the request could start, its deadline no longer fit min_tokens")
         finishing = {r for r, _ in plan.finish}
@@ -182,7 +185,7 @@ class Engine:
 
     def _start(self, r: Request) -> None:
         self.waiting.remove(r)
-        self.waiting_rows -= r.n
+        self._dequeued_rows += r.n
         r.status = Status.RUNNING
         r.started = time.monotonic()
         for s in r.sequences:
@@ -209,7 +212,7 @@ class Engine:
         for r in [r for r in self.running + self.waiting if getattr(r, "cancelled", False)]:
             if r in self.waiting:
                 self.waiting.remove(r)
-                self.waiting_rows -= r.n
+                self._dequeued_rows += r.n
             self._release_rows(r)
             self._finish_request(r, FinishReason.CANCELLED)
 
