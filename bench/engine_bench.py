@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from service.latency import median_time
+
 from .machine import header
 
 
@@ -36,14 +38,7 @@ def step_flops(manifest: dict, batch: int) -> float:
 
 
 def median_ms(fn, repeats: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times) * 1000)
+    return median_time(fn, repeats, warmup=3) * 1000
 
 
 def run(model_dir: Path, out: Path, prior_checkpoint: Path | None = None, batches=(1, 8, 32, 64, 128),

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .latency import LatencyModel
+from .latency import LatencyModel, median_time
 from .model_dir import ModelSpec
 from .request import FinishReason, Request, SamplingParams, Sequence, Status
 from .runtime import Runtime
@@ -80,24 +80,14 @@ class Engine:
         for b in self.profile_sizes:
             tokens = np.full(b, self.spec.unconditional_token, dtype=np.int64)
             positions = (np.arange(b, dtype=np.int64) * 7) % D
-            step[b] = self._median_time(lambda: self.runtime.step(tokens, positions), 3 if b > 64 else 6)
+            step[b] = median_time(lambda: self.runtime.step(tokens, positions), 3 if b > 64 else 6)
         for b in [s for s in self.profile_sizes if s <= 64]:
             codes = np.zeros((b, D), dtype=np.int64)
             lengths = np.full(b, D, dtype=np.int64)
-            dec[b] = self._median_time(lambda: self.runtime.decode(codes, lengths), 3)
+            dec[b] = median_time(lambda: self.runtime.decode(codes, lengths), 3)
         self.latency = LatencyModel(step, dec)
         self.scheduler = Scheduler(self.config, self.latency, D, self.spec.quality_k)
         self.ready.set()
-
-    @staticmethod
-    def _median_time(fn, repeats: int) -> float:
-        fn()
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        return float(np.median(times))
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop after in-flight and queued work is answered (admission is closed by the caller)."""

@@ -7,8 +7,21 @@ up as load and every later budget shrinks accordingly.
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
+
+
+def median_time(fn, repeats: int, warmup: int = 1) -> float:
+    """Median wall time (seconds) of fn() over `repeats` calls after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
 
 
 class CostCurve:
