@@ -171,6 +171,9 @@ png = data[:8] == b"\x89PNG\r\n\x1a\n"
 print(f"samples: {len(s)} x {s[0]['media_type']}, first {len(data)} bytes, PNG signature: {png}")
 EOF
     log "POST /generate -> $code"
+    curl -s "$base/models" | "$PY" -c 'import json, sys
+for m in json.load(sys.stdin)["models"]:
+    print("    GET /models:", m["name"], "D=%s backend=%s device=%s" % (m["D"], m["backend"], m["device"]))'
     code=$(curl -s -o "$WORK/metrics.txt" -w '%{http_code}' "$base/metrics")
     log "GET /metrics -> $code: $(grep -c '^anytime_' "$WORK/metrics.txt") anytime_* samples, e.g."
     grep -E '^anytime_(requests_total|tokens_per_sample_count|ready) ' "$WORK/metrics.txt" | sed 's/^/    /' || true
