@@ -213,3 +213,28 @@ def test_kustomize_output_is_deterministic(rendered):
     again = subprocess.run([kubectl, "kustomize", str(K8S / "overlays/cpu")], capture_output=True, text=True,
                            timeout=60, check=True).stdout
     assert [d for d in yaml.safe_load_all(again) if d] == rendered["overlays/cpu"]
+
+
+def test_dashboard_layout():
+    """Importable as it stands: unique panel ids, a 24-column grid without overlaps, every
+    panel on the dashboard's data-source variable, every target with an expression."""
+    dash = json.loads(DASHBOARD.read_text())
+    assert dash["uid"] and dash["title"] and dash["schemaVersion"] >= 36
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+    cells = set()
+    for p in dash["panels"]:
+        g = p["gridPos"]
+        assert g["x"] >= 0 and g["w"] > 0 and g["x"] + g["w"] <= 24, p["title"]
+        cell = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
+        assert not cells & cell, f"{p['title']} overlaps another panel"
+        cells |= cell
+        if p["type"] == "row":
+            continue
+        assert p["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, p["title"]
+        assert p["targets"] and all(t["expr"].strip() and t["datasource"] == p["datasource"] for t in p["targets"])
+        assert p.get("description"), p["title"]
+    used = {m for p in dash["panels"] for t in p.get("targets", []) for m in re.findall(r"\$(\w+)", t["expr"])}
+    assert used - {"__rate_interval"} <= set(variables), used
