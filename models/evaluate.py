@@ -28,10 +28,12 @@ def k_grid(D: int, fractions=FRACTIONS) -> list[int]:
 
 
 @torch.no_grad()
-def sample_codes(prior, n: int, labels: list[int | None] | None, seed: int, batch: int = 500) -> torch.Tensor:
+def sample_codes(prior, n: int, labels: list[int | None] | None, seed: int, batch: int = 500,
+                 temperature: float = 1.0) -> torch.Tensor:
     gen = torch.Generator(device=next(prior.parameters()).device).manual_seed(seed)
     labels = labels if labels is not None else [None] * n
-    return torch.cat([sample(prior, labels[i : i + batch], generator=gen).cpu() for i in range(0, n, batch)])
+    return torch.cat([sample(prior, labels[i : i + batch], temperature=temperature, generator=gen).cpu()
+                      for i in range(0, n, batch)])
 
 
 @torch.no_grad()
@@ -45,6 +47,9 @@ def decode(vqvae, codes: torch.Tensor, k: int, batch: int = 1000) -> torch.Tenso
     return torch.cat(out)
 
 
+COLD_TEMPERATURE = 0.7  # label accuracy is also measured for conditional samples at this temperature
+
+
 def evaluate_pipeline(test_ds: Dataset, vqvae, prior, clf, samples: int, conditional_samples: int,
                       seed: int) -> dict:
     D = vqvae.config.D
@@ -55,18 +60,30 @@ def evaluate_pipeline(test_ds: Dataset, vqvae, prior, clf, samples: int, conditi
     n_cls = prior.config.num_classes
     cond_labels = [i % n_cls for i in range(conditional_samples)] if n_cls else []
     cond = sample_codes(prior, len(cond_labels), cond_labels, seed + 1) if cond_labels else None
+    cold = (sample_codes(prior, len(cond_labels), cond_labels, seed + 2, temperature=COLD_TEMPERATURE)
+            if cond_labels else None)
+    # the classifier on the OVQ-VAE's own reconstructions of real test images: the ceiling that
+    # the decoder's fidelity puts on the label accuracy of generated samples
+    test_codes = torch.cat([vqvae.encode(test_ds.x[i : i + 1000].to(next(vqvae.parameters()).device)).cpu()
+                            for i in range(0, len(test_ds), 1000)]) if test_ds.y.min() >= 0 else None
     rows = []
     for k in ks:
         feats, _ = classifier.predict(clf, decode(vqvae, uncond, k))
         fd = frechet_distance(*statistics(feats.numpy()), ref_mu, ref_sigma)
-        acc = None
+        acc = acc_cold = acc_recon = None
         if cond is not None:
             _, pred = classifier.predict(clf, decode(vqvae, cond, k))
             acc = (pred == torch.tensor(cond_labels)).float().mean().item()
-        rows.append({"k": k, "fraction": round(k / D, 4), "frechet": fd, "mse": mse[k], "label_accuracy": acc})
-        print(f"k={k:3d} frechet={fd:8.3f} mse={mse[k]:.5f} label_acc={acc}")
+            _, pred = classifier.predict(clf, decode(vqvae, cold, k))
+            acc_cold = (pred == torch.tensor(cond_labels)).float().mean().item()
+        if test_codes is not None:
+            _, pred = classifier.predict(clf, decode(vqvae, test_codes, k))
+            acc_recon = (pred == test_ds.y).float().mean().item()
+        rows.append({"k": k, "fraction": round(k / D, 4), "frechet": fd, "mse": mse[k], "label_accuracy": acc,
+                     "label_accuracy_cold": acc_cold, "reconstruction_accuracy": acc_recon})
+        print(f"k={k:3d} frechet={fd:8.3f} mse={mse[k]:.5f} label_acc={acc} cold={acc_cold} recon={acc_recon}")
     return {"D": D, "K": vqvae.config.K, "curve": rows, "unconditional_samples": samples,
-            "conditional_samples": len(cond_labels)}
+            "conditional_samples": len(cond_labels), "cold_temperature": COLD_TEMPERATURE}
 
 
 def quality_from_frechet(curve: list[dict]) -> list[float]:
@@ -105,6 +122,31 @@ def evaluate_pipelines(test_ds: Dataset, pipelines: list[tuple[str, str, str]], 
     return result
 
 
+def _at(curve: list[dict], fraction: float) -> dict:
+    return min(curve, key=lambda r: abs(r["fraction"] - fraction))
+
+
+def claims_markdown(result: dict) -> list[str]:
+    """The paper's claims, checked on this run (needs pipelines named 'ordered' and 'plain')."""
+    p = result["pipelines"]
+    if not {"ordered", "plain"} <= set(p):
+        return []
+    o, b = p["ordered"]["curve"], p["plain"]["curve"]
+    fd_d = o[-1]["frechet"]
+    rows = [
+        ("plain MSE / ordered MSE at k = D/2", _at(b, 0.5)["mse"] / _at(o, 0.5)["mse"], ">= 3"),
+        ("FD(0.8 D) / FD(D), ordered", _at(o, 0.8)["frechet"] / fd_d, "<= 1.05"),
+        ("FD(0.6 D) / FD(D), ordered", _at(o, 0.6)["frechet"] / fd_d, "<= 1.15"),
+        ("FD(D) ordered / FD(D) plain", fd_d / b[-1]["frechet"], "<= 1.1"),
+    ]
+    if o[-1]["label_accuracy"] is not None:
+        rows += [("label accuracy at k = D, temperature 1", o[-1]["label_accuracy"], ">= 0.8"),
+                 (f"label accuracy at k = D, temperature {COLD_TEMPERATURE}", o[-1]["label_accuracy_cold"], ">= 0.8")]
+    out = ["", "## Claims checked on this run", "", "| quantity | value | target |", "|---|---|---|"]
+    out += [f"| {name} | {value:.3f} | {target} |" for name, value, target in rows]
+    return out
+
+
 def report_markdown(result: dict) -> str:
     names = list(result["pipelines"])
     audio = result.get("modality") == "audio"
@@ -117,17 +159,23 @@ def report_markdown(result: dict) -> str:
         f"unconditional samples vs the {result['test_samples']} test {unit}; reconstruction MSE on the test split "
         f"({scale}); " + ("label accuracy: how often class-conditional samples are recognised as their label by "
                            "that classifier." if audio else "label accuracy of class-conditional samples."), "",
-        "| k | k/D | " + " | ".join(f"FD {n} | MSE {n} | label acc {n}" for n in names) + " |",
-        "|---|---|" + "---|---|---|" * len(names),
+        f"- label acc: temperature 1; label acc T={COLD_TEMPERATURE}: conditional samples at temperature "
+        f"{COLD_TEMPERATURE}; recon acc: the classifier on the OVQ-VAE's reconstructions of the real test "
+        "split truncated to k (the ceiling the decoder's fidelity puts on label accuracy).", "",
+        "| k | k/D | " + " | ".join(f"FD {n} | MSE {n} | label acc {n} | label acc T={COLD_TEMPERATURE} {n} | "
+                                    f"recon acc {n}" for n in names) + " |",
+        "|---|---|" + "---|---|---|---|---|" * len(names),
     ]
     curves = [result["pipelines"][n]["curve"] for n in names]
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     for i, row in enumerate(curves[0]):
         cells = []
         for c in curves:
             r = c[i]
-            acc = "-" if r["label_accuracy"] is None else f"{r['label_accuracy']:.3f}"
-            cells.append(f"{r['frechet']:.3f} | {r['mse']:.5f} | {acc}")
+            cells.append(f"{r['frechet']:.3f} | {r['mse']:.5f} | {fmt(r['label_accuracy'])} | "
+                         f"{fmt(r.get('label_accuracy_cold'))} | {fmt(r.get('reconstruction_accuracy'))}")
         lines.append(f"| {row['k']} | {row['fraction']:.2f} | " + " | ".join(cells) + " |")
+    lines += claims_markdown(result)
     lines += ["", "![anytime curve](anytime-curve.png)", ""]
     for n in names:
         for f in result["pipelines"][n].get("figures", [f"samples-{n}.png"]):
