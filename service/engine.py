@@ -80,7 +80,13 @@ class Engine:
         for b in self.profile_sizes:
             tokens = np.full(b, self.spec.unconditional_token, dtype=np.int64)
             positions = (np.arange(b, dtype=np.int64) * 7) % D
-            step[b] = median_time(lambda: self.runtime.step(tokens, positions), 3 if b > 64 else 6)
+            ones, off = np.ones(b), np.zeros(b, dtype=np.int64)
+
+            def step_and_sample():  # what one iteration costs besides scheduling
+                logits = self.runtime.step(tokens, positions)
+                sample_rows(logits, np.full(b, 0.5), ones, off, ones)
+
+            step[b] = median_time(step_and_sample, 3 if b > 64 else 6)
         for b in [s for s in self.profile_sizes if s <= 64]:
             codes = np.zeros((b, D), dtype=np.int64)
             lengths = np.full(b, D, dtype=np.int64)
@@ -154,6 +160,7 @@ class Engine:
                 return
 
     def iteration(self) -> None:
+        started = time.perf_counter()
         now = time.monotonic()
         self._drop_cancelled()
         due = [r for r in self.running if r.preview_due()]
@@ -166,12 +173,15 @@ class Engine:
                                  error="by the time the request could start, its deadline no longer fit min_tokens")
         finishing = {r for r, _ in plan.finish}
         previews = [r for r in due if r not in finishing]
-        if plan.finish or previews:
-            self._decode_and_finish(plan.finish, previews)
+        decode_s = self._decode_and_finish(plan.finish, previews) if plan.finish or previews else 0.0
         for r in plan.start:
             self._start(r)
         if self.rows:
+            B = len(self.rows)
             self._step()
+            # The latency model learns the whole iteration but its decode: the runtime call plus
+            # sampling, scheduling and any wait for the GIL, which deadlines pay for too.
+            self.latency.step.observe(B, time.perf_counter() - started - decode_s)
 
     def _start(self, r: Request) -> None:
         self.waiting.remove(r)
@@ -206,8 +216,9 @@ class Engine:
             self._release_rows(r)
             self._finish_request(r, FinishReason.CANCELLED)
 
-    def _decode_and_finish(self, finishing: list[tuple[Request, FinishReason]], previews: list[Request] = ()) -> None:
-        """One batched decode for the requests that finish now and the streaming previews due."""
+    def _decode_and_finish(self, finishing: list[tuple[Request, FinishReason]], previews: list[Request] = ()) -> float:
+        """One batched decode for the requests that finish now and the streaming previews due;
+        returns the seconds it took."""
         D = self.spec.D
         seqs = [s for r, _ in finishing for s in r.sequences] + [s for r in previews for s in r.sequences]
         codes = np.zeros((len(seqs), D), dtype=np.int64)
@@ -224,7 +235,7 @@ class Engine:
                 self._release_rows(r)
                 self._finish_request(r, FinishReason.ERROR, error=f"decoder failed: {type(e).__name__}",
                                      status=500)
-            return
+            return 0.0
         dt = time.perf_counter() - t
         self.latency.decode.observe(len(seqs), dt)
         for r in [r for r, _ in finishing] + list(previews):
@@ -244,6 +255,7 @@ class Engine:
                 except Exception:
                     log.exception("on_preview callback failed")
             i += r.n
+        return dt
 
     def _step(self) -> None:
         B = len(self.rows)
@@ -262,7 +274,6 @@ class Engine:
             self._fail(list(self.running), f"runtime step failed: {type(e).__name__}")
             return
         dt = time.perf_counter() - t
-        self.latency.step.observe(B, dt)
         for r in self.running:
             r.compute_s += dt
         self._emit(StepStats(self.spec.name, self.runtime.backend, B, dt))

@@ -50,7 +50,8 @@ def _meta(body: GenerateRequest, result: Result) -> dict:
     return {"model": spec.name, "tokens": r.tokens, "max_tokens": spec.D, "quality": round(result.quality, 4),
             "deadline_ms": body.deadline_ms, "seed": r.seed, "label": label,
             "finish_reason": r.finish_reason.value, "request_id": r.request_id,
-            "compute_ms": round(r.compute_s * 1000, 3)}
+            "compute_ms": round(r.compute_s * 1000, 3),
+            "engine_ms": round(((r.finished or r.arrival) - (r.started or r.finished or r.arrival)) * 1000, 3)}
 
 
 def _json_payload(body: GenerateRequest, result: Result, arrival: float, state: ServiceState) -> GenerateResponse:

@@ -51,6 +51,7 @@ class GenerateResponse(BaseModel):
     quality: float = Field(..., description="quality estimate at k from the model's curve (1 = full length)")
     latency_ms: float = Field(..., description="arrival at the server to response ready")
     compute_ms: float = Field(..., description="time of the batched steps and decodes this request took part in")
+    engine_ms: float = Field(..., description="time from its first step to its decoded samples, in the engine loop")
     deadline_ms: int
     deadline_met: bool
     seed: int
