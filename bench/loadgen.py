@@ -20,6 +20,8 @@ class Record:
     client_ms: float  # client-observed latency
     server_ms: float | None = None  # latency_ms the server reported
     compute_ms: float | None = None  # engine time (steps + decodes) the server reported
+    engine_ms: float | None = None  # first step to decoded samples, as the server reported
+    queue_ms: float | None = None  # arrival to first step, as the server reported
     tokens: int | None = None
     max_tokens: int | None = None
     quality: float | None = None
@@ -97,6 +99,8 @@ async def run_load(url: str, rate: float, duration: float, deadlines: str = "log
                     h = r.headers
                     rec.server_ms = float(h["x-anytime-latency-ms"])
                     rec.compute_ms = float(h["x-anytime-compute-ms"])
+                    rec.engine_ms = float(h["x-anytime-engine-ms"])
+                    rec.queue_ms = float(h["x-anytime-queue-ms"])
                     rec.tokens = int(h["x-anytime-tokens"])
                     rec.max_tokens = int(h["x-anytime-max-tokens"])
                     rec.quality = float(h["x-anytime-quality"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -69,6 +70,9 @@ class Engine:
 
     # ---- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
+        # The engine thread shares the GIL with the HTTP event loop; a short switch interval
+        # bounds how long a ready step can wait for it (the default is 5 ms).
+        sys.setswitchinterval(0.0005)
         self.warmup()
         self._thread = threading.Thread(target=self._loop, name=f"engine-{self.spec.name}", daemon=True)
         self._thread.start()
@@ -182,6 +186,8 @@ class Engine:
             # The latency model learns the whole iteration but its decode: the runtime call plus
             # sampling, scheduling and any wait for the GIL, which deadlines pay for too.
             self.latency.step.observe(B, time.perf_counter() - started - decode_s)
+        self.latency.observe_iteration(time.perf_counter() - started,
+                                       sum(r.n for r, _ in plan.finish) + sum(r.n for r in previews))
 
     def _start(self, r: Request) -> None:
         self.waiting.remove(r)

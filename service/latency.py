@@ -6,6 +6,7 @@ up as load and every later budget shrinks accordingly.
 """
 from __future__ import annotations
 
+import collections
 import threading
 import time
 
@@ -71,6 +72,22 @@ class LatencyModel:
     def __init__(self, step_profile: dict[int, float], decode_profile: dict[int, float], alpha: float = 0.2):
         self.step = CostCurve(step_profile, alpha)
         self.decode = CostCurve(decode_profile, alpha)
+        self._recent_iterations: collections.deque[float] = collections.deque(maxlen=8)
+        self._recent_decode_rows: collections.deque[int] = collections.deque(maxlen=8)
+
+    def observe_iteration(self, seconds: float, decode_rows: int) -> None:
+        self._recent_iterations.append(seconds)
+        self._recent_decode_rows.append(decode_rows)
+
+    def finish_decode(self, n: int) -> float:
+        """Decoding n rows when they finish: they share the decode batch with whatever else
+        finishes then, so count as many other rows as the busiest recent decode."""
+        return self.decode.paced(n + max(self._recent_decode_rows, default=0))
+
+    def iteration_in_flight(self, batch: int) -> float:
+        """What a request arriving now may wait for the current iteration: the slowest of the
+        last few iterations (they include decodes of finishing requests), or one step."""
+        return max(max(self._recent_iterations, default=0.0), self.step(batch))
 
     def capacity(self, D: int, max_batch: int) -> float:
         """Samples per second at k = D with the best batch size (the full-length capacity)."""

@@ -33,7 +33,7 @@ async def generate(body: GenerateRequest, request: Request, state: StateDep):
     arrival = request.state.arrival
     if body.stream:
         return _stream(body, request, state)
-    result = await state.generate(body, arrival, request.state.request_id, request.is_disconnected)
+    result = await state.generate(body, arrival, request.state.request_id, request.receive)
     if result is None:  # client went away; nobody reads this
         return Response(status_code=499)
     return _encode(body, result, arrival, state)
@@ -51,7 +51,8 @@ def _meta(body: GenerateRequest, result: Result) -> dict:
             "deadline_ms": body.deadline_ms, "seed": r.seed, "label": label,
             "finish_reason": r.finish_reason.value, "request_id": r.request_id,
             "compute_ms": round(r.compute_s * 1000, 3),
-            "engine_ms": round(((r.finished or r.arrival) - (r.started or r.finished or r.arrival)) * 1000, 3)}
+            "engine_ms": round(((r.finished or r.arrival) - (r.started or r.finished or r.arrival)) * 1000, 3),
+            "queue_ms": round(((r.started or r.finished or r.arrival) - r.arrival) * 1000, 3)}
 
 
 def _json_payload(body: GenerateRequest, result: Result, arrival: float, state: ServiceState) -> GenerateResponse:

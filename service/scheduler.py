@@ -30,7 +30,7 @@ class SchedulerConfig:
     max_batch: int = 128  # sequences stepped together (KV cache rows)
     max_queue: int = 1024  # sequences admitted but waiting for a row
     respond_margin_s: float = 0.002  # encoding + response after the decode
-    safety: float = 1.15  # multiplies every predicted cost in deadline decisions
+    safety: float = 1.25  # multiplies every predicted cost in deadline decisions
     quality_price: float = 1.0  # price of a step at full pressure, in units of the mean slope 1/D
     pressure_alpha: float = 0.05  # EMA weight of each admission in the pressure signal
     # pressure = EMA share of admissions that got fewer tokens than on an idle server
@@ -85,7 +85,7 @@ class Scheduler:
     def deadline_tokens(self, req: Request, now: float, batch: int, wait_s: float = 0.0) -> int:
         """Steps that fit before the deadline at `batch` rows, after waiting, decoding and responding."""
         c, lat = self.config, self.latency
-        overhead = wait_s + c.safety * lat.decode(req.n) + c.respond_margin_s
+        overhead = wait_s + c.safety * lat.finish_decode(req.n) + c.respond_margin_s
         per_step = c.safety * lat.step(batch)
         if req.preview_every:  # streaming: one preview decode every preview_every steps
             per_step += c.safety * lat.decode(req.n) / req.preview_every
@@ -94,7 +94,7 @@ class Scheduler:
     def _wait_estimate(self, running: int, waiting: int, n: int) -> float:
         excess = running + waiting + n - self.config.max_batch
         if excess <= 0:
-            return self.latency.step(running)  # at most the iteration in flight
+            return self.latency.iteration_in_flight(running)
         # rows free up as sequences finish: about mean_planned steps per generation
         return self.latency.step(self.config.max_batch) * self.mean_planned * min(1.0, excess / self.config.max_batch)
 
@@ -165,7 +165,7 @@ class Scheduler:
         if c.policy == "anytime":
             step_cost, dec_now = lat.step.paced(rows), lat.decode.paced(decode_rows) if decode_rows else 0.0
             for r in sorted(keep, key=lambda r: r.deadline):
-                need = c.safety * (dec_now + step_cost + lat.decode.paced(r.n)) + c.respond_margin_s
+                need = c.safety * (dec_now + step_cost + lat.finish_decode(r.n)) + c.respond_margin_s
                 if now + need > r.deadline and r.tokens >= 1:
                     plan.finish.append((r, FinishReason.DEADLINE_GUARD))
                     decode_rows += r.n

@@ -52,6 +52,7 @@ class GenerateResponse(BaseModel):
     latency_ms: float = Field(..., description="arrival at the server to response ready")
     compute_ms: float = Field(..., description="time of the batched steps and decodes this request took part in")
     engine_ms: float = Field(..., description="time from its first step to its decoded samples, in the engine loop")
+    queue_ms: float = Field(..., description="time from arrival to its first step")
     deadline_ms: int
     deadline_met: bool
     seed: int

@@ -3,6 +3,7 @@ generate flow (validate -> admit -> wait -> encode) that the routes call."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import secrets
 import threading
@@ -73,6 +74,10 @@ class ServiceState:
             from .model_dir import ModelDirError
 
             raise ModelDirError(f"default model {self.default_model!r} is not among {sorted(self.engines)}")
+        # Everything loaded so far lives as long as the process: keep it out of the garbage
+        # collector's full passes, whose pauses would otherwise land in request latencies.
+        gc.collect()
+        gc.freeze()
         self.ready = True
         self.metrics.ready.set(1)
 
@@ -170,22 +175,24 @@ class ServiceState:
             raise ApiError(r.error_status or 500, r.error or "generation failed")
         return Result(r, spec, time.monotonic() - r.arrival, spec.quality(r.tokens))
 
-    async def generate(self, body: GenerateRequest, arrival: float, request_id: str, is_disconnected) -> Result | None:
-        """Admit, wait for the engine, and return the result; None when the client went away."""
+    async def generate(self, body: GenerateRequest, arrival: float, request_id: str, receive) -> Result | None:
+        """Admit, wait for the engine, and return the result; None when the client went away.
+
+        `receive` is the ASGI receive of the request (its body already read): it returns only
+        when the client disconnects, so waiting on it costs nothing (no polling)."""
         engine, req = self.prepare(body, arrival, request_id)
         events = self.admit(engine, req)
-        cancelled = False
+        done = asyncio.ensure_future(events.get())  # a non-streaming request gets one event: done
+        gone = asyncio.ensure_future(_disconnected(receive))
         try:
-            while True:  # a non-streaming request gets exactly one event: ("done", request)
-                try:
-                    await asyncio.wait_for(events.get(), timeout=0.05)
-                    break
-                except asyncio.TimeoutError:
-                    if not cancelled and await is_disconnected():
-                        engine.cancel(req)  # the engine frees its rows, then finishes it as cancelled
-                        cancelled = True
+            await asyncio.wait({done, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if not done.done():
+                engine.cancel(req)  # the engine frees its rows, then finishes it as cancelled
+                await done
             return self.outcome(engine, req)
         finally:
+            gone.cancel()
+            done.cancel()
             self.release()
 
     def record(self, result: Result, latency_s: float) -> None:
@@ -193,3 +200,7 @@ class ServiceState:
         self.metrics.answered(r.model, latency_s, r.deadline_s, r.tokens, result.spec.D, result.quality, r.n,
                               r.finish_reason.value)
 
+
+async def _disconnected(receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
