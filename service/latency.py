@@ -72,22 +72,30 @@ class LatencyModel:
     def __init__(self, step_profile: dict[int, float], decode_profile: dict[int, float], alpha: float = 0.2):
         self.step = CostCurve(step_profile, alpha)
         self.decode = CostCurve(decode_profile, alpha)
-        self._recent_iterations: collections.deque[float] = collections.deque(maxlen=8)
-        self._recent_decode_rows: collections.deque[int] = collections.deque(maxlen=8)
+        # (time, seconds, decode rows) of the last iterations; entries older than RECENT_S are
+        # ignored so that an idle server forgets a past burst
+        self._recent: collections.deque[tuple[float, float, int]] = collections.deque(maxlen=8)
+
+    RECENT_S = 0.5
 
     def observe_iteration(self, seconds: float, decode_rows: int) -> None:
-        self._recent_iterations.append(seconds)
-        self._recent_decode_rows.append(decode_rows)
+        self._recent.append((time.monotonic(), seconds, decode_rows))
+
+    def _fresh(self) -> list[tuple[float, float, int]]:
+        cutoff = time.monotonic() - self.RECENT_S
+        return [r for r in list(self._recent) if r[0] >= cutoff]
 
     def finish_decode(self, n: int) -> float:
         """Decoding n rows when they finish: they share the decode batch with whatever else
         finishes then, so count as many other rows as the busiest recent decode."""
-        return self.decode.paced(n + max(self._recent_decode_rows, default=0))
+        return self.decode.paced(n + max((r[2] for r in self._fresh()), default=0))
 
     def iteration_in_flight(self, batch: int) -> float:
-        """What a request arriving now may wait for the current iteration: the slowest of the
-        last few iterations (they include decodes of finishing requests), or one step."""
-        return max(max(self._recent_iterations, default=0.0), self.step(batch))
+        """What a request arriving now may wait for the current iteration: the slowest recent
+        iteration (they include decodes of finishing requests), or one step; nothing if idle."""
+        if batch <= 0:
+            return 0.0
+        return max(max((r[1] for r in self._fresh()), default=0.0), self.step(batch))
 
     def capacity(self, D: int, max_batch: int) -> float:
         """Samples per second at k = D with the best batch size (the full-length capacity)."""

@@ -54,6 +54,8 @@ class Metrics:
                                 ["model", "backend"], buckets=STEP_BUCKETS, registry=r)
         self.load_factor = Gauge("anytime_latency_model_factor", "Online correction of the start-up latency profile "
                                  "(measured / profiled; > 1 means contention)", ["model", "kind"], registry=r)
+        self.pressure = Gauge("anytime_scheduler_pressure", "Share of recent admissions that got fewer tokens "
+                              "than on an idle server (0..1): steps are scarce", ["model"], registry=r)
         self.ready = Gauge("anytime_ready", "1 when models are loaded and warmed up and admission is open",
                            registry=r)
 
@@ -65,6 +67,7 @@ class Metrics:
         self.load_factor.labels(name, "step").set_function(lambda: engine.latency.step.factor if engine.latency else 1)
         self.load_factor.labels(name, "decode").set_function(
             lambda: engine.latency.decode.factor if engine.latency else 1)
+        self.pressure.labels(name).set_function(lambda: engine.scheduler.pressure if engine.scheduler else 0)
         engine.observers.append(self.observe)
 
     def observe(self, stats) -> None:

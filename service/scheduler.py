@@ -14,6 +14,7 @@ touches tensors. Policies (selected by configuration, all on the same engine):
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -70,8 +71,20 @@ class Scheduler:
         self.D = D
         self.quality = quality
         self.gain = future_gain_rate(quality)
-        self.pressure = 0.0  # EMA share of recent admissions whose deadline limited their tokens
+        self._pressure = 0.0  # EMA share of recent admissions whose tokens load took away
+        self._pressure_at = time.monotonic()
         self.mean_planned = float(D)
+
+    PRESSURE_HALF_LIFE_S = 2.0
+
+    @property
+    def pressure(self) -> float:
+        """The EMA, decayed by the time since the last admission (an idle server has none)."""
+        return self._pressure * 0.5 ** ((time.monotonic() - self._pressure_at) / self.PRESSURE_HALF_LIFE_S)
+
+    @pressure.setter
+    def pressure(self, value: float) -> None:
+        self._pressure, self._pressure_at = value, time.monotonic()
 
     # ---- budgets -------------------------------------------------------------------------
     def quality_cap(self) -> int:

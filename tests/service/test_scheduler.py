@@ -28,8 +28,8 @@ def test_budget_grows_with_deadline_and_caps_at_D():
     s = scheduler()
     ks = [s.admit(request(d), 100.0, running=0, waiting=0).planned_tokens for d in (10, 20, 40, 100, 1000)]
     assert ks == sorted(ks) and ks[0] >= 1 and ks[-1] == D
-    # 20 ms at an idle server: (20 - step in flight 1 - decode 1 - margin 2) / 1 ms per step = 16 tokens
-    assert s.admit(request(20), 100.0, 0, 0).planned_tokens == 16
+    # 20 ms at an idle server: (20 - decode 1 - margin 2) / 1 ms per step = 17 tokens
+    assert s.admit(request(20), 100.0, 0, 0).planned_tokens == 17
 
 
 def test_budget_shrinks_with_load():
@@ -93,6 +93,18 @@ def test_quality_cap_under_pressure_only():
     assert 1 <= cap < D and gain[cap] < 1 / D <= gain[cap - 1] and QUALITY[cap] > 0.75
     r = request(1000, tokens=cap, planned=D)
     assert s.plan(100.0, [r], [], 1).finish == [(r, FinishReason.QUALITY)]
+
+
+def test_an_idle_server_forgets_past_load():
+    s = scheduler()
+    s.latency.observe_iteration(0.5, 64)  # one slow burst iteration
+    assert s.latency.iteration_in_flight(1) == 0.5  # a request now may wait for such an iteration
+    assert s.latency.iteration_in_flight(0) == 0.0  # but not on an idle engine
+    s.latency._recent = type(s.latency._recent)([(t - 10, sec, rows) for t, sec, rows in s.latency._recent], maxlen=8)
+    assert s.latency.iteration_in_flight(1) == s.latency.step(1)  # aged out
+    s.pressure = 1.0
+    s._pressure_at -= 60  # a minute without admissions
+    assert s.pressure < 1e-6 and s.quality_cap() == D
 
 
 def test_pressure_follows_admissions():
