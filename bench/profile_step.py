@@ -37,7 +37,9 @@ def profile(model_dir: Path, batch: int, steps: int = 200) -> dict:
     for _ in range(steps):
         sess.run(None, feeds)
     wall_ms = (time.perf_counter() - t) / steps * 1000
-    trace = json.loads(Path(sess.end_profiling()).read_text())
+    trace_path = Path(sess.end_profiling())
+    trace = json.loads(trace_path.read_text())
+    trace_path.unlink()
     per_op, nodes = collections.Counter(), collections.Counter()
     run_total = 0.0
     for ev in trace:
