@@ -76,7 +76,20 @@ class Engine:
         self.warmup()
         self._thread = threading.Thread(target=self._loop, name=f"engine-{self.spec.name}", daemon=True)
         self._thread.start()
+        self._warm_loop()
 
+    def _warm_loop(self) -> None:
+        """Run a few full generations through the loop before readiness, so the first real
+        request does not pay for cold code paths; then forget what they taught the online model."""
+        for n in (1, 4):
+            done = threading.Event()
+            req = self.new_request(n=n, seed=n, label=None, deadline_s=60.0, arrival=time.monotonic(),
+                                   min_tokens=1, max_tokens=self.spec.D, sampling=SamplingParams())
+            req.on_done = lambda r: done.set()
+            if self.admit(req).ok:
+                done.wait(60)
+        self.latency.reset_online()
+        self.scheduler.pressure = 0.0
     def warmup(self) -> None:
         """Profile step and decode cost vs batch size; the latency model starts from it."""
         D = self.spec.D

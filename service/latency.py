@@ -78,6 +78,12 @@ class LatencyModel:
 
     RECENT_S = 0.5
 
+    def reset_online(self) -> None:
+        """Back to the start-up profile (after warm-up traffic)."""
+        for curve in (self.step, self.decode):
+            curve.factor = curve.last_factor = 1.0
+        self._recent.clear()
+
     def observe_iteration(self, seconds: float, decode_rows: int) -> None:
         self._recent.append((time.monotonic(), seconds, decode_rows))
 

@@ -74,6 +74,13 @@ class ServiceState:
             from .model_dir import ModelDirError
 
             raise ModelDirError(f"default model {self.default_model!r} is not among {sorted(self.engines)}")
+        # first use of the encoders (imports, codec set-up) happens here, not in a request
+        import numpy as np
+
+        from . import encoding
+
+        encoding.png(np.zeros((1, 8, 8), np.float32))
+        encoding.npy(np.zeros((1, 8), np.float32))
         # Everything loaded so far lives as long as the process: keep it out of the garbage
         # collector's full passes, whose pauses would otherwise land in request latencies.
         gc.collect()
