@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     max_queue: int = Field(1024, ge=0, description="sequences admitted and waiting for a batch row")
     max_inflight: int = Field(4096, ge=1, description="HTTP requests in flight; beyond: 503 at once")
     max_body_bytes: int = Field(65536, ge=1024, description="larger request bodies get 413 before parsing")
-    respond_margin_ms: float = Field(4.0, ge=0, description="time kept for encoding and responding")
+    respond_margin_ms: float = Field(6.0, ge=0, description="time kept for encoding and responding")
     safety: float = Field(1.25, ge=1.0, description="multiplies predicted costs in deadline decisions")
     quality_price: float = Field(1.0, ge=0, description="how hard steps are rationed by the quality curve under load")
     verify_checksums: bool = True
