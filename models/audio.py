@@ -145,19 +145,26 @@ class LogMel(nn.Module):
         return (torch.maximum(db, peak - self.top_db) - peak) / self.top_db + 1
 
 
-def spectral_loss(rec: torch.Tensor, x: torch.Tensor, ffts: tuple[int, ...] = (2048, 512, 128)) -> torch.Tensor:
-    """Multi-resolution STFT loss (spectral convergence + log-magnitude L1), averaged over resolutions.
+def spectral_loss(rec: torch.Tensor, x: torch.Tensor, ffts: tuple[int, ...] = (2048, 1024, 512, 256),
+                  sample_rate: int = SAMPLE_RATE, n_mels: int = 64, top_db: float = 80.0) -> torch.Tensor:
+    """Multi-resolution log-mel L1, in units of `top_db`, averaged over STFT sizes.
 
     Insensitive to phase, so a decoder is not pushed towards the blurred average waveform that
-    sample-wise MSE prefers when the phase is uncertain.
+    sample-wise MSE prefers when the phase is uncertain. Both spectrograms are floored `top_db`
+    below the target's loudest bin, so error in near-silence (which carries no content and
+    would dominate a plain log loss) costs nothing beyond the floor.
     """
     rec, x = rec.reshape(rec.shape[0], -1), x.reshape(x.shape[0], -1)
     ffts = [n for n in ffts if n <= x.shape[1]] or [2 ** int(math.log2(x.shape[1]))]  # short clips: fewer sizes
     total = rec.new_zeros(())
     for n in ffts:
         w = torch.hann_window(n, device=x.device)
-        s_rec = torch.stft(rec, n, n // 4, window=w, return_complex=True).abs()
-        s_x = torch.stft(x, n, n // 4, window=w, return_complex=True).abs()
-        total = total + (s_x - s_rec).norm() / s_x.norm().clamp(min=1e-7)
-        total = total + F.l1_loss(torch.log(s_rec + 1e-5), torch.log(s_x + 1e-5))
+        fb = mel_filterbank(n, n_mels, sample_rate).to(x.device)
+
+        def db(a):
+            return 10 * torch.log10((fb @ torch.stft(a, n, n // 4, window=w, return_complex=True).abs().pow(2)).clamp(min=1e-10))
+
+        d_x, d_rec = db(x), db(rec)
+        floor = d_x.amax(dim=(1, 2), keepdim=True) - top_db
+        total = total + (torch.maximum(d_rec, floor) - torch.maximum(d_x, floor)).abs().mean() / top_db
     return total / len(ffts)

@@ -7,6 +7,7 @@ reconstruct from any prefix and early tokens carry the coarse structure.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -22,22 +23,34 @@ class OVQVAEConfig:
     in_channels: int = 1
     input_shape: tuple[int, ...] = (28, 28)
     widths: tuple[int, ...] = (32, 64)  # one stride-`stride` conv per entry
-    kernel: int = 4
-    stride: int = 2
+    kernel: int | tuple[int, ...] = 4  # one value for every layer, or one per entry of `widths`
+    stride: int | tuple[int, ...] = 2
     res_blocks: int = 2
     D: int = 64  # tokens per sample (latent channels)
     K: int = 256  # codebook size
     beta: float = 0.25  # commitment weight
     codebook_update: str = "ema"  # "ema" (decayed averages) or "loss" (codebook loss term)
     ema_decay: float = 0.99
+    restart_every: int = 50  # training steps between dead-code restarts (EMA codebooks)
+    restart_threshold: float = 0.03  # a code whose decayed use count falls below this is restarted
     sample_rate: int | None = None  # audio: samples per second of the [C, T] input
+    # "conv": the decoder's last layer is a transposed convolution (as for images). "stft" (audio,
+    # one input channel): that layer is an inverse STFT (window = the first encoder layer's kernel,
+    # hop = its stride) of learned magnitudes with a fixed random phase; see InverseSTFTHead.
+    decoder_head: str = "conv"
     spectral_weight: float = 0.0  # audio: weight of the multi-resolution STFT loss added to the MSE
+
+    def layer(self, i: int) -> tuple[int, int]:
+        """(kernel, stride) of the i-th strided convolution of the encoder."""
+        k = self.kernel if isinstance(self.kernel, int) else self.kernel[i]
+        s = self.stride if isinstance(self.stride, int) else self.stride[i]
+        return k, s
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
         shape = self.input_shape
-        for _ in self.widths:
-            shape = tuple(s // self.stride for s in shape)
+        for i in range(len(self.widths)):
+            shape = tuple(s // self.layer(i)[1] for s in shape)
         return shape
 
     @property
@@ -55,6 +68,9 @@ class OVQVAEConfig:
         d = dict(d)
         d["input_shape"] = tuple(d["input_shape"])
         d["widths"] = tuple(d["widths"])
+        for key in ("kernel", "stride"):
+            if isinstance(d.get(key), list):
+                d[key] = tuple(d[key])
         return cls(**d)
 
 
@@ -85,8 +101,9 @@ class Encoder(nn.Module):
         super().__init__()
         conv = _conv(c.dims)
         layers, ch = [], c.in_channels
-        for w in c.widths:
-            layers += [conv(ch, w, c.kernel, c.stride, _padding(c.kernel, c.stride)), nn.ReLU()]
+        for i, w in enumerate(c.widths):
+            k, s = c.layer(i)
+            layers += [conv(ch, w, k, s, _padding(k, s)), nn.ReLU()]
             ch = w
         layers += [ResBlock(c.dims, ch) for _ in range(c.res_blocks)]
         layers += [nn.ReLU(), conv(ch, c.D, 1)]
@@ -105,9 +122,13 @@ class Decoder(nn.Module):
         layers += [ResBlock(c.dims, widths[0]) for _ in range(c.res_blocks)]
         layers.append(nn.ReLU())
         outs = widths[1:] + [c.in_channels]
-        pad = _padding(c.kernel, c.stride)
         for i, (cin, cout) in enumerate(zip(widths, outs)):
-            layers.append(conv_t(cin, cout, c.kernel, c.stride, pad))
+            k, s = c.layer(len(widths) - 1 - i)  # mirrors the encoder
+            if i == len(widths) - 1 and c.decoder_head == "stft":
+                frames = c.input_shape[0] // s
+                layers.append(InverseSTFTHead(cin, k, s, frames))
+                break
+            layers.append(conv_t(cin, cout, k, s, _padding(k, s)))
             if i < len(widths) - 1:
                 layers.append(nn.ReLU())
         layers.append(nn.Tanh())
@@ -115,6 +136,41 @@ class Decoder(nn.Module):
 
     def forward(self, z):
         return self.net(z)
+
+
+class InverseSTFTHead(nn.Module):
+    """Features [B, C, frames] -> waveform [B, 1, frames * hop]: a 1x1 convolution gives the
+    log-magnitude of each of the n_fft // 2 + 1 frequency bins per frame, a fixed random phase
+    (a buffer, the same for every sample) makes them complex, and a frozen transposed
+    convolution overlap-adds the Hann-windowed inverse-DFT frames.
+
+    The mirror of an STFT-like first encoder layer (kernel n_fft, stride hop). Learning only
+    magnitudes spares a small decoder the phase-coherent synthesis of voiced speech, which it
+    cannot learn in a CPU-sized budget; a random phase keeps the spectral envelope (what a
+    listener or the log-mel classifier uses) and sounds breathy.
+    """
+
+    def __init__(self, channels: int, n_fft: int, hop: int, frames: int, seed: int = 0):
+        super().__init__()
+        bins = n_fft // 2 + 1
+        self.proj = nn.Conv1d(channels, bins, 1)
+        nn.init.constant_(self.proj.bias, -4.0)  # start quiet
+        self.hop, self.pad = hop, _padding(n_fft, hop)
+        phase = torch.rand(bins, frames, generator=torch.Generator().manual_seed(seed)) * (2 * math.pi)
+        self.register_buffer("cos", phase.cos())
+        self.register_buffer("sin", phase.sin())
+        n, k = torch.arange(n_fft, dtype=torch.float64), torch.arange(bins, dtype=torch.float64)
+        angle = 2 * math.pi * k[:, None] * n[None] / n_fft  # [bins, n_fft]
+        window = torch.hann_window(n_fft, periodic=True, dtype=torch.float64)
+        scale = torch.full((bins, 1), 2.0 / n_fft, dtype=torch.float64)
+        scale[0] = scale[-1] = 1.0 / n_fft  # DC and Nyquist appear once in a real spectrum
+        basis = torch.cat([angle.cos() * window * scale, -angle.sin() * window * scale])  # [2 * bins, n_fft]
+        self.register_buffer("basis", basis.float()[:, None, :])
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        mag = torch.exp(self.proj(h).clamp(max=8.0))  # [B, bins, frames]
+        spec = torch.cat([mag * self.cos, mag * self.sin], dim=1)  # [B, 2 * bins, frames]
+        return F.conv_transpose1d(spec, self.basis, stride=self.hop, padding=self.pad)
 
 
 class ChannelQuantizer(nn.Module):

@@ -63,29 +63,34 @@ def train(train_ds: Dataset, out: Path, config: OVQVAEConfig | None = None, stag
         model.train()
         bar = tqdm(list(batches(train_ds, batch_size, shuffle=True, generator=gen)), desc=f"ovqvae/{stage} {epoch + 1}/{epochs}")
         used = torch.zeros(config.K, dtype=torch.bool)
-        tot_rec = tot_n = 0.0
+        tot_rec = tot_spec = tot_n = 0.0
         for i, (x, _) in enumerate(bar):
             x = x.to(dev)
             lengths = sample_cuts(x.shape[0], config.D, min_cut, gen).to(dev) if stage == "ordered" else None
             rec, vq_loss, ids = model(x, lengths)
             rec_loss = F.mse_loss(rec, x)
             loss = rec_loss + vq_loss
+            spec = torch.zeros(())
             if config.spectral_weight:
                 from .audio import spectral_loss
 
-                loss = loss + config.spectral_weight * spectral_loss(rec, x)
+                spec = spectral_loss(rec, x, sample_rate=config.sample_rate or 16000)
+                loss = loss + config.spectral_weight * spec
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             used[ids.flatten().cpu()] = True
-            if model.quantizer.use_ema and i % 50 == 49:
+            if model.quantizer.use_ema and i % config.restart_every == config.restart_every - 1:
                 z = model.encoder(x).detach().reshape(-1, config.token_dim)
-                model.quantizer.restart_dead(z)
+                model.quantizer.restart_dead(z, config.restart_threshold)
             tot_rec += rec_loss.item() * x.shape[0]
+            tot_spec += spec.item() * x.shape[0]
             tot_n += x.shape[0]
             if i % 20 == 0:
-                bar.set_postfix(rec=f"{tot_rec / tot_n:.4f}", vq=f"{vq_loss.item():.4f}", codes=int(used.sum()))
-        history.append({"epoch": epoch + 1, "stage": stage, "rec_loss": tot_rec / tot_n, "codes_used": int(used.sum())})
+                bar.set_postfix(rec=f"{tot_rec / tot_n:.4f}", vq=f"{vq_loss.item():.4f}", codes=int(used.sum()),
+                                **({"spec": f"{tot_spec / tot_n:.4f}"} if config.spectral_weight else {}))
+        history.append({"epoch": epoch + 1, "stage": stage, "rec_loss": tot_rec / tot_n, "codes_used": int(used.sum()),
+                        **({"spectral_loss": tot_spec / tot_n} if config.spectral_weight else {})})
         checkpoint.save(out, kind="ovqvae", config=config.to_dict(), model=model.state_dict(), optimizer=opt.state_dict(),
                         epoch=epoch + 1, history=history, stage=stage, meta=meta or {})
     return model.eval()

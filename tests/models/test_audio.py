@@ -10,7 +10,7 @@ import torch
 from models import checkpoint, classifier
 from models.audio import LogMel, fit_length, mel_filterbank, spectral_loss, wav_folder
 from models.data import Dataset, load_dataset
-from models.ovqvae import OVQVAE
+from models.ovqvae import OVQVAE, InverseSTFTHead, OVQVAEConfig
 from models.presets import ovqvae_config
 from service.model_dir import load_model_dir
 from service.runtime import make_runtime
@@ -49,12 +49,18 @@ def test_logmel_shape_range_and_gain_invariance():
 
 
 def test_spectral_loss_is_zero_on_identity_and_differentiable():
-    x = torch.from_numpy(tone(500, 4096))[None, None]
+    x = 0.1 * torch.randn(2, 1, 4096, generator=torch.Generator().manual_seed(0))  # energy in every mel band
     assert spectral_loss(x, x).item() == pytest.approx(0.0, abs=1e-6)
-    y = (0.5 * torch.roll(x, 37, -1)).requires_grad_()
+    # phase does not matter: the same partials with other phases cost less than 6 dB of gain does
+    t = torch.arange(4096) / SAMPLE_RATE
+    chord = lambda phases: sum(torch.sin(2 * np.pi * f * t + ph) for f, ph in zip((220, 660, 1500), phases))  # noqa: E731
+    a, b = chord((0, 0, 0))[None, None], chord((1.0, 2.5, 4.0))[None, None]
+    assert spectral_loss(b, a).item() < 0.5 * spectral_loss(0.5 * a, a).item()
+    y = (0.5 * x).requires_grad_()
     loss = spectral_loss(y, x)
     loss.backward()
-    assert loss.item() > 0.1 and torch.isfinite(y.grad).all() and y.grad.abs().sum() > 0
+    assert loss.item() == pytest.approx(20 * np.log10(2) / 80, rel=0.2)
+    assert torch.isfinite(y.grad).all() and y.grad.abs().sum() > 0
 
 
 def test_audio_classifier_shapes_and_it_learns_tones(tmp_path):
@@ -102,6 +108,30 @@ def test_wav_folder_uses_train_and_test_subfolders_when_present(tmp_path):
     assert len(train) == len(test) == 15 and test.classes == sorted(CLASSES)
 
 
+def test_inverse_stft_head_turns_one_bin_into_its_sinusoid():
+    head = InverseSTFTHead(channels=1, n_fft=512, hop=128, frames=32)
+    with torch.no_grad():
+        head.proj.weight.zero_()
+        head.proj.bias.fill_(-30.0)
+        head.proj.bias[40] = 0.0  # bin 40 of 512 at 16 kHz: 1250 Hz
+        wave = head(torch.zeros(1, 1, 32))
+    assert wave.shape == (1, 1, 32 * 128)
+    spectrum = np.abs(np.fft.rfft(wave[0, 0, 512:-512].numpy()))
+    freqs = np.fft.rfftfreq(wave.shape[-1] - 1024, 1 / SAMPLE_RATE)
+    assert abs(freqs[spectrum.argmax()] - 1250) < 40  # within about one bin (31.25 Hz): the phase is random
+
+
+def test_per_layer_kernels_and_strides_mirror_in_the_decoder():
+    c = OVQVAEConfig(dims=1, input_shape=(1024,), widths=(8, 16), kernel=(64, 4), stride=(16, 2), res_blocks=0,
+                     D=4, K=8)
+    assert c.latent_shape == (32,) and c.layer(0) == (64, 16) and c.layer(1) == (4, 2)
+    assert OVQVAEConfig.from_dict(c.to_dict()) == c
+    for head in ("conv", "stft"):
+        m = OVQVAE(OVQVAEConfig(**{**c.to_dict(), "decoder_head": head}))
+        x = torch.randn(2, 1, 1024).clamp(-1, 1)
+        assert m.encoder(x).shape == (2, 4, 32) and m(x)[0].shape == x.shape
+
+
 def test_spoken_digits_preset_is_channelwise_over_64_frames():
     c = ovqvae_config("spoken-digits")
     assert (c.dims, c.latent_shape, c.token_dim, c.sample_rate) == (1, (64,), 64, 16000)
@@ -121,13 +151,13 @@ def test_spoken_digits_preset_is_channelwise_over_64_frames():
 def test_train_evaluate_on_tones_through_the_shared_pipeline(tmp_path):
     """Two-stage OVQ-VAE training, prior, classifier and evaluation on tones; audio plots and report."""
     from models.evaluate import evaluate_pipelines
-    from models.ovqvae import OVQVAEConfig
     from models.train_prior import train as train_prior
     from models.train_vqvae import train as train_vqvae
 
     train_ds, test_ds = tones(8, 1024, seed=3), tones(4, 1024, seed=4)
-    config = OVQVAEConfig(dims=1, input_shape=(1024,), widths=(8, 8), kernel=8, stride=4, res_blocks=0, D=8, K=16,
-                          sample_rate=SAMPLE_RATE, spectral_weight=1.0)
+    config = OVQVAEConfig(dims=1, input_shape=(1024,), widths=(8, 8), kernel=(64, 4), stride=(16, 4), res_blocks=0,
+                          D=8, K=16, sample_rate=SAMPLE_RATE, spectral_weight=1.0, decoder_head="stft",
+                          restart_every=2, restart_threshold=1.0)
     meta = {"command": "test", "dataset": "tones", "classes": CLASSES}
     train_vqvae(train_ds, tmp_path / "plain.pt", config, stage="plain", epochs=1, batch_size=8, meta=meta)
     train_vqvae(train_ds, tmp_path / "ordered.pt", stage="ordered", init=tmp_path / "plain.pt", epochs=1, batch_size=8,

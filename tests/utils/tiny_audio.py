@@ -24,8 +24,10 @@ def tone(freq: float, length: int = 4096, sample_rate: int = SAMPLE_RATE, phase:
 
 
 def tiny_audio_configs(D: int = 8, K: int = 16, length: int = 256):
-    vc = OVQVAEConfig(dims=1, in_channels=1, input_shape=(length,), widths=(8, 8), kernel=8, stride=4, res_blocks=1,
-                      D=D, K=K, sample_rate=SAMPLE_RATE)
+    # the real model's layout in miniature: STFT-like first layer (kernel 32, stride 16) mirrored by
+    # the inverse-STFT decoder head, then a stride-2 layer -> 8 frames per channel token
+    vc = OVQVAEConfig(dims=1, in_channels=1, input_shape=(length,), widths=(8, 8), kernel=(32, 4), stride=(16, 2),
+                      res_blocks=1, D=D, K=K, sample_rate=SAMPLE_RATE, decoder_head="stft")
     pc = PriorConfig(D=D, K=K, num_classes=len(CLASSES), n_layer=2, n_head=2, d_model=16, dropout=0.0)
     return vc, pc
 
