@@ -10,15 +10,19 @@ classifier shipped with the model recognise it. Writes `service-wav.md` / `.json
 from __future__ import annotations
 
 import argparse
+import datetime
 import io
 import json
+import os
+import platform
+import shlex
 import sys
 from pathlib import Path
 
 import httpx
 import numpy as np
 
-from .machine import header
+from .machine import cpu_model
 from .server_proc import serve
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,9 +89,13 @@ def summarize(result: dict, target: str) -> dict:
     }
 
 
-def report(result: dict, s: dict, backend: str) -> str:
+def report(result: dict, s: dict, backend: str, command: str) -> str:
     lines = [
-        header(f"Served WAV check: {result['model']} ({backend})").rstrip(), "",
+        f"# Served WAV check: {result['model']} ({backend})", "",
+        f"- command: `{command}`",
+        f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
+        f"- machine: {cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}", "",
         f"`POST /generate {{\"model\": \"{result['model']}\", \"label\": L, \"deadline_ms\": {result['deadline_ms']}, "
         f"\"format\": \"wav\", \"seed\": i}}`, one request at a time against a real server; every body checked to be "
         f"a mono 16-bit PCM WAV of {result['length']} samples at {result['sample_rate']} Hz, then recognised by the "
@@ -114,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-label", type=int, default=10, help="requests for every other label")
     ap.add_argument("--deadline-ms", type=int, default=300)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "spoken-digits")
-    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = ap.parse_args(argv)
     classes = json.loads((args.model_dir / "manifest.json").read_text())["classes"]
     labels = [args.label] * args.requests + [c for c in classes if c != args.label for _ in range(args.per_label)]
     if args.url:
@@ -125,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     s = summarize(result, args.label)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "service-wav.json").write_text(json.dumps({"summary": s, **result}, indent=1))
-    text = report(result, s, args.backend)
+    text = report(result, s, args.backend, "python -m bench.spoken_digits_wav " + shlex.join(argv))
     (args.out / "service-wav.md").write_text(text)
     print(text)
     return 0

@@ -271,11 +271,19 @@ class OVQVAE(nn.Module):
 
 
 class DecoderGraph(nn.Module):
-    """The exported decoder: codes [B, D] (int64), lengths [B] (int64) -> samples in [0, 1]."""
+    """The exported decoder: codes [B, D] (int64), lengths [B] (int64) -> samples in [0, 1].
+
+    Holds the decoder and the codebook only, so the exported files carry no encoder weights.
+    """
 
     def __init__(self, model: OVQVAE):
         super().__init__()
-        self.model = model
+        self.config = model.config
+        self.decoder = model.decoder
+        self.quantizer = model.quantizer
+
+    _expand = OVQVAE._expand
+    decode = OVQVAE.decode  # the same zero-fill and decode as training and evaluation
 
     def forward(self, codes: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return (self.model.decode(codes, lengths) + 1) * 0.5
+        return (self.decode(codes, lengths) + 1) * 0.5

@@ -78,7 +78,7 @@ def _audio_grid(cols: list[torch.Tensor], ks: list[int], labels: list[int | None
     T = cols[0].shape[-1]
     t = np.arange(T) / sample_rate
     for kind, path in (("spectrogram", spec_path), ("waveform", wave_path)):
-        fig, axes = plt.subplots(len(labels), len(ks), figsize=(2.0 * len(ks), 1.1 * len(labels)), squeeze=False)
+        fig, axes = plt.subplots(len(labels), len(ks), figsize=(1.6 * len(ks), 0.9 * len(labels)), squeeze=False)
         for c, waves in enumerate(cols):
             feats = logmel(waves) if kind == "spectrogram" else None
             for r in range(len(labels)):
@@ -98,5 +98,5 @@ def _audio_grid(cols: list[torch.Tensor], ks: list[int], labels: list[int | None
         fig.suptitle(f"class-conditional samples at several k: {'log-mel spectrograms' if kind == 'spectrogram' else 'waveforms'}"
                      f" ({T / sample_rate:.2f} s at {sample_rate} Hz)", fontsize=9)
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
+        fig.savefig(path, dpi=80)  # spectrograms are noise-like and compress poorly; keep the PNG small
         plt.close(fig)

@@ -66,3 +66,16 @@ def test_models_endpoint_reports_audio_output(base):
     one = httpx.get(base + "/models/tiny-audio").json()
     assert one["modality"] == "audio" and one["classes"] == CLASSES
     assert one["output"]["sample_rate"] == 16000 and one["output"]["shape"] == [1, 256]
+
+
+def test_bench_wav_check_accepts_the_servers_wav_and_rejects_others(base):
+    from bench.spoken_digits_wav import check_wav
+
+    data = post(base, deadline_ms=2000, seed=7, format="wav").content
+    assert check_wav(data, 16000, 256).shape == (256,)
+    with pytest.raises(AssertionError, match="sample rate"):
+        check_wav(data, 22050, 256)
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros((256, 2), np.float32), 16000, format="WAV", subtype="PCM_16")
+    with pytest.raises(AssertionError, match="2 channels"):
+        check_wav(buf.getvalue(), 16000, 256)
