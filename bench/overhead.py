@@ -1,5 +1,6 @@
 """HTTP + scheduling overhead on an idle server: latency minus the engine compute the server
-reports for the request (its steps and decode), one request at a time."""
+reports for the request (its prior steps with their sampling, and its decode), one request
+at a time."""
 from __future__ import annotations
 
 import json
@@ -39,8 +40,8 @@ def run(url: str, out: Path, requests: int = 500, deadline_ms: int = 1000, title
     (out / "overhead.md").write_text("\n".join([
         header(title or "HTTP + scheduling overhead on an idle server"),
         f"{requests} sequential `POST /generate` (n=1, deadline {deadline_ms} ms, full length, `format: npy`) "
-        "after 20 warm-up requests; overhead = latency − engine compute (the steps and decode the request "
-        "took part in, reported by the server as `compute_ms`).", "",
+        "after 20 warm-up requests; overhead = latency − engine compute (the prior steps with their token "
+        "sampling and the decode the request took part in, reported by the server as `compute_ms`).", "",
         "| | p50 ms | p99 ms |", "|---|---|---|",
         f"| client-observed latency − compute | {res['client_overhead_ms']['p50']:.3f} | {res['client_overhead_ms']['p99']:.3f} |",
         f"| server-measured latency − compute | {res['server_overhead_ms']['p50']:.3f} | {res['server_overhead_ms']['p99']:.3f} |",
@@ -51,6 +52,6 @@ def run(url: str, out: Path, requests: int = 500, deadline_ms: int = 1000, title
         "", f"Median engine compute per request: {res['compute_ms_p50']:.2f} ms (runtime calls only); median time "
         f"in the engine loop (first step to decoded samples, including per-step sampling and scheduling): "
         f"{res['engine_ms_p50']:.2f} ms; median client latency {res['client_latency_ms_p50']:.2f} ms. The gap "
-        "between the two compute figures is the engine loop's Python work per step (sampling, bookkeeping, "
-        "the per-iteration schedule).", ""]))
+        "between the two compute figures is the engine loop's Python work per step besides sampling "
+        "(bookkeeping and the per-iteration schedule).", ""]))
     return res

@@ -19,7 +19,7 @@ from .latency import LatencyModel, median_time
 from .model_dir import ModelSpec
 from .request import FinishReason, Request, SamplingParams, Sequence, Status
 from .runtime import Runtime
-from .sampling import sample_rows, sequence_rng
+from .sampling import SamplingBatch, sample_rows, sequence_rng
 from .scheduler import Admission, Scheduler, SchedulerConfig
 
 log = logging.getLogger("anytime.engine")
@@ -57,6 +57,10 @@ class Engine:
         self.waiting: list[Request] = []
         self.running: list[Request] = []
         self.rows: list[Sequence] = []  # rows[i] is the sequence in KV cache row i
+        # Per-row step inputs, rebuilt only when rows join or leave (most steps just advance them)
+        self._rows_changed = True
+        self._tokens = self._positions = np.zeros(0, dtype=np.int64)
+        self._sampling: SamplingBatch | None = None
         self.ready = threading.Event()
         self.stopped = threading.Event()
         self._stop = False
@@ -207,6 +211,7 @@ class Engine:
         self._dequeued_rows += r.n
         r.status = Status.RUNNING
         r.started = time.monotonic()
+        self._rows_changed = True
         for s in r.sequences:
             s.slot = len(self.rows)
             s.status = Status.RUNNING
@@ -215,6 +220,7 @@ class Engine:
 
     def _release_rows(self, r: Request) -> None:
         """Remove r's rows, moving the last rows into the holes so rows stay 0..B-1."""
+        self._rows_changed = True
         for s in r.sequences:
             if s.slot < 0:
                 continue
@@ -278,42 +284,46 @@ class Engine:
 
     def _step(self) -> None:
         B = len(self.rows)
-        tokens = np.empty(B, dtype=np.int64)
-        positions = np.empty(B, dtype=np.int64)
-        for i, s in enumerate(self.rows):
-            positions[i] = s.position
-            tokens[i] = s.codes[-1] if s.codes else s.request.start_token
+        if self._rows_changed:
+            self._tokens = np.array([s.codes[-1] if s.codes else s.request.start_token for s in self.rows],
+                                    dtype=np.int64)
+            self._positions = np.array([s.position for s in self.rows], dtype=np.int64)
+            self._sampling = self._sampling_batch()
+            self._rows_changed = False
         t = time.perf_counter()
         try:
             if self.fault_hook is not None:
                 self.fault_hook(B)
-            logits = self.runtime.step(tokens, positions)
+            logits = self.runtime.step(self._tokens, self._positions)
         except Exception as e:  # fail the requests of this step only; the engine goes on
             log.exception("prior step failed")
             self._fail(list(self.running), f"runtime step failed: {type(e).__name__}")
             return
         dt = time.perf_counter() - t
-        for r in self.running:
-            r.compute_s += dt
         self._emit(StepStats(self.spec.name, self.runtime.backend, B, dt))
-        finite = np.isfinite(logits).all(axis=1)
-        if not finite.all():
+        sampling = self._sampling
+        if not np.isfinite(logits.sum()):  # one reduction; the per-row check only when needed
+            finite = np.isfinite(logits).all(axis=1)
             old_row = {id(s): i for i, s in enumerate(self.rows)}
             bad = {self.rows[i].request for i in np.nonzero(~finite)[0]}
             self._fail(list(bad), "non-finite logits from the model")
             if not self.rows:
                 return
             logits = logits[[old_row[id(s)] for s in self.rows]]
-        sp = [s.request.sampling for s in self.rows]
-        new = sample_rows(
-            logits,
-            np.array([s.rng.random() for s in self.rows]),
-            np.array([p.temperature for p in sp]),
-            np.array([p.top_k for p in sp], dtype=np.int64),
-            np.array([p.top_p for p in sp]),
-        )
+            sampling = self._sampling_batch()
+        new = sampling.sample(logits, np.array([s.rng.random() for s in self.rows]))
         for s, tok in zip(self.rows, new.tolist()):
             s.codes.append(tok)
+        self._tokens, self._positions = new, self._positions + 1
+        # a request's compute: the runtime step and the sampling of its token
+        dt = time.perf_counter() - t
+        for r in self.running:
+            r.compute_s += dt
+
+    def _sampling_batch(self) -> SamplingBatch:
+        sp = [s.request.sampling for s in self.rows]
+        return SamplingBatch(np.array([p.temperature for p in sp]), np.array([p.top_k for p in sp], dtype=np.int64),
+                             np.array([p.top_p for p in sp]))
 
     def _fail(self, requests: list[Request], message: str) -> None:
         for r in requests:

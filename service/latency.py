@@ -75,14 +75,38 @@ class LatencyModel:
         # (time, seconds, decode rows) of the last iterations; entries older than RECENT_S are
         # ignored so that an idle server forgets a past burst
         self._recent: collections.deque[tuple[float, float, int]] = collections.deque(maxlen=8)
+        # (time, seconds) from a request's end in the engine to its encoded response: the event
+        # loop's share of the latency, which grows with the HTTP load the engine cannot see
+        self._responds: collections.deque[tuple[float, float]] = collections.deque(maxlen=64)
+        self._respond_cache = (-1.0, 0.0)  # (valid until, value): respond() runs every iteration
 
     RECENT_S = 0.5
+    RESPOND_WINDOW_S = 2.0
 
     def reset_online(self) -> None:
         """Back to the start-up profile (after warm-up traffic)."""
         for curve in (self.step, self.decode):
             curve.factor = curve.last_factor = 1.0
         self._recent.clear()
+        self._responds.clear()
+        self._respond_cache = (-1.0, 0.0)
+
+    def observe_respond(self, seconds: float) -> None:
+        """A request's time from leaving the engine to its response being ready (HTTP side)."""
+        self._responds.append((time.monotonic(), seconds))
+        self._respond_cache = (-1.0, 0.0)
+
+    def respond(self) -> float:
+        """The slowest respond time in the last RESPOND_WINDOW_S (0 when there is none)."""
+        now = time.monotonic()
+        until, value = self._respond_cache
+        if now < until:
+            return value
+        fresh = [(t, s) for t, s in list(self._responds) if t >= now - self.RESPOND_WINDOW_S]
+        value = max((s for _, s in fresh), default=0.0)
+        # the value holds until a new observation or until the oldest sample leaves the window
+        self._respond_cache = (min(t for t, _ in fresh) + self.RESPOND_WINDOW_S if fresh else now + 0.05, value)
+        return value
 
     def observe_iteration(self, seconds: float, decode_rows: int) -> None:
         self._recent.append((time.monotonic(), seconds, decode_rows))

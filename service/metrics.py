@@ -56,6 +56,7 @@ class Metrics:
                                  "(measured / profiled; > 1 means contention)", ["model", "kind"], registry=r)
         self.pressure = Gauge("anytime_scheduler_pressure", "Share of recent admissions that got fewer tokens "
                               "than on an idle server (0..1): steps are scarce", ["model"], registry=r)
+        self._engine_children: dict = {}
         self.ready = Gauge("anytime_ready", "1 when models are loaded and warmed up and admission is open",
                            registry=r)
 
@@ -71,11 +72,18 @@ class Metrics:
         engine.observers.append(self.observe)
 
     def observe(self, stats) -> None:
-        if isinstance(stats, StepStats):
-            self.step.labels(stats.model, stats.backend).observe(stats.seconds)
-            self.batch.labels(stats.model).observe(stats.batch)
-        elif isinstance(stats, DecodeStats):
-            self.decode.labels(stats.model, stats.backend).observe(stats.seconds)
+        """Called by the engine thread every step: the labelled children are looked up once."""
+        key = (type(stats), stats.model, stats.backend)
+        children = self._engine_children.get(key)
+        if children is None:
+            if isinstance(stats, StepStats):
+                children = (self.step.labels(stats.model, stats.backend), self.batch.labels(stats.model))
+            else:
+                children = (self.decode.labels(stats.model, stats.backend), None)
+            self._engine_children[key] = children
+        children[0].observe(stats.seconds)
+        if children[1] is not None:
+            children[1].observe(stats.batch)
 
     def answered(self, model: str, latency_s: float, deadline_s: float, tokens: int, D: int, quality: float, n: int,
                  reason: str) -> None:

@@ -72,7 +72,7 @@ class Request:
     error: str | None = None
     error_status: int = 0  # HTTP status for failed requests: 503 (deadline), 500 (runtime)
     cancelled: bool = False  # set by the HTTP side when the client goes away
-    compute_s: float = 0.0  # time of the steps and decodes this request took part in
+    compute_s: float = 0.0  # model time it took part in: batched steps with their sampling, decodes
     started: float | None = None  # first step
     finished: float | None = None
     samples: np.ndarray | None = None  # decoded [n, ...] in [0, 1]

@@ -13,6 +13,7 @@ touches tensors. Policies (selected by configuration, all on the same engine):
 """
 from __future__ import annotations
 
+import bisect
 import math
 import time
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ class SchedulerConfig:
     policy: str = "anytime"
     max_batch: int = 128  # sequences stepped together (KV cache rows)
     max_queue: int = 1024  # sequences admitted but waiting for a row
-    respond_margin_s: float = 0.002  # encoding + response after the decode
+    respond_margin_s: float = 0.002  # least time kept for encoding + response after the decode
     safety: float = 1.25  # multiplies every predicted cost in deadline decisions
     quality_price: float = 1.0  # price of a step at full pressure, in units of the mean slope 1/D
     pressure_alpha: float = 0.05  # EMA weight of each admission in the pressure signal
@@ -71,6 +72,9 @@ class Scheduler:
         self.D = D
         self.quality = quality
         self.gain = future_gain_rate(quality)
+        # quality_cap(price) = first k with gain[k] < price = first k whose running minimum of
+        # gain is below price; that running minimum falls, so its negation can be bisected
+        self._neg_min_gain = (-np.minimum.accumulate(self.gain)).tolist()
         self._pressure = 0.0  # EMA share of recent admissions whose tokens load took away
         self._pressure_at = time.monotonic()
         self.mean_planned = float(D)
@@ -87,18 +91,21 @@ class Scheduler:
         self._pressure, self._pressure_at = value, time.monotonic()
 
     # ---- budgets -------------------------------------------------------------------------
+    def respond_margin(self) -> float:
+        """Time kept after the decode: the configured floor, or the slowest recent response."""
+        return max(self.config.respond_margin_s, self.latency.respond())
+
     def quality_cap(self) -> int:
         """Under pressure, the k after which further tokens buy less quality than a step costs."""
         price = self.config.quality_price * self.pressure / self.D
         if price <= 0:
             return self.D
-        below = np.nonzero(self.gain < price)[0]
-        return int(below[0]) if len(below) else self.D
+        return min(self.D, bisect.bisect_right(self._neg_min_gain, -price))
 
     def deadline_tokens(self, req: Request, now: float, batch: int, wait_s: float = 0.0) -> int:
         """Steps that fit before the deadline at `batch` rows, after waiting, decoding and responding."""
         c, lat = self.config, self.latency
-        overhead = wait_s + c.safety * lat.finish_decode(req.n) + c.respond_margin_s
+        overhead = wait_s + c.safety * lat.finish_decode(req.n) + self.respond_margin()
         per_step = c.safety * lat.step(batch)
         if req.preview_every:  # streaming: one preview decode every preview_every steps
             per_step += c.safety * lat.decode(req.n) / req.preview_every
@@ -175,10 +182,12 @@ class Scheduler:
         decode_rows += finishing_rows
         # 2. deadline guard: continue only if this iteration's decode, one more step, then this
         #    request's own decode and response still fit before its deadline
+        respond = self.respond_margin()
+        dec_now = lat.decode.paced(decode_rows) if decode_rows else 0.0
         if c.policy == "anytime":
-            step_cost, dec_now = lat.step.paced(rows), lat.decode.paced(decode_rows) if decode_rows else 0.0
+            step_cost = lat.step.paced(rows)
             for r in sorted(keep, key=lambda r: r.deadline):
-                need = c.safety * (dec_now + step_cost + lat.finish_decode(r.n)) + c.respond_margin_s
+                need = c.safety * (dec_now + step_cost + lat.finish_decode(r.n)) + respond
                 if now + need > r.deadline and r.tokens >= 1:
                     plan.finish.append((r, FinishReason.DEADLINE_GUARD))
                     decode_rows += r.n
@@ -191,8 +200,8 @@ class Scheduler:
                 if c.policy == "anytime":
                     continue  # a smaller request behind may still fit
                 break
-            if c.policy == "anytime":
-                fit = self.deadline_tokens(r, now, rows + r.n)
+            if c.policy == "anytime":  # it starts after this iteration's decode
+                fit = self.deadline_tokens(r, now, rows + r.n, c.safety * dec_now)
                 r.planned_tokens = min(r.planned_tokens, max(fit, 0))
                 if r.planned_tokens < max(1, r.min_tokens):
                     plan.expire.append(r)

@@ -50,7 +50,7 @@ class GenerateResponse(BaseModel):
     max_tokens: int = Field(..., description="D, tokens of a full-length sample")
     quality: float = Field(..., description="quality estimate at k from the model's curve (1 = full length)")
     latency_ms: float = Field(..., description="arrival at the server to response ready")
-    compute_ms: float = Field(..., description="time of the batched steps and decodes this request took part in")
+    compute_ms: float = Field(..., description="model time this request took part in: the batched prior steps with their token sampling, and the decodes")
     engine_ms: float = Field(..., description="time from its first step to its decoded samples, in the engine loop")
     queue_ms: float = Field(..., description="time from arrival to its first step")
     deadline_ms: int

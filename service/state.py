@@ -203,7 +203,11 @@ class ServiceState:
             self.release()
 
     def record(self, result: Result, latency_s: float) -> None:
+        """Count an answered request; its time since leaving the engine teaches the scheduler
+        how long responding takes right now."""
         r = result.request
+        if r.finished is not None and r.model in self.engines:
+            self.engines[r.model].latency.observe_respond(time.monotonic() - r.finished)
         self.metrics.answered(r.model, latency_s, r.deadline_s, r.tokens, result.spec.D, result.quality, r.n,
                               r.finish_reason.value)
 

@@ -42,3 +42,16 @@ def test_sequence_rng_is_deterministic_per_seed_and_index():
     xs = [a.random() for _ in range(5)]
     assert xs == [b.random() for _ in range(5)] and xs != [c.random() for _ in range(5)]
     assert sequence_rng(2**62, 3).random() != sequence_rng(2**62 + 1, 3).random()
+
+
+def test_a_row_without_filters_does_not_depend_on_filtered_rows_beside_it():
+    rng = np.random.default_rng(2)
+    logits = rng.normal(scale=3, size=(32, 512)).astype(np.float32)
+    u = rng.random(32)
+    temperature = np.where(np.arange(32) % 4 == 1, 0.7, 1.0)
+    top_k = np.where(np.arange(32) % 4 == 2, 20, 0)
+    top_p = np.where(np.arange(32) % 4 == 3, 0.8, 1.0)
+    batched = sample_rows(logits, u, temperature, top_k, top_p)
+    alone = [int(sample_rows(logits[i : i + 1], u[i : i + 1], temperature[i : i + 1], top_k[i : i + 1],
+                             top_p[i : i + 1])[0]) for i in range(32)]
+    assert batched.tolist() == alone

@@ -128,3 +128,27 @@ def test_future_gain_rate_is_zero_on_a_flat_tail():
     q = np.array([0, 0.5, 0.9, 1.0, 1.0, 1.0])
     g = future_gain_rate(q)
     assert g[0] == pytest.approx(0.5) and g[3] == 0 and g[2] == pytest.approx(0.1)
+
+
+def test_slow_responses_raise_the_respond_margin_until_they_age_out():
+    s = scheduler()
+    assert s.admit(request(20), 100.0, 0, 0).planned_tokens == 17  # margin: the configured 2 ms
+    s.latency.observe_respond(0.006)  # the event loop took 6 ms to answer a finished request
+    assert s.respond_margin() == pytest.approx(0.006)
+    assert s.admit(request(20), 100.0, 0, 0).planned_tokens == 13  # (20 - 1 - 6) / 1 ms
+    # the guard keeps the same margin: 7.5 ms left holds step 1 + decode 1 + 2 but not + 6
+    r = request(10, now=100.0 - 0.0025, tokens=3, planned=50)
+    assert s.plan(100.0, [r], [], 1).finish == [(r, FinishReason.DEADLINE_GUARD)]
+    s.latency._responds = type(s.latency._responds)([(t - 10, sec) for t, sec in s.latency._responds], maxlen=64)
+    s.latency._respond_cache = (-1.0, 0.0)
+    assert s.respond_margin() == pytest.approx(0.002)
+
+
+def test_a_waiting_request_is_budgeted_after_this_iterations_decode():
+    s = scheduler(max_batch=70)
+    finishing = request(1000, tokens=20, planned=20, n=64)  # decoding 64 rows costs 10 ms
+    waiting = request(40, planned=D)
+    plan = s.plan(100.0, [finishing], [waiting], running_rows=64)
+    assert plan.finish == [(finishing, FinishReason.BUDGET)] and plan.start == [waiting]
+    # (40 ms - the decode before its first step 10 - its own decode 1 - margin 2) / 1 ms per step
+    assert waiting.planned_tokens == 27
