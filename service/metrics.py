@@ -56,6 +56,9 @@ class Metrics:
                                  "(measured / profiled; > 1 means contention)", ["model", "kind"], registry=r)
         self.pressure = Gauge("anytime_scheduler_pressure", "Share of recent admissions that got fewer tokens "
                               "than on an idle server (0..1): steps are scarce", ["model"], registry=r)
+        self.respond = Histogram("anytime_respond_latency_seconds", "From a request's end in the engine to its "
+                                 "encoded response (the HTTP side's share; the scheduler keeps this much time)",
+                                 ["model"], buckets=STEP_BUCKETS, registry=r)
         self._engine_children: dict = {}
         self.ready = Gauge("anytime_ready", "1 when models are loaded and warmed up and admission is open",
                            registry=r)
@@ -86,8 +89,9 @@ class Metrics:
             children[1].observe(stats.batch)
 
     def answered(self, model: str, latency_s: float, deadline_s: float, tokens: int, D: int, quality: float, n: int,
-                 reason: str) -> None:
+                 reason: str, respond_s: float) -> None:
         late = latency_s > deadline_s
+        self.respond.labels(model).observe(respond_s)
         self.requests.labels(model, "late" if late else "ok").inc()
         self.latency.labels(model).observe(latency_s)
         self.deadline.labels(model).observe(deadline_s)

@@ -206,10 +206,10 @@ class ServiceState:
         """Count an answered request; its time since leaving the engine teaches the scheduler
         how long responding takes right now."""
         r = result.request
-        if r.finished is not None and r.model in self.engines:
-            self.engines[r.model].latency.observe_respond(time.monotonic() - r.finished)
+        respond_s = time.monotonic() - r.finished
+        self.engines[r.model].latency.observe_respond(respond_s)
         self.metrics.answered(r.model, latency_s, r.deadline_s, r.tokens, result.spec.D, result.quality, r.n,
-                              r.finish_reason.value)
+                              r.finish_reason.value, respond_s)
 
 
 async def _disconnected(receive) -> None:

@@ -156,7 +156,8 @@ def test_metrics_parse_and_cover_the_design(base):
     for name in ["anytime_requests", "anytime_request_latency_seconds", "anytime_deadline_slack_seconds",
                  "anytime_deadline_misses", "anytime_tokens_per_sample", "anytime_token_fraction",
                  "anytime_quality_estimate", "anytime_queue_depth", "anytime_active_sequences",
-                 "anytime_batch_size", "anytime_step_latency_seconds", "anytime_rejections"]:
+                 "anytime_batch_size", "anytime_step_latency_seconds", "anytime_rejections",
+                 "anytime_respond_latency_seconds"]:
         assert name in families, name
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
     assert samples[("anytime_requests_total", (("model", "tiny"), ("outcome", "ok")))] >= 1
