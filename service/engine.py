@@ -241,11 +241,28 @@ class Engine:
             self._release_rows(r)
             self._finish_request(r, FinishReason.CANCELLED)
 
+    DECODE_CHUNK_S = 0.002  # decode calls are split to about this cost so early deadlines go first
+
     def _decode_and_finish(self, finishing: list[tuple[Request, FinishReason]], previews: list[Request] = ()) -> float:
-        """One batched decode for the requests that finish now and the streaming previews due;
-        returns the seconds it took."""
+        """Decode the requests that finish now in deadline order, in chunks of about
+        DECODE_CHUNK_S, answering each chunk as soon as it is decoded (a large decode of
+        other requests never delays an earlier deadline); streaming previews go last.
+        Returns the seconds spent decoding."""
+        jobs = sorted(finishing, key=lambda f: f[0].deadline) + [(r, None) for r in previews]
+        chunk, rows, spent = [], 0, 0.0
+        for job in jobs:
+            n = job[0].n
+            if chunk and self.latency.decode(rows + n) > self.DECODE_CHUNK_S:
+                spent += self._decode_chunk(chunk)
+                chunk, rows = [], 0
+            chunk.append(job)
+            rows += n
+        return spent + (self._decode_chunk(chunk) if chunk else 0.0)
+
+    def _decode_chunk(self, jobs: list[tuple[Request, FinishReason | None]]) -> float:
+        """One batched decode; finishes the requests with a reason, hands previews to the others."""
         D = self.spec.D
-        seqs = [s for r, _ in finishing for s in r.sequences] + [s for r in previews for s in r.sequences]
+        seqs = [s for r, _ in jobs for s in r.sequences]
         codes = np.zeros((len(seqs), D), dtype=np.int64)
         lengths = np.zeros(len(seqs), dtype=np.int64)
         for i, s in enumerate(seqs):
@@ -256,30 +273,30 @@ class Engine:
             out = self.runtime.decode(codes, lengths)
         except Exception as e:  # a decoder failure fails only these requests
             log.exception("decode failed")
-            for r in [r for r, _ in finishing] + list(previews):
+            for r, _ in jobs:
                 self._release_rows(r)
                 self._finish_request(r, FinishReason.ERROR, error=f"decoder failed: {type(e).__name__}",
                                      status=500)
-            return 0.0
+            return time.perf_counter() - t
         dt = time.perf_counter() - t
         self.latency.decode.observe(len(seqs), dt)
-        for r in [r for r, _ in finishing] + list(previews):
-            r.compute_s += dt
         self._emit(DecodeStats(self.spec.name, self.runtime.backend, len(seqs), dt))
         i = 0
-        for r, reason in finishing:
-            r.samples = out[i : i + r.n]
+        for r, reason in jobs:
+            r.compute_s += dt
+            samples = out[i : i + r.n]
             i += r.n
-            self._release_rows(r)
-            self._finish_request(r, reason)
-        for r in previews:
+            if reason is not None:
+                r.samples = samples
+                self._release_rows(r)
+                self._finish_request(r, reason)
+                continue
             r.last_preview = r.tokens
             if r.on_preview is not None:
                 try:
-                    r.on_preview(r, r.tokens, out[i : i + r.n])
+                    r.on_preview(r, r.tokens, samples)
                 except Exception:
                     log.exception("on_preview callback failed")
-            i += r.n
         return dt
 
     def _step(self) -> None:

@@ -128,3 +128,24 @@ def test_a_request_arriving_mid_generation_starts_within_one_step(engine):
     engine.fault_hook = None
     assert second.started - second.arrival <= 0.02 + 0.015  # at most one (slowed) step, plus slack
     assert second.started < first.finished  # it did not wait for the first to end
+
+
+def test_finishing_requests_are_decoded_and_answered_in_deadline_order(engine):
+    engine.DECODE_CHUNK_S = 0.0  # one decode call per request
+    decode = engine.runtime.decode
+
+    def slow_decode(codes, lengths):  # 3 ms per decoded row, as for a heavy audio decoder
+        time.sleep(0.003 * len(codes))
+        return decode(codes, lengths)
+
+    engine.runtime.decode = slow_decode
+    engine.fault_hook = lambda B: time.sleep(0.02)
+    busy, _ = submit(engine, seed=1, deadline_ms=60000)  # keeps a step in flight while the next two queue
+    time.sleep(0.005)
+    big, big_done = submit(engine, seed=2, n=8, deadline_ms=30000, max_tokens=3)
+    urgent, urgent_done = submit(engine, seed=3, n=1, deadline_ms=20000, max_tokens=3)
+    assert big_done.wait(10) and urgent_done.wait(10)
+    assert abs(big.started - urgent.started) < 0.005  # they joined, ran and finished in one iteration
+    # the earlier deadline is answered before the 8-row decode (>= 24 ms) of the other
+    assert urgent.finished < big.finished - 0.02
+    engine.cancel(busy)
