@@ -6,24 +6,23 @@ import asyncio
 import json
 from pathlib import Path
 
-from .loadgen import run_load
+from .loadgen import parse_mix, run_closed_loop, run_load
 from .machine import header
 from .summary import summarize
 
 
-async def measure_capacity(url: str, n_mix: str = "1", model: str | None = None, seconds: float = 8.0,
-                           rate: float = 400.0) -> float:
-    """Full-length capacity (samples/s at k = D): overload a `fixed`-policy server with requests
-    that cannot be truncated (60 s deadlines) and count the samples completed per second while
-    the backlog drains at full speed (between the first and the last answer)."""
-    records = await run_load(url, rate, seconds, deadlines="fixed:60000", n_mix=n_mix, model=model, seed=123,
-                             progress=False)
-    done = sorted((r.sent_at + r.client_ms / 1000, r.n) for r in records if r.status == 200)
-    if len(done) < 10:
+async def measure_capacity(url: str, n_mix: str = "1", model: str | None = None, seconds: float = 10.0,
+                           rows: int = 256) -> float:
+    """Full-length capacity (samples/s at k = D) of a `fixed`-policy server: closed-loop clients
+    that keep about `rows` sequences (twice the default batch) in flight with requests that
+    cannot be truncated (60 s deadlines); samples answered per second after a 2 s ramp-up."""
+    values, weights = parse_mix(n_mix)
+    mean_n = sum(v * w for v, w in zip(values, weights)) / sum(weights)
+    done = await run_closed_loop(url, max(2, round(rows / mean_n)), seconds, n_mix, model, seed=123)
+    steady = [(t, n) for t, n in done if t >= 2.0]
+    if len(steady) < 10:
         raise RuntimeError("capacity run produced too few answers")
-    # skip the first 10% of completions (ramp-up) and measure the steady drain rate
-    start = len(done) // 10
-    return sum(n for _, n in done[start + 1:]) / (done[-1][0] - done[start][0])
+    return sum(n for _, n in steady[1:]) / (steady[-1][0] - steady[0][0])
 
 
 def run(url: str, rate: float, duration: float, deadlines: str, n_mix: str, out: Path, title: str,

@@ -117,3 +117,30 @@ async def run_load(url: str, rate: float, duration: float, deadlines: str = "log
         await asyncio.gather(*(one(at, body) for at, body in plan))
     bar.close()
     return sorted(records, key=lambda r: r.sent_at)
+
+
+async def run_closed_loop(url: str, concurrency: int, duration: float, n_mix: str = "1", model: str | None = None,
+                          deadline_ms: int = 60000, seed: int = 0) -> list[tuple[float, int]]:
+    """`concurrency` clients, each sending its next request as soon as the last is answered,
+    for `duration` seconds; returns (seconds since start, samples) of every 200 answer. A
+    constant backlog keeps the server saturated at the least client work per answer (an
+    open-loop burst would spend the shared CPU on queueing thousands of requests)."""
+    rng = random.Random(seed)
+    n_values, n_weights = parse_mix(n_mix)
+    done: list[tuple[float, int]] = []
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=httpx.Timeout(70.0)) as client:
+        start = time.perf_counter()
+
+        async def worker():
+            while time.perf_counter() - start < duration:
+                n = rng.choices(n_values, n_weights)[0]
+                body = {"deadline_ms": deadline_ms, "n": n, "seed": rng.randrange(2**31), "format": "npy"}
+                if model:
+                    body["model"] = model
+                r = await client.post("/generate", json=body)
+                if r.status_code == 200:
+                    done.append((time.perf_counter() - start, n))
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done
