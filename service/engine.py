@@ -143,7 +143,10 @@ class Engine:
 
     def admit(self, req: Request) -> Admission:
         """Plan a budget (or reject), then enqueue; the engine thread picks it up next iteration."""
-        adm = self.scheduler.admit(req, time.monotonic(), len(self.rows), self.queued_sequences)
+        # rows decoded before it when they finish together: earlier deadlines (engine lists are
+        # read without a lock; a snapshot a step old is as good a bound as any)
+        ahead = sum(r.n for r in list(self.running) + list(self.waiting) if r.deadline < req.deadline)
+        adm = self.scheduler.admit(req, time.monotonic(), len(self.rows), self.queued_sequences, ahead)
         if adm.ok:
             req.planned_tokens = adm.planned_tokens
             self._admitted_rows += req.n

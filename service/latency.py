@@ -115,10 +115,12 @@ class LatencyModel:
         cutoff = time.monotonic() - self.RECENT_S
         return [r for r in list(self._recent) if r[0] >= cutoff]
 
-    def finish_decode(self, n: int) -> float:
-        """Decoding n rows when they finish: they share the decode batch with whatever else
-        finishes then, so count as many other rows as the busiest recent decode."""
-        return self.decode.paced(n + max((r[2] for r in self._fresh()), default=0))
+    def finish_decode(self, n: int, ahead: int | None = None) -> float:
+        """Decoding n rows when they finish. The engine decodes in deadline order, so only rows
+        that finish in the same iteration with an earlier deadline go first: `ahead` of them
+        when the caller knows that bound, and never more than the busiest recent decode."""
+        busiest = max((r[2] for r in self._fresh()), default=0)
+        return self.decode.paced(n + (busiest if ahead is None else min(ahead, busiest)))
 
     def iteration_in_flight(self, batch: int) -> float:
         """What a request arriving now may wait for the current iteration: the slowest recent

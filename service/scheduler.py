@@ -102,10 +102,12 @@ class Scheduler:
             return self.D
         return min(self.D, bisect.bisect_right(self._neg_min_gain, -price))
 
-    def deadline_tokens(self, req: Request, now: float, batch: int, wait_s: float = 0.0) -> int:
-        """Steps that fit before the deadline at `batch` rows, after waiting, decoding and responding."""
+    def deadline_tokens(self, req: Request, now: float, batch: int, wait_s: float = 0.0,
+                        ahead: int | None = None) -> int:
+        """Steps that fit before the deadline at `batch` rows, after waiting, decoding (behind
+        `ahead` rows with earlier deadlines) and responding."""
         c, lat = self.config, self.latency
-        overhead = wait_s + c.safety * lat.finish_decode(req.n) + self.respond_margin()
+        overhead = wait_s + c.safety * lat.finish_decode(req.n, ahead) + self.respond_margin()
         per_step = c.safety * lat.step(batch)
         if req.preview_every:  # streaming: one preview decode every preview_every steps
             per_step += c.safety * lat.decode(req.n) / req.preview_every
@@ -118,8 +120,10 @@ class Scheduler:
         # rows free up as sequences finish: about mean_planned steps per generation
         return self.latency.step(self.config.max_batch) * self.mean_planned * min(1.0, excess / self.config.max_batch)
 
-    def admit(self, req: Request, now: float, running: int, waiting: int) -> Admission:
-        """Decide in microseconds: a token budget for `req`, or a rejection with a reason."""
+    def admit(self, req: Request, now: float, running: int, waiting: int, ahead: int | None = None) -> Admission:
+        """Decide in microseconds: a token budget for `req`, or a rejection with a reason.
+
+        ahead: rows running or waiting with an earlier deadline (decoded before it), if known."""
         c = self.config
         cap = min(req.max_tokens, self.D)
         if waiting + req.n > c.max_queue:
@@ -133,12 +137,12 @@ class Scheduler:
             k = math.floor((req.deadline_s - self.latency.decode.profiled(req.n) - c.respond_margin_s) / idle)
             k = min(cap, k)
         else:
-            fit = self.deadline_tokens(req, now, batch, wait)
+            fit = self.deadline_tokens(req, now, batch, wait, ahead)
             if c.policy == "drop":
                 k = cap if fit >= cap else -1
             else:
                 # pressure: did load (not the deadline itself) take tokens from this request?
-                idle_fit = self.deadline_tokens(req, now, req.n, self.latency.step(1))
+                idle_fit = self.deadline_tokens(req, now, req.n, self.latency.step(1), 0)
                 self.pressure += c.pressure_alpha * (float(fit < min(cap, idle_fit)) - self.pressure)
                 k = min(cap, fit, max(req.min_tokens, self.quality_cap()))
         if k < max(1, req.min_tokens):
@@ -184,28 +188,36 @@ class Scheduler:
         #    request's own decode and response still fit before its deadline
         respond = self.respond_margin()
         dec_now = lat.decode.paced(decode_rows) if decode_rows else 0.0
+        #    (its decode waits only for rows with earlier deadlines: those before it in this order)
+        deadlines, ahead_rows = [], [0]  # continuing requests by deadline, rows before each
         if c.policy == "anytime":
             step_cost = lat.step.paced(rows)
             for r in sorted(keep, key=lambda r: r.deadline):
-                need = c.safety * (dec_now + step_cost + lat.finish_decode(r.n)) + respond
+                need = c.safety * (dec_now + step_cost + lat.finish_decode(r.n, ahead_rows[-1])) + respond
                 if now + need > r.deadline and r.tokens >= 1:
                     plan.finish.append((r, FinishReason.DEADLINE_GUARD))
                     decode_rows += r.n
                     rows -= r.n
                     step_cost, dec_now = lat.step.paced(rows), lat.decode.paced(decode_rows)
+                else:
+                    deadlines.append(r.deadline)
+                    ahead_rows.append(ahead_rows[-1] + r.n)
         # 3. admit waiting requests into free rows (earliest deadline first for anytime)
         order = sorted(waiting, key=lambda r: r.deadline) if c.policy == "anytime" else waiting
+        started_rows = 0  # rows started just now: earlier deadlines than the next in `order`
         for r in order:
             if rows + r.n > c.max_batch:
                 if c.policy == "anytime":
                     continue  # a smaller request behind may still fit
                 break
             if c.policy == "anytime":  # it starts after this iteration's decode
-                fit = self.deadline_tokens(r, now, rows + r.n, c.safety * dec_now)
+                ahead = ahead_rows[bisect.bisect_left(deadlines, r.deadline)] + started_rows
+                fit = self.deadline_tokens(r, now, rows + r.n, c.safety * dec_now, ahead)
                 r.planned_tokens = min(r.planned_tokens, max(fit, 0))
                 if r.planned_tokens < max(1, r.min_tokens):
                     plan.expire.append(r)
                     continue
             plan.start.append(r)
             rows += r.n
+            started_rows += r.n
         return plan

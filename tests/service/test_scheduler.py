@@ -152,3 +152,21 @@ def test_a_waiting_request_is_budgeted_after_this_iterations_decode():
     assert plan.finish == [(finishing, FinishReason.BUDGET)] and plan.start == [waiting]
     # (40 ms - the decode before its first step 10 - its own decode 1 - margin 2) / 1 ms per step
     assert waiting.planned_tokens == 27
+
+
+def test_decode_waits_only_for_rows_with_earlier_deadlines():
+    # a decode-heavy model (1 ms per decoded row, cheap steps), as the audio decoder is
+    s = Scheduler(SchedulerConfig(respond_margin_s=0.002, safety=1.0),
+                  LatencyModel({1: 0.0002, 64: 0.0005}, {1: 0.001, 64: 0.064}), D, QUALITY)
+    s.latency.observe_iteration(0.07, 64)  # a recent decode of 64 rows: up to 64 rows may share one
+    # the earliest deadline is decoded first: its own decode, not behind 64 other rows
+    assert s.admit(request(20), 100.0, 0, 0, ahead=0).planned_tokens == D
+    assert not s.admit(request(20), 100.0, 0, 0, ahead=63).ok
+    assert not s.admit(request(20), 100.0, 0, 0).ok  # unknown: behind the busiest recent decode
+    # the guard: 8 ms left is enough for the earliest deadline (step, own 1 ms decode, margin)...
+    first = request(10, now=100.0 - 0.002, tokens=3, planned=50)
+    behind = [request(10.5, now=100.0 - 0.002, tokens=3, planned=50, n=8) for _ in range(7)]
+    plan = s.plan(100.0, [first] + behind, [], running_rows=57)
+    assert (first, FinishReason.DEADLINE_GUARD) not in plan.finish
+    # ...but not for the later ones, decoded behind it
+    assert {r for r, _ in plan.finish} == set(behind)
