@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--load", type=float, default=1.0, help="offered load as a multiple of full-length capacity")
     soak = sub.choices["soak"]
     soak.add_argument("--load", type=float, default=2.0, help="multiple of full-length capacity")
+    soak.add_argument("--sample-every", type=float, default=1.0,
+                      help="seconds between samples of the server's RSS, open files and /healthz latency")
     sweep = sub.choices["sweep"]
     sweep.add_argument("--loads", default="0.25,0.5,1,2,4")
     sweep.add_argument("--policies", default="anytime,fixed,drop,static")
@@ -74,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         values, weights = parse_mix(args.n_mix)
         rate = args.load * capacity / (sum(v * w for v, w in zip(values, weights)) / sum(weights))
         with serve(*flags, log_path=args.out / "server.log") as url:
-            run(url, serve.last_pid, rate, args.load, args.duration, args.deadlines, args.n_mix, args.out)
+            run(url, serve.last_pid, rate, args.load, args.duration, args.deadlines, args.n_mix, args.out,
+                args.sample_every)
         print((args.out / "soak.md").read_text())
         return 0
     if args.what == "sweep":

@@ -1,9 +1,19 @@
-"""Beyond the in-flight limit and the queue, the server answers 503 with Retry-After at once."""
+"""Beyond the in-flight limit and the queue, the server answers 503 with Retry-After at once,
+and overload leaves nothing behind."""
+import asyncio
+import gc
+import random
 import threading
 import time
+from collections import Counter
 
 import httpx
 
+from service.errors import ApiError
+from service.request import Request
+from service.schemas import GenerateRequest
+from service.settings import Settings
+from service.state import ServiceState
 from tests.utils.server import running_server
 
 
@@ -34,3 +44,63 @@ def test_in_flight_limit_and_queue_limit_reject_fast(tiny_model_dir):
         assert httpx.get(base + "/healthz").status_code == 200
         engine = state.engines["tiny"]
         assert engine.active_sequences == 0 and engine.queued_sequences == 0
+
+
+def test_overload_leaves_nothing_behind(tiny_model_dir):
+    """Thousands of requests against small limits, through the same generate flow the routes
+    use: answered, rejected (in-flight limit, full queue, deadline), expired and cancelled
+    ones all let go of their Request objects, rows, queue entries and in-flight slots."""
+    state = ServiceState(Settings(model_dirs=str(tiny_model_dir), max_inflight=12, max_queue=24, max_batch=16,
+                                  test_step_delay_ms=2))
+    state.load()
+    engine = state.engines["tiny"]
+    try:
+        def live_requests() -> int:
+            gc.collect()
+            return sum(isinstance(o, Request) for o in gc.get_objects())
+
+        async def burst(waves: int, per_wave: int) -> Counter:
+            rng, outcomes, never = random.Random(waves), Counter(), asyncio.Event()
+
+            async def one(i: int) -> None:
+                body = GenerateRequest(deadline_ms=rng.choice([5, 30, 100, 400]), n=rng.randint(1, 6), seed=i)
+                gone = i % 10 == 0  # every tenth client hangs up after a few ms
+
+                async def receive():
+                    if gone:
+                        await asyncio.sleep(0.005)
+                        return {"type": "http.disconnect"}
+                    await never.wait()
+
+                try:
+                    result = await state.generate(body, time.monotonic(), f"r{i}", receive)
+                    outcomes["answered" if result else "cancelled"] += 1
+                except ApiError as e:
+                    assert e.status == 503 and int(e.headers["Retry-After"]) >= 1
+                    reason = next((r for r in ("overloaded", "queue is full", "by the time") if r in e.message),
+                                  "deadline")
+                    outcomes[reason] += 1
+
+            tasks = []
+            for w in range(waves):
+                tasks += [asyncio.create_task(one(w * per_wave + i)) for i in range(per_wave)]
+                await asyncio.sleep(0.01)
+            await asyncio.gather(*tasks)
+            return outcomes
+
+        before = live_requests()
+        first = asyncio.run(burst(50, 40))
+        objects = len(gc.get_objects())
+        second = asyncio.run(burst(50, 40))
+        growth = len(gc.get_objects()) - objects
+        for outcomes in (first, second):
+            assert sum(outcomes.values()) == 2000, outcomes
+        seen = first + second
+        assert all(seen[k] > 0 for k in ("answered", "cancelled", "overloaded", "queue is full", "deadline")), seen
+        assert live_requests() <= before, (first, second)
+        assert growth < 500, (growth, first, second)  # a leak of one object per request would be 2000
+        assert state._inflight == 0
+        assert engine.active_sequences == 0 and engine.queued_sequences == 0
+        assert not engine.rows and not engine.running and not engine.waiting and engine.inbox.empty()
+    finally:
+        state.shutdown()

@@ -1,11 +1,14 @@
-"""A real uvicorn server on loopback, in a thread of the test process (so tests can reach
-the engine for fault hooks while talking HTTP to it)."""
+"""Real servers on loopback: uvicorn in a thread of the test process (so tests can reach the
+engine for fault hooks while talking HTTP to it), or an `anytime serve` process (for signals)."""
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import uvicorn
@@ -13,6 +16,8 @@ import uvicorn
 from service.app import create_app
 from service.settings import Settings
 from service.state import ServiceState
+
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 def free_port() -> int:
@@ -48,3 +53,33 @@ def running_server(**settings):
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+@contextmanager
+def serve_process(model_dir, *flags: str, log_path: Path, ready_timeout: float = 60):
+    """A real `anytime serve` process on loopback, for tests that send it signals. Yields
+    (base_url, Popen) once /readyz answers 200; the JSON log goes to log_path (a file, not a
+    pipe: a chatty server must never block on a full pipe). Killed if still running at exit."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "anytime_cli", "serve", "--model-dirs", str(model_dir),
+                                 "--port", str(port), *flags], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            end = time.monotonic() + ready_timeout
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"server exited with {proc.returncode}: {Path(log_path).read_text()[-2000:]}")
+                try:
+                    if httpx.get(base + "/readyz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > end:
+                    raise RuntimeError("server did not become ready")
+                time.sleep(0.05)
+            yield base, proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
