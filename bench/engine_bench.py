@@ -3,7 +3,9 @@ time from this machine's measured peak matmul throughput; decode latency vs batc
 from __future__ import annotations
 
 import json
+import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -41,17 +43,68 @@ def median_ms(fn, repeats: int) -> float:
     return median_time(fn, repeats, warmup=3) * 1000
 
 
+SPIN_MODES = ("on", "run", "off")  # ANYTIME_ORT_SPIN, see service/runtime.py
+
+
+@contextmanager
+def env(name: str, value: str):
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = old
+
+
+def _busy_ticks() -> tuple[int, int]:
+    """(CPU ticks of the whole machine that were not idle, CPU ticks of this process)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    t = os.times()
+    return sum(v) - v[3] - v[4], int((t.user + t.system) * os.sysconf("SC_CLK_TCK"))
+
+
+@contextmanager
+def other_load(result: dict):
+    """Share of the machine's CPU that other processes used while the block ran (Linux only)."""
+    try:
+        busy0, mine0 = _busy_ticks()
+    except OSError:
+        yield
+        return
+    t0 = time.monotonic()
+    yield
+    busy1, mine1 = _busy_ticks()
+    capacity = (time.monotonic() - t0) * os.sysconf("SC_CLK_TCK") * (os.cpu_count() or 1)
+    result["other_processes_cpu_share"] = max(0.0, ((busy1 - busy0) - (mine1 - mine0)) / capacity)
+
+
 def run(model_dir: Path, out: Path, prior_checkpoint: Path | None = None, batches=(1, 8, 32, 64, 128),
         repeats: int = 50) -> dict:
-    from service.model_dir import load_model_dir
-    from service.runtime import make_runtime
-
     manifest = json.loads((model_dir / "manifest.json").read_text())
     D = manifest["D"]
     peak = peak_matmul_gflops()
     best_peak = max(peak.values())
     rows = {b: {"flop_bound_ms": step_flops(manifest, b) / (best_peak * 1e9) * 1000} for b in batches}
     decode = {b: {} for b in batches}
+    spin = {b: {} for b in batches}
+    result = {"model": manifest["name"], "peak_gflops": peak, "step": rows, "decode": decode, "onnx_spin": spin}
+    with other_load(result):
+        _measure(model_dir, D, batches, repeats, prior_checkpoint, rows, decode, spin)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "engine.json").write_text(json.dumps(result, indent=1))
+    plot(result, out / "engine.png")
+    (out / "engine.md").write_text(markdown(result))
+    return result
+
+
+def _measure(model_dir, D, batches, repeats, prior_checkpoint, rows, decode, spin) -> None:
+    from service.model_dir import load_model_dir
+    from service.runtime import make_runtime
+
     for backend in ("torchscript", "onnx"):
         spec = load_model_dir(model_dir, backend)
         rt = make_runtime(spec, backend, max(batches))
@@ -62,6 +115,15 @@ def run(model_dir: Path, out: Path, prior_checkpoint: Path | None = None, batche
             codes = np.random.default_rng(0).integers(0, spec.K, (b, D)).astype(np.int64)
             lengths = np.full(b, D, dtype=np.int64)
             decode[b][backend] = median_ms(lambda: rt.decode(codes, lengths), max(5, repeats // 5))
+    spec = load_model_dir(model_dir, "onnx")
+    for mode in SPIN_MODES:
+        with env("ANYTIME_ORT_SPIN", mode):
+            rt = make_runtime(spec, "onnx", max(batches))
+        for b in batches:
+            tokens = np.full(b, spec.unconditional_token, dtype=np.int64)
+            positions = (np.arange(b, dtype=np.int64) * 7) % D
+            spin[b][mode] = median_ms(lambda: rt.step(tokens, positions), repeats)
+        del rt
     if prior_checkpoint:
         import torch
 
@@ -75,12 +137,6 @@ def run(model_dir: Path, out: Path, prior_checkpoint: Path | None = None, batche
             p = (torch.arange(b) * 7) % D
             with torch.inference_mode():
                 rows[b]["eager"] = median_ms(lambda: prior.step(t, p, kc, vc), repeats)
-    result = {"model": manifest["name"], "peak_gflops": peak, "step": rows, "decode": decode}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "engine.json").write_text(json.dumps(result, indent=1))
-    plot(result, out / "engine.png")
-    (out / "engine.md").write_text(markdown(result))
-    return result
 
 
 def markdown(result: dict) -> str:
@@ -101,6 +157,20 @@ def markdown(result: dict) -> str:
     lines += ["", "## Decode latency (median ms, k = D)", "", "| batch | torchscript | onnx |", "|---|---|---|"]
     for b, row in result["decode"].items():
         lines.append(f"| {b} | {row['torchscript']:.3f} | {row['onnx']:.3f} |")
+    if result.get("onnx_spin"):
+        lines += ["", "## ONNX Runtime intra-op thread spinning (prior step, median ms)", "",
+                  f"`ANYTIME_ORT_SPIN` (service/runtime.py), {os.environ.get('ANYTIME_THREADS') or os.cpu_count()} "
+                  "intra-op threads: `on` = ORT's default (idle workers spin, also for a while after each run), "
+                  "`run` = spin only while a run is in flight (`session.force_spinning_stop=1`), "
+                  "`off` = never spin (`session.intra_op.allow_spinning=0`). The columns above use "
+                  f"`{os.environ.get('ANYTIME_ORT_SPIN', 'on')}`.", "",
+                  "| batch | " + " | ".join(SPIN_MODES) + " | run / on | off / on |", "|---|" + "---|" * 5]
+        for b, row in result["onnx_spin"].items():
+            lines.append(f"| {b} | " + " | ".join(f"{row[m]:.3f}" for m in SPIN_MODES)
+                         + f" | {row['run'] / row['on']:.2f} | {row['off'] / row['on']:.2f} |")
+    if "other_processes_cpu_share" in result:
+        lines += ["", f"Other processes used {result['other_processes_cpu_share']:.1%} of the machine's CPU "
+                      "while this benchmark ran."]
     lines += ["", "![engine](engine.png)", ""]
     return "\n".join(lines)
 

@@ -26,11 +26,11 @@ def profile(model_dir: Path, batch: int, steps: int = 200) -> dict:
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     sess = ort.InferenceSession(str(model_dir / manifest["files"]["prior_step_onnx"]["path"]), opts,
                                 providers=["CPUExecutionProvider"])
-    shape = (batch, p["n_layer"], p["n_head"], manifest["D"], p["head_dim"])
+    rng = np.random.default_rng(0)
     feeds = {"tokens": np.full(batch, p["unconditional_token"], dtype=np.int64),
-             "positions": (np.arange(batch, dtype=np.int64) * 7) % manifest["D"],
-             "k_cache": np.random.randn(*shape).astype(np.float32),
-             "v_cache": np.random.randn(*shape).astype(np.float32)}
+             "positions": (np.arange(batch, dtype=np.int64) * 7) % manifest["D"]}
+    for i in sess.get_inputs()[2:]:  # k_cache_0.., v_cache_0..: [B, H, D, hd]
+        feeds[i.name] = rng.standard_normal([batch, *i.shape[1:]]).astype(np.float32)
     for _ in range(20):
         sess.run(None, feeds)
     t = time.perf_counter()

@@ -15,9 +15,10 @@ import torch
 
 from . import checkpoint
 from .ovqvae import DecoderGraph
-from .prior import PriorStep, empty_cache
+from .prior import PriorStep, empty_cache, step_input_names, step_output_names
 
-FORMAT_VERSION = 1
+# 2: one KV-cache input per layer (v1 took one [B, L, H, D, hd] tensor and sliced it in the graph)
+FORMAT_VERSION = 2
 FILES = {
     "prior_step_torchscript": "prior_step.ts",
     "prior_step_onnx": "prior_step.onnx",
@@ -34,14 +35,15 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def example_step_inputs(prior, batch: int = 3):
+def example_step_inputs(prior, batch: int = 3) -> tuple:
+    """(tokens, positions, k_cache_0.., v_cache_0..) in the exported step's input order."""
     c = prior.config
     kc, vc = empty_cache(c, batch)
-    kc.normal_()
-    vc.normal_()
+    for t in kc + vc:
+        t.normal_()
     tokens = torch.randint(0, c.K, (batch,))
     positions = torch.arange(batch) % c.D
-    return tokens, positions, kc, vc
+    return (tokens, positions, *kc, *vc)
 
 
 def example_decoder_inputs(vqvae, batch: int = 3):
@@ -49,27 +51,47 @@ def example_decoder_inputs(vqvae, batch: int = 3):
     return torch.randint(0, c.K, (batch, c.D)), torch.arange(1, batch + 1) % (c.D + 1)
 
 
-def _onnx(module: torch.nn.Module, args: tuple, path: Path, input_names, output_names, dynamic_batch_inputs):
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    shapes = {n: {0: batch} for n in dynamic_batch_inputs}
+def _onnx(module: torch.nn.Module, args: tuple, path: Path, input_names, output_names, dynamic_shapes):
     program = torch.onnx.export(module, args, dynamo=True, input_names=input_names, output_names=output_names,
-                                dynamic_shapes=shapes, optimize=True, verbose=False)
+                                dynamic_shapes=dynamic_shapes, optimize=True, verbose=False)
     program.save(str(path), external_data=False)
+
+
+def export_step(prior, out: Path) -> None:
+    """Write the prior step graph in TorchScript and ONNX (docs/model-format.md, "Prior step graph")."""
+    step = PriorStep(prior.eval()).eval()
+    args = example_step_inputs(prior)
+    L = prior.config.n_layer
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    # forward(tokens, positions, *caches): the caches are one tuple argument for torch.export
+    shapes = ({0: batch}, {0: batch}, tuple({0: batch} for _ in range(2 * L)))
+    with torch.no_grad():
+        torch.jit.trace(step, args, check_trace=False).save(str(out / FILES["prior_step_torchscript"]))
+        _onnx(step, args, out / FILES["prior_step_onnx"], step_input_names(L), step_output_names(L), shapes)
+
+
+def step_graph_section(n_layer: int) -> dict:
+    """The manifest's description of the step graph's inputs and outputs."""
+    cache, new = "float32[B,H,D,hd]", "float32[B,H,hd]"
+    inputs = {"tokens": "int64[B]", "positions": "int64[B]"}
+    outputs = {"logits": "float32[B,K]"}
+    for kind in ("k", "v"):
+        inputs.update({f"{kind}_cache_{i}": cache for i in range(n_layer)})
+        outputs.update({f"{kind}_new_{i}": new for i in range(n_layer)})
+    return {"inputs": inputs, "outputs": outputs}
 
 
 def export_graphs(vqvae, prior, out: Path) -> dict[str, str]:
     """Write the four graph files into `out`; returns {role: filename}."""
     out.mkdir(parents=True, exist_ok=True)
-    step = PriorStep(prior.eval()).eval()
+    export_step(prior, out)
     dec = DecoderGraph(vqvae.eval()).eval()
-    step_args = example_step_inputs(prior)
     dec_args = example_decoder_inputs(vqvae)
+    batch = torch.export.Dim("batch", min=1, max=4096)
     with torch.no_grad():
-        torch.jit.trace(step, step_args, check_trace=False).save(str(out / FILES["prior_step_torchscript"]))
         torch.jit.trace(dec, dec_args, check_trace=False).save(str(out / FILES["decoder_torchscript"]))
-        _onnx(step, step_args, out / FILES["prior_step_onnx"], ["tokens", "positions", "k_cache", "v_cache"],
-              ["logits", "k_new", "v_new"], ["tokens", "positions", "k_cache", "v_cache"])
-        _onnx(dec, dec_args, out / FILES["decoder_onnx"], ["codes", "lengths"], ["samples"], ["codes", "lengths"])
+        _onnx(dec, dec_args, out / FILES["decoder_onnx"], ["codes", "lengths"], ["samples"],
+              {"codes": {0: batch}, "lengths": {0: batch}})
     return dict(FILES)
 
 
@@ -120,10 +142,7 @@ def export_model(name: str, vqvae_path: Path, prior_path: Path, out: Path, evalu
         "prior": {"n_layer": pc.n_layer, "n_head": pc.n_head, "head_dim": pc.head_dim, "d_model": pc.d_model,
                   "start_token_base": pc.K, "unconditional_token": pc.start_token(None)},
         "graphs": {
-            "prior_step": {"inputs": {"tokens": "int64[B]", "positions": "int64[B]",
-                                      "k_cache": "float32[B,L,H,D,hd]", "v_cache": "float32[B,L,H,D,hd]"},
-                           "outputs": {"logits": "float32[B,K]", "k_new": "float32[B,L,H,hd]",
-                                       "v_new": "float32[B,L,H,hd]"}},
+            "prior_step": step_graph_section(pc.n_layer),
             "decoder": {"inputs": {"codes": "int64[B,D]", "lengths": "int64[B]"},
                         "outputs": {"samples": "float32[B,C,*shape] in [0,1]"}},
         },

@@ -5,6 +5,7 @@ start token. Position 0 always holds a start token; the token at position p pred
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass
 
@@ -56,6 +57,7 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(c.d_model, 4 * c.d_model), nn.GELU(), nn.Linear(4 * c.d_model, c.d_model))
         self.drop = nn.Dropout(c.dropout)
         self.p = c.dropout
+        self.q_scale = 1.0 / math.sqrt(c.head_dim)  # of the step's attention scores
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
         B, S, _ = t.shape
@@ -71,24 +73,25 @@ class Block(nn.Module):
         x = x + self.drop(self.proj(y.transpose(1, 2).reshape(B, S, C)))
         return x + self.drop(self.mlp(self.ln2(x)))
 
-    def step(self, x, valid, k_cache, v_cache):
-        """One token per row. x [B, C]; valid [B, 1, 1, D] bool (cache slots < position);
-        k_cache, v_cache [B, H, D, hd]. Returns (x [B, C], k [B, H, hd], v [B, H, hd])."""
+    def step(self, x, mask, k_cache, v_cache):
+        """One token per row. x [B, C]; mask [B, 1, 1, D] additive (0 for cache slots < position,
+        -inf after); k_cache, v_cache [B, H, D, hd]. Returns (x [B, C], k [B, H, hd], v [B, H, hd])."""
         B, C = x.shape
+        H, hd = self.n_head, self.head_dim
         q, k, v = self.qkv(self.ln1(x)).split(C, dim=1)
-        q = q.view(B, self.n_head, 1, self.head_dim)
-        k = k.view(B, self.n_head, 1, self.head_dim)
-        v = v.view(B, self.n_head, 1, self.head_dim)
-        scale = 1.0 / math.sqrt(self.head_dim)
-        s_cache = (q @ k_cache.transpose(-1, -2)) * scale  # [B, H, 1, D]
-        s_cache = s_cache.masked_fill(~valid, float("-inf"))
-        s_self = (q * k).sum(-1, keepdim=True) * scale  # [B, H, 1, 1]
+        q = q.view(B, H, 1, hd)
+        if self.q_scale != 1.0:  # 1.0 once folded into the weights (fold_attention_scale)
+            q = q * self.q_scale
+        k = k.view(B, H, 1, hd)
+        v = v.view(B, H, 1, hd)
+        s_cache = q @ k_cache.transpose(-1, -2) + mask  # [B, H, 1, D]
+        s_self = (q * k).sum(-1, keepdim=True)  # [B, H, 1, 1]
         w = torch.softmax(torch.cat([s_cache, s_self], dim=-1), dim=-1)
         D = k_cache.shape[2]
         y = w[..., :D] @ v_cache + w[..., D:] * v  # [B, H, 1, hd]
         x = x + self.proj(y.reshape(B, C))
         x = x + self.mlp(self.ln2(x))
-        return x, k.reshape(B, self.n_head, self.head_dim), v.reshape(B, self.n_head, self.head_dim)
+        return x, k.reshape(B, H, hd), v.reshape(B, H, hd)
 
 
 class Prior(nn.Module):
@@ -102,6 +105,9 @@ class Prior(nn.Module):
         self.ln_f = nn.LayerNorm(c.d_model)
         self.head = nn.Linear(c.d_model, c.K, bias=False)
         self.drop = nn.Dropout(c.dropout)
+        # slot index 0..D-1 for the step's mask; a buffer (not arange in the graph) so that the
+        # traced step follows the module to its device
+        self.register_buffer("slot_ids", torch.arange(c.D), persistent=False)
         self.apply(self._init)
 
     @staticmethod
@@ -119,40 +125,81 @@ class Prior(nn.Module):
             x = b(x)
         return self.head(self.ln_f(x))
 
-    def step(self, tokens, positions, k_cache, v_cache):
+    def step(self, tokens, positions, k_cache: list[torch.Tensor], v_cache: list[torch.Tensor]):
         """One autoregressive step for rows at different positions (continuous batching).
 
         tokens [B] int64 (start token at position 0, else the previous code), positions [B]
-        int64, k_cache / v_cache [B, L, H, D, hd] holding keys/values of positions < position.
-        Returns logits [B, K], k_new [B, L, H, hd], v_new [B, L, H, hd]; the caller writes
-        k_new/v_new into its cache at `positions` (the step never copies the whole cache).
+        int64, k_cache / v_cache: one [B, H, D, hd] tensor per layer holding the keys/values of
+        positions < position (later slots are ignored). Returns logits [B, K] and this step's
+        keys and values, one [B, H, hd] tensor per layer each; the caller writes them into its
+        cache at `positions` (the step never copies the cache).
         """
-        D = k_cache.shape[3]
         x = self.tok(tokens) + self.pos(positions)
-        valid = (torch.arange(D, device=tokens.device)[None, :] < positions[:, None])[:, None, None, :]
+        slots = self.slot_ids[: k_cache[0].shape[2]]
+        mask = torch.where(slots[None, :] < positions[:, None], 0.0, float("-inf"))[:, None, None, :]
         ks, vs = [], []
-        for i, b in enumerate(self.blocks):
-            x, k, v = b.step(x, valid, k_cache[:, i], v_cache[:, i])
+        for b, kc, vc in zip(self.blocks, k_cache, v_cache):
+            x, k, v = b.step(x, mask, kc, vc)
             ks.append(k)
             vs.append(v)
-        logits = self.head(self.ln_f(x))
-        return logits, torch.stack(ks, dim=1), torch.stack(vs, dim=1)
+        return self.head(self.ln_f(x)), ks, vs
+
+
+def fold_attention_scale(prior: Prior) -> Prior:
+    """A copy of `prior` whose query projection already carries 1/sqrt(head_dim), for export.
+
+    The exported step then has no scale op next to q @ k^T; ONNX Runtime would otherwise fuse it
+    into the MatMul's alpha, and MLAS runs its M=1 kernel only for alpha = 1 (else it packs every
+    row's cache slice first). Same function, up to float rounding.
+    """
+    folded = copy.deepcopy(prior).eval()
+    with torch.no_grad():
+        for b in folded.blocks:
+            C = b.qkv.in_features
+            b.qkv.weight[:C] *= b.q_scale
+            b.qkv.bias[:C] *= b.q_scale
+            b.q_scale = 1.0
+    return folded
 
 
 class PriorStep(nn.Module):
-    """The exported step graph: (tokens, positions, k_cache, v_cache) -> (logits, k_new, v_new)."""
+    """The exported step graph, a pure function of its inputs:
+    (tokens, positions, k_cache_0..k_cache_{L-1}, v_cache_0..v_cache_{L-1})
+    -> (logits, k_new_0..k_new_{L-1}, v_new_0..v_new_{L-1})."""
 
     def __init__(self, prior: Prior):
         super().__init__()
-        self.prior = prior
+        self.prior = fold_attention_scale(prior)
+        self.n_layer = prior.config.n_layer
 
-    def forward(self, tokens, positions, k_cache, v_cache):
-        return self.prior.step(tokens, positions, k_cache, v_cache)
+    def forward(self, tokens, positions, *caches):
+        L = self.n_layer
+        logits, ks, vs = self.prior.step(tokens, positions, list(caches[:L]), list(caches[L:]))
+        return (logits, *ks, *vs)
 
 
-def empty_cache(c: PriorConfig, batch: int, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    shape = (batch, c.n_layer, c.n_head, c.D, c.head_dim)
-    return torch.zeros(shape, device=device), torch.zeros(shape, device=device)
+def step_input_names(n_layer: int) -> list[str]:
+    return (["tokens", "positions"] + [f"k_cache_{i}" for i in range(n_layer)]
+            + [f"v_cache_{i}" for i in range(n_layer)])
+
+
+def step_output_names(n_layer: int) -> list[str]:
+    return ["logits"] + [f"k_new_{i}" for i in range(n_layer)] + [f"v_new_{i}" for i in range(n_layer)]
+
+
+def empty_cache(c: PriorConfig, batch: int, device="cpu") -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Zero keys and values: one [batch, H, D, hd] tensor per layer each."""
+    shape = (batch, c.n_head, c.D, c.head_dim)
+    return ([torch.zeros(shape, device=device) for _ in range(c.n_layer)],
+            [torch.zeros(shape, device=device) for _ in range(c.n_layer)])
+
+
+def write_cache(k_cache, v_cache, positions, k_new, v_new) -> None:
+    """Store each row's new key/value (per layer [B, H, hd]) at its position."""
+    rows = torch.arange(len(positions), device=positions.device)
+    for kc, vc, k, v in zip(k_cache, v_cache, k_new, v_new):
+        kc[rows, :, positions] = k
+        vc[rows, :, positions] = v
 
 
 @torch.no_grad()
@@ -169,12 +216,10 @@ def sample(prior: Prior, labels: list[int | None], k: int | None = None, tempera
     kc, vc = empty_cache(c, B, dev)
     tokens = torch.tensor([c.start_token(l) for l in labels], device=dev)
     codes = torch.zeros(B, c.D, dtype=torch.long, device=dev)
-    rows = torch.arange(B, device=dev)
     for p in range(k):
         pos = torch.full((B,), p, device=dev)
         logits, kn, vn = prior.step(tokens, pos, kc, vc)
-        kc[rows, :, :, p] = kn
-        vc[rows, :, :, p] = vn
+        write_cache(kc, vc, pos, kn, vn)
         probs = torch.softmax(logits / temperature, dim=-1)
         tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         codes[:, p] = tokens

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-SUPPORTED_FORMAT_VERSIONS = {1}
+SUPPORTED_FORMAT_VERSIONS = {2}
 REQUIRED_FILES = {
     "torchscript": ("prior_step_torchscript", "decoder_torchscript"),
     "onnx": ("prior_step_onnx", "decoder_onnx"),
@@ -89,6 +89,10 @@ def load_model_dir(path: Path, backend: str, verify: bool = True) -> ModelSpec:
     except (OSError, json.JSONDecodeError) as e:
         raise ModelDirError(f"{mf}: not valid JSON ({e})") from None
     version = manifest.get("format_version")
+    if version == 1:
+        raise ModelDirError(f"{mf}: format_version 1 is no longer supported (format 2 takes one KV-cache input per "
+                            f"layer); re-export the model with `anytime export ...`, or convert this directory in "
+                            f"place with `anytime migrate {path}`")
     if version not in SUPPORTED_FORMAT_VERSIONS:
         raise ModelDirError(f"{mf}: format_version {version!r} is not supported (supported: {sorted(SUPPORTED_FORMAT_VERSIONS)})")
     if backend not in REQUIRED_FILES:

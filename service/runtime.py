@@ -1,8 +1,9 @@
 """Runtimes: run the exported prior step and decoder graphs (TorchScript or ONNX Runtime).
 
-A runtime owns the physical KV cache: `slots` rows of [L, H, D, hd] keys and values. The
-engine keeps its active sequences in rows 0..B-1 (compacting on finish), so every step
-runs on a contiguous prefix of the cache without a copy.
+A runtime owns the physical KV cache: per layer, one [slots, H, D, hd] tensor of keys and one
+of values. The engine keeps its active sequences in rows 0..B-1 (compacting on finish), so
+every step hands the graph each layer's contiguous prefix [:B] without a copy, and writes the
+step's new keys/values back at each row's position (docs/model-format.md).
 """
 from __future__ import annotations
 
@@ -33,6 +34,26 @@ def _threads() -> int:
     return int(os.environ.get("ANYTIME_THREADS", "0")) or (os.cpu_count() or 1)
 
 
+def _ort_spinning(opts) -> None:
+    """How idle ONNX Runtime intra-op threads wait (ANYTIME_ORT_SPIN): `on` (ORT's default: they
+    spin, also for a while after each run), `run` (spin only while a run is in flight:
+    session.force_spinning_stop) or `off` (never spin: session.intra_op.allow_spinning=0).
+    Spinning workers take CPU from the HTTP event loop; sleeping ones cost a wake-up per parallel
+    operator (bench/results/engine/engine.md has the step latency of each)."""
+    mode = os.environ.get("ANYTIME_ORT_SPIN", "on")
+    if mode == "run":
+        opts.add_session_config_entry("session.force_spinning_stop", "1")
+    elif mode == "off":
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    elif mode != "on":
+        raise ValueError(f"ANYTIME_ORT_SPIN={mode!r}; choose on, run or off")
+
+
+def _step_names(n_layer: int) -> tuple[list[str], list[str]]:
+    """Cache input names of the step graph (format 2): k_cache_0.. and v_cache_0.."""
+    return [f"k_cache_{i}" for i in range(n_layer)], [f"v_cache_{i}" for i in range(n_layer)]
+
+
 class TorchScriptRuntime:
     backend = "torchscript"
 
@@ -44,25 +65,27 @@ class TorchScriptRuntime:
         torch.set_num_threads(_threads())
         self.step_fn = torch.jit.load(str(spec.file("prior_step_torchscript")), map_location=self.device).eval()
         self.decode_fn = torch.jit.load(str(spec.file("decoder_torchscript")), map_location=self.device).eval()
-        shape = (slots, spec.n_layer, spec.n_head, spec.D, spec.head_dim)
-        self.k = torch.zeros(shape, device=self.device)
-        self.v = torch.zeros(shape, device=self.device)
+        shape = (slots, spec.n_head, spec.D, spec.head_dim)
+        self.k = [torch.zeros(shape, device=self.device) for _ in range(spec.n_layer)]
+        self.v = [torch.zeros(shape, device=self.device) for _ in range(spec.n_layer)]
+        self.rows = torch.arange(slots, device=self.device)
 
     def step(self, tokens: np.ndarray, positions: np.ndarray) -> np.ndarray:
         torch = self.torch
-        B = len(tokens)
+        B, L = len(tokens), len(self.k)
         with torch.inference_mode():
             t = torch.from_numpy(tokens).to(self.device)
             p = torch.from_numpy(positions).to(self.device)
-            logits, k_new, v_new = self.step_fn(t, p, self.k[:B], self.v[:B])
-            rows = torch.arange(B, device=self.device)
-            self.k[rows, :, :, p] = k_new  # [B, L, H, hd] at each row's position
-            self.v[rows, :, :, p] = v_new
-            return logits.float().cpu().numpy()
+            out = self.step_fn(t, p, *[k[:B] for k in self.k], *[v[:B] for v in self.v])
+            rows = self.rows[:B]
+            for i in range(L):  # new key/value [B, H, hd] at each row's position
+                self.k[i][rows, :, p] = out[1 + i]
+                self.v[i][rows, :, p] = out[1 + L + i]
+            return out[0].float().cpu().numpy()
 
     def move_row(self, src: int, dst: int) -> None:
-        self.k[dst] = self.k[src]
-        self.v[dst] = self.v[src]
+        for c in self.k + self.v:
+            c[dst] = c[src]
 
     def decode(self, codes: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         torch = self.torch
@@ -85,25 +108,32 @@ class OnnxRuntime:
         opts.intra_op_num_threads = _threads()
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        _ort_spinning(opts)
         self.step_sess = ort.InferenceSession(str(spec.file("prior_step_onnx")), opts, providers=providers)
         self.decode_sess = ort.InferenceSession(str(spec.file("decoder_onnx")), opts, providers=providers)
-        shape = (slots, spec.n_layer, spec.n_head, spec.D, spec.head_dim)
-        # Host cache; ORT reads the contiguous prefix [:B] in place on the CPU provider.
-        self.k = np.zeros(shape, dtype=np.float32)
-        self.v = np.zeros(shape, dtype=np.float32)
+        shape = (slots, spec.n_head, spec.D, spec.head_dim)
+        # Host cache; ORT reads each layer's contiguous prefix [:B] in place on the CPU provider.
+        self.k = [np.zeros(shape, dtype=np.float32) for _ in range(spec.n_layer)]
+        self.v = [np.zeros(shape, dtype=np.float32) for _ in range(spec.n_layer)]
+        self.k_names, self.v_names = _step_names(spec.n_layer)
+        self.rows = np.arange(slots)
 
     def step(self, tokens: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        B = len(tokens)
-        logits, k_new, v_new = self.step_sess.run(
-            None, {"tokens": tokens, "positions": positions, "k_cache": self.k[:B], "v_cache": self.v[:B]})
-        rows = np.arange(B)
-        self.k[rows, :, :, positions] = k_new
-        self.v[rows, :, :, positions] = v_new
-        return logits
+        B, L = len(tokens), len(self.k)
+        feeds = {"tokens": tokens, "positions": positions}
+        for i in range(L):
+            feeds[self.k_names[i]] = self.k[i][:B]
+            feeds[self.v_names[i]] = self.v[i][:B]
+        out = self.step_sess.run(None, feeds)
+        rows = self.rows[:B]
+        for i in range(L):  # new key/value [B, H, hd] at each row's position
+            self.k[i][rows, :, positions] = out[1 + i]
+            self.v[i][rows, :, positions] = out[1 + L + i]
+        return out[0]
 
     def move_row(self, src: int, dst: int) -> None:
-        self.k[dst] = self.k[src]
-        self.v[dst] = self.v[src]
+        for c in self.k + self.v:
+            c[dst] = c[src]
 
     def decode(self, codes: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         return self.decode_sess.run(None, {"codes": codes, "lengths": lengths})[0]

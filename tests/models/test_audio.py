@@ -210,19 +210,18 @@ def test_audio_decoder_matches_eager_with_per_row_lengths(audio_dir, backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_audio_prior_step_matches_eager(audio_dir, backend):
-    from models.prior import empty_cache
+    from models.prior import empty_cache, write_cache
 
     prior, _ = checkpoint.load_prior(audio_dir.parent / "ckpt" / "prior.pt")
     spec = load_model_dir(audio_dir, backend)
     rt = make_runtime(spec, backend, slots=3)
     kc, vc = empty_cache(prior.config, 3)
-    rows = torch.arange(3)
     tokens = np.array([spec.start_token_base + 2, spec.unconditional_token, spec.start_token_base], dtype=np.int64)
     for p in range(4):
         positions = np.full(3, p, dtype=np.int64)
         got = rt.step(tokens, positions)
         with torch.no_grad():
             want, kn, vn = prior.step(torch.from_numpy(tokens), torch.from_numpy(positions), kc, vc)
-        kc[rows, :, :, p], vc[rows, :, :, p] = kn, vn
+        write_cache(kc, vc, torch.from_numpy(positions), kn, vn)
         np.testing.assert_allclose(got, want.numpy(), atol=1e-4, rtol=0)
         tokens = want.argmax(1).numpy().astype(np.int64)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from models import checkpoint
-from models.prior import empty_cache
+from models.prior import empty_cache, write_cache
 from service.model_dir import load_model_dir
 from service.runtime import make_runtime
 from service.sampling import sample_rows, sequence_rng
@@ -31,12 +31,49 @@ def test_manifest_lists_files_with_checksums(tiny_model_dir):
 
 
 def _eager_step(prior, kc, vc, tokens, positions):
+    """Eager step over per-layer caches kc, vc (lists of [B, H, D, hd]), updated in place."""
+    B = len(tokens)
+    p = torch.from_numpy(positions)
     with torch.no_grad():
-        logits, kn, vn = prior.step(torch.from_numpy(tokens), torch.from_numpy(positions), kc, vc)
-    rows = torch.arange(len(tokens))
-    kc[rows, :, :, torch.from_numpy(positions)] = kn
-    vc[rows, :, :, torch.from_numpy(positions)] = vn
+        logits, kn, vn = prior.step(torch.from_numpy(tokens), p, [k[:B] for k in kc], [v[:B] for v in vc])
+        write_cache([k[:B] for k in kc], [v[:B] for v in vc], p, kn, vn)
     return logits.numpy()
+
+
+def test_manifest_describes_one_cache_input_per_layer(tiny_model_dir):
+    manifest = json.loads((tiny_model_dir / "manifest.json").read_text())
+    assert manifest["format_version"] == 2
+    step = manifest["graphs"]["prior_step"]
+    assert list(step["inputs"]) == ["tokens", "positions", "k_cache_0", "k_cache_1", "v_cache_0", "v_cache_1"]
+    assert step["inputs"]["k_cache_1"] == "float32[B,H,D,hd]"
+    assert list(step["outputs"]) == ["logits", "k_new_0", "k_new_1", "v_new_0", "v_new_1"]
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(tiny_model_dir / "prior_step.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == list(step["inputs"])
+    assert [o.name for o in sess.get_outputs()] == list(step["outputs"])
+    assert sess.get_inputs()[2].shape[1:] == [2, 8, 8]  # [B, H, D, hd], batch dynamic
+
+
+def test_runtime_compaction_moves_every_layer(tiny_model_dir, eager):
+    """move_row copies a row's keys/values in every layer: the moved sequence continues exactly."""
+    _, prior = eager
+    for backend in BACKENDS:
+        spec = load_model_dir(tiny_model_dir, backend)
+        rt = make_runtime(spec, backend, slots=3)
+        kc, vc = empty_cache(prior.config, 3)
+        tokens = np.array([spec.unconditional_token, spec.start_token_base, spec.start_token_base + 1])
+        for p in range(3):
+            positions = np.full(3, p, dtype=np.int64)
+            rt.step(tokens, positions)
+            want = _eager_step(prior, kc, vc, tokens, positions)
+            tokens = want.argmax(1).astype(np.int64)
+        rt.move_row(2, 0)  # row 0 finished; row 2 takes its place
+        for k, v in zip(kc, vc):
+            k[0], v[0] = k[2].clone(), v[2].clone()
+        tokens, positions = tokens[[2, 1]], np.full(2, 3, dtype=np.int64)
+        got = rt.step(tokens, positions)
+        np.testing.assert_allclose(got, _eager_step(prior, kc, vc, tokens, positions), atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -48,6 +48,10 @@ def test_other_format_version_and_malformed_manifest(model_copy):
     (model_copy / "manifest.json").write_text(json.dumps({**m, "format_version": 99}))
     with pytest.raises(ModelDirError, match="format_version 99 is not supported"):
         load_model_dir(model_copy, "onnx")
+    (model_copy / "manifest.json").write_text(json.dumps({**m, "format_version": 1}))
+    with pytest.raises(ModelDirError, match=r"format_version 1 is no longer supported.*re-export the model with "
+                                            r"`anytime export \.\.\.`.*`anytime migrate "):
+        load_model_dir(model_copy, "onnx")
     del m["prior"]
     (model_copy / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(ModelDirError, match="malformed manifest"):
