@@ -83,12 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         def handle_exit(self, sig, frame):
             if self.draining:  # second signal: stop now, without waiting for connections
                 log.warning("second signal: exiting without finishing in-flight requests",
-                            extra={"in_flight": state._inflight})
+                            extra={"in_flight": state.inflight})
                 self.should_exit = self.force_exit = True
                 return
             self.draining = True
             state.start_draining()
-            load = {"in_flight": state._inflight,
+            load = {"in_flight": state.inflight,
                     "active_sequences": sum(e.active_sequences for e in state.engines.values()),
                     "queued_sequences": sum(e.queued_sequences for e in state.engines.values())}
             log.info("draining: admission closed, finishing %d in-flight requests", load["in_flight"], extra=load)
@@ -102,11 +102,11 @@ def main(argv: list[str] | None = None) -> int:
             # exactly the requests this drain answered (or abandoned, on timeout).
             self.drained = state.idle()
             seconds = round(time.monotonic() - started, 3)
-            extra = {"drained": in_flight - state._inflight, "remaining": state._inflight, "seconds": seconds}
+            extra = {"drained": in_flight - state.inflight, "remaining": state.inflight, "seconds": seconds}
             if self.drained:
                 log.info("drained %d in-flight requests in %.3f s", in_flight, seconds, extra=extra)
             else:
-                log.error("drain incomplete after %.3f s: %d requests not answered", seconds, state._inflight,
+                log.error("drain incomplete after %.3f s: %d requests not answered", seconds, state.inflight,
                           extra={**extra, "timeout_s": settings.drain_timeout_s})
             self.should_exit = True
 

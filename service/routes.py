@@ -15,7 +15,7 @@ from .schemas import ErrorResponse, GenerateRequest, GenerateResponse, ModelInfo
 from .state import Result, ServiceState
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:  # async: no threadpool hop per request
     return request.app.state.service
 
 

@@ -93,6 +93,11 @@ class ServiceState:
         self.draining = True
         self.metrics.ready.set(0)
 
+    @property
+    def inflight(self) -> int:
+        """HTTP requests admitted and not yet released."""
+        return self._inflight
+
     def idle(self) -> bool:
         return self._inflight == 0 and all(e.active_sequences == 0 and e.queued_sequences == 0
                                            for e in self.engines.values())
