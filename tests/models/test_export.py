@@ -135,3 +135,19 @@ def test_same_seed_gives_same_tokens_on_every_backend(tiny_model_dir, eager):
     # and a different seed gives a different sequence (the check can fail)
     rt = make_runtime(spec, "onnx", slots=1)
     assert _sample_tokens(rt.step, spec, 99, 8) != results["onnx"]
+
+
+def test_ort_spinning_modes_give_the_same_step(tiny_model_dir, monkeypatch):
+    """ANYTIME_ORT_SPIN changes only how ORT's idle threads wait, never the result."""
+    spec = load_model_dir(tiny_model_dir, "onnx")
+    tokens, positions = np.array([spec.unconditional_token, 3]), np.array([0, 0])
+    got = {}
+    for mode in ("on", "run", "off"):
+        monkeypatch.setenv("ANYTIME_ORT_SPIN", mode)
+        monkeypatch.setenv("ANYTIME_THREADS", "2")
+        got[mode] = make_runtime(spec, "onnx", slots=2).step(tokens, positions)
+    np.testing.assert_array_equal(got["on"], got["run"])
+    np.testing.assert_array_equal(got["on"], got["off"])
+    monkeypatch.setenv("ANYTIME_ORT_SPIN", "sometimes")
+    with pytest.raises(ValueError, match="ANYTIME_ORT_SPIN"):
+        make_runtime(spec, "onnx", slots=2)
