@@ -18,7 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, text in (("load", "open-loop load against one server"), ("sweep", "policies x offered loads"),
                        ("overhead", "HTTP + scheduling overhead on an idle server"),
-                       ("soak", "minutes at a multiple of capacity: memory, health, attainment")):
+                       ("soak", "minutes at a multiple of capacity: memory, health, attainment"),
+                       ("threads", "ONNX Runtime thread modes (spinning, count) under the same load")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL)
         p.add_argument("--backend", default="onnx", choices=["onnx", "torchscript"])
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument("--load", type=float, default=2.0, help="multiple of full-length capacity")
     soak.add_argument("--sample-every", type=float, default=1.0,
                       help="seconds between samples of the server's RSS, open files and /healthz latency")
+    sub.choices["threads"].add_argument("--load", type=float, default=2.0, help="multiple of full-length capacity")
     sweep = sub.choices["sweep"]
     sweep.add_argument("--loads", default="0.25,0.5,1,2,4")
     sweep.add_argument("--policies", default="anytime,fixed,drop,static")
@@ -79,6 +81,12 @@ def main(argv: list[str] | None = None) -> int:
             run(url, serve.last_pid, rate, args.load, args.duration, args.deadlines, args.n_mix, args.out,
                 args.sample_every)
         print((args.out / "soak.md").read_text())
+        return 0
+    if args.what == "threads":
+        from .thread_modes import run
+
+        run(flags, args.load, args.duration, args.deadlines, args.n_mix, args.out)
+        print((args.out / "modes.md").read_text())
         return 0
     if args.what == "sweep":
         from .policy_sweep import run

@@ -44,7 +44,8 @@ def run(server_flags: list[str], loads: list[float], policies: list[str], durati
 
 def markdown(res: dict) -> str:
     lines = [header("Scheduling policies under load, same engine"),
-             f"Full-length capacity measured first (policy `fixed`, saturating open-loop load, deadlines 60 s): "
+             f"Full-length capacity measured first (policy `fixed`, closed-loop clients keeping 256 sequences in "
+             f"flight, deadlines 60 s): "
              f"**{res['capacity_samples_per_s']:.1f} samples/s** at k = D. Offered load = multiple of that capacity, "
              f"Poisson arrivals for {res['duration_s']:.0f} s per cell, deadlines `{res['deadlines']}` ms, "
              f"samples per request `{res['n_mix']}`. Server flags: `{' '.join(res['server_flags'])}`.", "",

@@ -35,12 +35,13 @@ def _threads() -> int:
 
 
 def _ort_spinning(opts) -> None:
-    """How idle ONNX Runtime intra-op threads wait (ANYTIME_ORT_SPIN): `on` (ORT's default: they
-    spin, also for a while after each run), `run` (spin only while a run is in flight:
-    session.force_spinning_stop) or `off` (never spin: session.intra_op.allow_spinning=0).
-    Spinning workers take CPU from the HTTP event loop; sleeping ones cost a wake-up per parallel
-    operator (bench/results/engine/engine.md has the step latency of each)."""
-    mode = os.environ.get("ANYTIME_ORT_SPIN", "on")
+    """How idle ONNX Runtime intra-op threads wait (ANYTIME_ORT_SPIN): `run` (the default: spin
+    only while a run is in flight: session.force_spinning_stop), `on` (ORT's own default: they
+    spin, also for a while after each run) or `off` (never spin: session.intra_op.allow_spinning=0).
+    Spinning after a run takes the CPU the HTTP event loop and the engine's Python need between
+    steps: under load `on` rejected 8% of requests where `run` rejected 0.6%, while `run` costs the
+    bare step 0-20% (bench/results/engine/engine.md, bench/results/thread-modes/modes.md)."""
+    mode = os.environ.get("ANYTIME_ORT_SPIN", "run")
     if mode == "run":
         opts.add_session_config_entry("session.force_spinning_stop", "1")
     elif mode == "off":

@@ -20,6 +20,8 @@ class Settings(BaseSettings):
     backend: Literal["onnx", "torchscript"] = "onnx"
     device: Literal["cpu", "cuda"] | None = Field(None, description="default: cuda when present, else cpu")
     threads: int = Field(0, description="intra-op threads per runtime (0: all cores)")
+    ort_spin: Literal["run", "on", "off"] = Field(
+        "run", description="ONNX Runtime idle threads: spin only during a step (run), also after it (on), never (off)")
     policy: Literal["anytime", "fixed", "drop", "static"] = "anytime"
     max_batch: int = Field(128, ge=1, le=4096, description="sequences stepped together per model")
     max_queue: int = Field(1024, ge=0, description="sequences admitted and waiting for a batch row")

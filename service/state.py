@@ -56,6 +56,7 @@ class ServiceState:
 
             if s.threads:
                 os.environ["ANYTIME_THREADS"] = str(s.threads)
+            os.environ["ANYTIME_ORT_SPIN"] = s.ort_spin
             runtime = make_runtime(spec, s.backend, s.max_batch, s.device)
             config = SchedulerConfig(policy=s.policy, max_batch=s.max_batch, max_queue=s.max_queue,
                                      respond_margin_s=s.respond_margin_ms / 1000, safety=s.safety,
