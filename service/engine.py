@@ -202,10 +202,13 @@ class Engine:
             self._start(r)
         if self.rows:
             B = len(self.rows)
+            predicted = self.latency.step.paced(B)  # what the deadline guard counted on
             self._step()
             # The latency model learns the whole iteration but its decode: the runtime call plus
             # sampling, scheduling and any wait for the GIL, which deadlines pay for too.
-            self.latency.step.observe(B, time.perf_counter() - started - decode_s)
+            took = time.perf_counter() - started - decode_s
+            self.latency.jitter.observe(max(0.0, took - predicted))
+            self.latency.step.observe(B, took)
         self.latency.observe_iteration(time.perf_counter() - started,
                                        sum(r.n for r, _ in plan.finish) + sum(r.n for r in previews))
 
@@ -271,6 +274,7 @@ class Engine:
         for i, s in enumerate(seqs):
             codes[i, : s.position] = s.codes
             lengths[i] = s.position
+        predicted = self.latency.decode.paced(len(seqs))
         t = time.perf_counter()
         try:
             out = self.runtime.decode(codes, lengths)
@@ -282,6 +286,7 @@ class Engine:
                                      status=500)
             return time.perf_counter() - t
         dt = time.perf_counter() - t
+        self.latency.jitter.observe(max(0.0, dt - predicted))
         self.latency.decode.observe(len(seqs), dt)
         self._emit(DecodeStats(self.spec.name, self.runtime.backend, len(seqs), dt))
         i = 0

@@ -68,6 +68,40 @@ class CostCurve:
             self.factor += self.alpha * (ratio - self.factor)
 
 
+class RecentMax:
+    """The largest value observed in the last `window_s` seconds (0 when none); cached between
+    observations, as the scheduler asks every iteration."""
+
+    def __init__(self, window_s: float, maxlen: int = 256):
+        self.window_s = window_s
+        self._values: collections.deque[tuple[float, float]] = collections.deque(maxlen=maxlen)
+        self._cache = (-1.0, 0.0)  # (valid until, value)
+
+    def observe(self, value: float) -> None:
+        self._values.append((time.monotonic(), value))
+        self._cache = (-1.0, 0.0)
+
+    def clear(self) -> None:
+        self._values.clear()
+        self._cache = (-1.0, 0.0)
+
+    def age(self, seconds: float) -> None:
+        """Pretend every observation is `seconds` older (tests)."""
+        self._values = collections.deque(((t - seconds, v) for t, v in self._values), maxlen=self._values.maxlen)
+        self._cache = (-1.0, 0.0)
+
+    def __call__(self) -> float:
+        now = time.monotonic()
+        until, value = self._cache
+        if now < until:
+            return value
+        fresh = [(t, v) for t, v in list(self._values) if t >= now - self.window_s]
+        value = max((v for _, v in fresh), default=0.0)
+        # the value holds until a new observation or until the oldest sample leaves the window
+        self._cache = (min(t for t, _ in fresh) + self.window_s if fresh else now + 0.05, value)
+        return value
+
+
 class LatencyModel:
     def __init__(self, step_profile: dict[int, float], decode_profile: dict[int, float], alpha: float = 0.2):
         self.step = CostCurve(step_profile, alpha)
@@ -75,38 +109,27 @@ class LatencyModel:
         # (time, seconds, decode rows) of the last iterations; entries older than RECENT_S are
         # ignored so that an idle server forgets a past burst
         self._recent: collections.deque[tuple[float, float, int]] = collections.deque(maxlen=8)
-        # (time, seconds) from a request's end in the engine to its encoded response: the event
-        # loop's share of the latency, which grows with the HTTP load the engine cannot see
-        self._responds: collections.deque[tuple[float, float]] = collections.deque(maxlen=64)
-        self._respond_cache = (-1.0, 0.0)  # (valid until, value): respond() runs every iteration
+        # From a request's end in the engine to its encoded response: the event loop's share of
+        # the latency, which grows with HTTP load the engine cannot see.
+        self.respond = RecentMax(2.0)
+        # How much later than predicted recent steps and decodes ended (the paced prediction the
+        # deadline guard used): preemption by other processes, GIL waits, page faults. The guard
+        # keeps the worst recent one free, as no cost curve can predict a single hiccup.
+        self.jitter = RecentMax(2.0)
 
     RECENT_S = 0.5
-    RESPOND_WINDOW_S = 2.0
 
     def reset_online(self) -> None:
         """Back to the start-up profile (after warm-up traffic)."""
         for curve in (self.step, self.decode):
             curve.factor = curve.last_factor = 1.0
         self._recent.clear()
-        self._responds.clear()
-        self._respond_cache = (-1.0, 0.0)
+        self.respond.clear()
+        self.jitter.clear()
 
     def observe_respond(self, seconds: float) -> None:
         """A request's time from leaving the engine to its response being ready (HTTP side)."""
-        self._responds.append((time.monotonic(), seconds))
-        self._respond_cache = (-1.0, 0.0)
-
-    def respond(self) -> float:
-        """The slowest respond time in the last RESPOND_WINDOW_S (0 when there is none)."""
-        now = time.monotonic()
-        until, value = self._respond_cache
-        if now < until:
-            return value
-        fresh = [(t, s) for t, s in list(self._responds) if t >= now - self.RESPOND_WINDOW_S]
-        value = max((s for _, s in fresh), default=0.0)
-        # the value holds until a new observation or until the oldest sample leaves the window
-        self._respond_cache = (min(t for t, _ in fresh) + self.RESPOND_WINDOW_S if fresh else now + 0.05, value)
-        return value
+        self.respond.observe(seconds)
 
     def observe_iteration(self, seconds: float, decode_rows: int) -> None:
         self._recent.append((time.monotonic(), seconds, decode_rows))

@@ -95,6 +95,11 @@ class Scheduler:
         """Time kept after the decode: the configured floor, or the slowest recent response."""
         return max(self.config.respond_margin_s, self.latency.respond())
 
+    def margin(self) -> float:
+        """Time a deadline decision keeps free besides predicted costs: responding, and the
+        worst recent overrun of a predicted step or decode."""
+        return self.respond_margin() + self.latency.jitter()
+
     def quality_cap(self) -> int:
         """Under pressure, the k after which further tokens buy less quality than a step costs."""
         price = self.config.quality_price * self.pressure / self.D
@@ -107,7 +112,7 @@ class Scheduler:
         """Steps that fit before the deadline at `batch` rows, after waiting, decoding (behind
         `ahead` rows with earlier deadlines) and responding."""
         c, lat = self.config, self.latency
-        overhead = wait_s + c.safety * lat.finish_decode(req.n, ahead) + self.respond_margin()
+        overhead = wait_s + c.safety * lat.finish_decode(req.n, ahead) + self.margin()
         per_step = c.safety * lat.step(batch)
         if req.preview_every:  # streaming: one preview decode every preview_every steps
             per_step += c.safety * lat.decode(req.n) / req.preview_every
@@ -186,14 +191,14 @@ class Scheduler:
         decode_rows += finishing_rows
         # 2. deadline guard: continue only if this iteration's decode, one more step, then this
         #    request's own decode and response still fit before its deadline
-        respond = self.respond_margin()
+        margin = self.margin()
         dec_now = lat.decode.paced(decode_rows) if decode_rows else 0.0
         #    (its decode waits only for rows with earlier deadlines: those before it in this order)
         deadlines, ahead_rows = [], [0]  # continuing requests by deadline, rows before each
         if c.policy == "anytime":
             step_cost = lat.step.paced(rows)
             for r in sorted(keep, key=lambda r: r.deadline):
-                need = c.safety * (dec_now + step_cost + lat.finish_decode(r.n, ahead_rows[-1])) + respond
+                need = c.safety * (dec_now + step_cost + lat.finish_decode(r.n, ahead_rows[-1])) + margin
                 if now + need > r.deadline and r.tokens >= 1:
                     plan.finish.append((r, FinishReason.DEADLINE_GUARD))
                     decode_rows += r.n

@@ -139,8 +139,7 @@ def test_slow_responses_raise_the_respond_margin_until_they_age_out():
     # the guard keeps the same margin: 7.5 ms left holds step 1 + decode 1 + 2 but not + 6
     r = request(10, now=100.0 - 0.0025, tokens=3, planned=50)
     assert s.plan(100.0, [r], [], 1).finish == [(r, FinishReason.DEADLINE_GUARD)]
-    s.latency._responds = type(s.latency._responds)([(t - 10, sec) for t, sec in s.latency._responds], maxlen=64)
-    s.latency._respond_cache = (-1.0, 0.0)
+    s.latency.respond.age(10)
     assert s.respond_margin() == pytest.approx(0.002)
 
 
@@ -170,3 +169,13 @@ def test_decode_waits_only_for_rows_with_earlier_deadlines():
     assert (first, FinishReason.DEADLINE_GUARD) not in plan.finish
     # ...but not for the later ones, decoded behind it
     assert {r for r, _ in plan.finish} == set(behind)
+
+
+def test_a_recent_overrun_is_kept_free_until_it_ages_out():
+    s = scheduler()
+    s.latency.jitter.observe(0.005)  # a step ended 5 ms later than predicted (preempted, say)
+    assert s.admit(request(20), 100.0, 0, 0).planned_tokens == 12  # (20 - 1 - 2 - 5) / 1 ms
+    r = request(10, now=100.0 - 0.0025, tokens=3, planned=50)  # 7.5 ms left: 1 + 1 + 2 + 5 > 7.5
+    assert s.plan(100.0, [r], [], 1).finish == [(r, FinishReason.DEADLINE_GUARD)]
+    s.latency.jitter.age(10)
+    assert s.admit(request(20), 100.0, 0, 0).planned_tokens == 17
