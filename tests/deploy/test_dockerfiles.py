@@ -117,7 +117,7 @@ def test_smoke_script_passes_shellcheck():
 
 
 # Runtime dependencies the images leave out on purpose: training, export and plotting only.
-NOT_SERVING = {"torch", "onnx", "onnxscript", "scipy", "tqdm", "matplotlib"}
+NOT_SERVING = {"torch", "onnx", "onnxscript", "scipy", "tqdm", "matplotlib", "aiohttp"}
 
 
 @pytest.mark.parametrize("name", ["requirements-cpu.txt", "requirements-gpu.txt"])
