@@ -49,7 +49,7 @@ def run(url: str, out: Path, requests: int = 500, deadline_ms: int = 1000, title
         f"{res['client_outside_engine_ms']['p99']:.3f} |",
         f"| server-measured latency − time in the engine loop | {res['server_outside_engine_ms']['p50']:.3f} | "
         f"{res['server_outside_engine_ms']['p99']:.3f} |",
-        "", f"Median engine compute per request: {res['compute_ms_p50']:.2f} ms (runtime calls only); median time "
+        "", f"Median engine compute per request: {res['compute_ms_p50']:.2f} ms (runtime calls and sampling); median time "
         f"in the engine loop (first step to decoded samples, including per-step sampling and scheduling): "
         f"{res['engine_ms_p50']:.2f} ms; median client latency {res['client_latency_ms_p50']:.2f} ms. The gap "
         "between the two compute figures is the engine loop's Python work per step besides sampling "

@@ -69,37 +69,39 @@ class CostCurve:
 
 
 class RecentMax:
-    """The largest value observed in the last `window_s` seconds (0 when none); cached between
-    observations, as the scheduler asks every iteration."""
+    """The largest value observed in the last `window_s` seconds (0 when none), in O(1)
+    amortised per observation and query: the scheduler asks every iteration."""
 
-    def __init__(self, window_s: float, maxlen: int = 256):
+    def __init__(self, window_s: float):
         self.window_s = window_s
-        self._values: collections.deque[tuple[float, float]] = collections.deque(maxlen=maxlen)
-        self._cache = (-1.0, 0.0)  # (valid until, value)
+        # (time, value) with values strictly decreasing: an entry that a later, larger value
+        # outlives can never be the maximum again
+        self._queue: collections.deque[tuple[float, float]] = collections.deque()
+        self._lock = threading.Lock()  # observed from the engine thread and the event loop
 
     def observe(self, value: float) -> None:
-        self._values.append((time.monotonic(), value))
-        self._cache = (-1.0, 0.0)
+        with self._lock:
+            q = self._queue
+            while q and q[-1][1] <= value:
+                q.pop()
+            q.append((time.monotonic(), value))
 
     def clear(self) -> None:
-        self._values.clear()
-        self._cache = (-1.0, 0.0)
+        with self._lock:
+            self._queue.clear()
 
     def age(self, seconds: float) -> None:
         """Pretend every observation is `seconds` older (tests)."""
-        self._values = collections.deque(((t - seconds, v) for t, v in self._values), maxlen=self._values.maxlen)
-        self._cache = (-1.0, 0.0)
+        with self._lock:
+            self._queue = collections.deque((t - seconds, v) for t, v in self._queue)
 
     def __call__(self) -> float:
-        now = time.monotonic()
-        until, value = self._cache
-        if now < until:
-            return value
-        fresh = [(t, v) for t, v in list(self._values) if t >= now - self.window_s]
-        value = max((v for _, v in fresh), default=0.0)
-        # the value holds until a new observation or until the oldest sample leaves the window
-        self._cache = (min(t for t, _ in fresh) + self.window_s if fresh else now + 0.05, value)
-        return value
+        cutoff = time.monotonic() - self.window_s
+        with self._lock:
+            q = self._queue
+            while q and q[0][0] < cutoff:
+                q.popleft()
+            return q[0][1] if q else 0.0
 
 
 class LatencyModel:

@@ -179,3 +179,17 @@ def test_a_recent_overrun_is_kept_free_until_it_ages_out():
     assert s.plan(100.0, [r], [], 1).finish == [(r, FinishReason.DEADLINE_GUARD)]
     s.latency.jitter.age(10)
     assert s.admit(request(20), 100.0, 0, 0).planned_tokens == 17
+
+
+def test_recent_max_is_the_maximum_of_the_window():
+    import random
+
+    from service.latency import RecentMax
+
+    m, seen = RecentMax(60.0), []
+    for _ in range(500):
+        seen.append(random.random())
+        m.observe(seen[-1])
+        assert m() == max(seen)
+    m.age(61)
+    assert m() == 0.0
