@@ -6,6 +6,7 @@ them with the sampled tokens. HTTP handlers only enqueue requests and wait on ca
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import sys
@@ -20,7 +21,7 @@ from .model_dir import ModelSpec
 from .request import FinishReason, Request, SamplingParams, Sequence, Status
 from .runtime import Runtime
 from .sampling import SamplingBatch, sample_rows, sequence_rng
-from .scheduler import Admission, Scheduler, SchedulerConfig
+from .scheduler import Admission, IterationPlan, Scheduler, SchedulerConfig
 
 log = logging.getLogger("anytime.engine")
 
@@ -61,6 +62,8 @@ class Engine:
         self._rows_changed = True
         self._tokens = self._positions = np.zeros(0, dtype=np.int64)
         self._sampling: SamplingBatch | None = None
+        self._quiet = IterationPlan()  # the last plan, and how long it holds (see iteration)
+        self._cancels = self._cancels_planned = 0
         self.ready = threading.Event()
         self.stopped = threading.Event()
         self._stop = False
@@ -157,6 +160,7 @@ class Engine:
     def cancel(self, req: Request) -> None:
         """Mark a request cancelled (client went away); its rows are freed next iteration."""
         req.cancelled = True
+        self._cancels += 1
         self._wake.set()
 
     # ---- the loop --------------------------------------------------------------------------
@@ -177,15 +181,18 @@ class Engine:
         self.stopped.set()
 
     def _take_new(self) -> None:
-        while True:
-            try:
-                self.waiting.append(self.inbox.get_nowait())
-            except queue.Empty:
-                return
+        while not self.inbox.empty():  # only this thread takes from the inbox
+            self.waiting.append(self.inbox.get_nowait())
 
     def iteration(self) -> None:
         started = time.perf_counter()
         now = time.monotonic()
+        if self._quiet.quiet_steps > 0 and self._still_quiet(now):
+            self._quiet.quiet_steps -= 1
+            self._step_and_learn(started, 0.0)
+            self.latency.observe_iteration(time.perf_counter() - started, 0)
+            return
+        self._cancels_planned = self._cancels
         self._drop_cancelled()
         due = [r for r in self.running if r.preview_due()]
         plan = self.scheduler.plan(now, self.running, self.waiting, len(self.rows),
@@ -200,17 +207,29 @@ class Engine:
         decode_s = self._decode_and_finish(plan.finish, previews) if plan.finish or previews else 0.0
         for r in plan.start:
             self._start(r)
+        self._quiet = dataclasses.replace(plan, start=[], finish=[], expire=[])  # holds no requests
         if self.rows:
-            B = len(self.rows)
-            predicted = self.latency.step.paced(B)  # what the deadline guard counted on
-            self._step()
-            # The latency model learns the whole iteration but its decode: the runtime call plus
-            # sampling, scheduling and any wait for the GIL, which deadlines pay for too.
-            took = time.perf_counter() - started - decode_s
-            self.latency.jitter.observe(max(0.0, took - predicted))
-            self.latency.step.observe(B, took)
+            self._step_and_learn(started, decode_s)
         self.latency.observe_iteration(time.perf_counter() - started,
                                        sum(r.n for r, _ in plan.finish) + sum(r.n for r in previews))
+
+    def _still_quiet(self, now: float) -> bool:
+        """The last plan still holds: nothing arrived or was cancelled, the clock is before the
+        first deadline-guard stop it foresaw, and steps and margins cost no more than it assumed."""
+        q = self._quiet
+        return (not self.waiting and self._cancels == self._cancels_planned and now <= q.quiet_until
+                and self.latency.step.paced(len(self.rows)) <= q.quiet_step_cost
+                and self.scheduler.margin() <= q.quiet_margin)
+
+    def _step_and_learn(self, started: float, decode_s: float) -> None:
+        B = len(self.rows)
+        predicted = self.latency.step.paced(B)  # what the deadline guard counted on
+        self._step()
+        # The latency model learns the whole iteration but its decode: the runtime call plus
+        # sampling, scheduling and any wait for the GIL, which deadlines pay for too.
+        took = time.perf_counter() - started - decode_s
+        self.latency.jitter.observe(max(0.0, took - predicted))
+        self.latency.step.observe(B, took)
 
     def _start(self, r: Request) -> None:
         self.waiting.remove(r)

@@ -52,6 +52,12 @@ class IterationPlan:
     start: list[Request] = field(default_factory=list)
     finish: list[tuple[Request, FinishReason]] = field(default_factory=list)
     expire: list[Request] = field(default_factory=list)  # waited too long for min_tokens
+    # The following iterations need no plan (see Scheduler._quiet): for quiet_steps iterations,
+    # while the clock is before quiet_until and costs are no higher than the ones assumed.
+    quiet_steps: int = 0
+    quiet_until: float = -math.inf
+    quiet_step_cost: float = 0.0
+    quiet_margin: float = 0.0
 
 
 def future_gain_rate(quality: np.ndarray) -> np.ndarray:
@@ -195,7 +201,9 @@ class Scheduler:
         dec_now = lat.decode.paced(decode_rows) if decode_rows else 0.0
         #    (its decode waits only for rows with earlier deadlines: those before it in this order)
         deadlines, ahead_rows = [], [0]  # continuing requests by deadline, rows before each
+        continuing = keep
         if c.policy == "anytime":
+            continuing = []
             step_cost = lat.step.paced(rows)
             for r in sorted(keep, key=lambda r: r.deadline):
                 need = c.safety * (dec_now + step_cost + lat.finish_decode(r.n, ahead_rows[-1])) + margin
@@ -205,6 +213,7 @@ class Scheduler:
                     rows -= r.n
                     step_cost, dec_now = lat.step.paced(rows), lat.decode.paced(decode_rows)
                 else:
+                    continuing.append(r)
                     deadlines.append(r.deadline)
                     ahead_rows.append(ahead_rows[-1] + r.n)
         # 3. admit waiting requests into free rows (earliest deadline first for anytime)
@@ -225,4 +234,27 @@ class Scheduler:
             plan.start.append(r)
             rows += r.n
             started_rows += r.n
+        if len(plan.start) + len(plan.expire) == len(waiting):
+            self._quiet(plan, continuing + plan.start, rows, cap_q, margin)
         return plan
+
+    def _quiet(self, plan: IterationPlan, continuing: list[Request], rows: int, cap_q: int, margin: float) -> None:
+        """How many of the following iterations can skip planning: no budget or quality stop
+        falls due, and the deadline guard lets every row go on while the clock stays before
+        quiet_until and step cost and margin stay as assumed here (the engine checks those,
+        and plans as usual as soon as anything arrives, is cancelled or runs slow)."""
+        if not continuing or any(r.preview_every for r in continuing):
+            return
+        c, lat = self.config, self.latency
+        anytime = c.policy == "anytime"
+        # tokens advance one per step: the first stop is due when tokens reach a budget or the cap
+        steps = min((min(r.planned_tokens, max(cap_q, r.min_tokens)) if anytime else r.planned_tokens) - r.tokens - 1
+                    for r in continuing)
+        if steps <= 0:
+            return
+        step_cost, until, ahead = lat.step.paced(rows), math.inf, 0
+        if anytime:  # the guard's test of the next iterations, with no decode before their step
+            for r in sorted(continuing, key=lambda r: r.deadline):
+                until = min(until, r.deadline - c.safety * (step_cost + lat.finish_decode(r.n, ahead)) - margin)
+                ahead += r.n
+        plan.quiet_steps, plan.quiet_until, plan.quiet_step_cost, plan.quiet_margin = steps, until, step_cost, margin
