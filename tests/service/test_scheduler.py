@@ -193,3 +193,32 @@ def test_recent_max_is_the_maximum_of_the_window():
         assert m() == max(seen)
     m.age(61)
     assert m() == 0.0
+
+
+def test_a_plan_says_how_long_it_holds():
+    s = scheduler()
+    r = request(100, tokens=10, planned=20)
+    plan = s.plan(100.0, [r], [], running_rows=1)
+    assert plan.finish == [] and plan.quiet_steps == 20 - 10 - 1  # the budget stop is due then
+    # until the guard would stop it: deadline - (step 1 + decode 1 + margin 2 ms)
+    assert plan.quiet_until == pytest.approx(100.1 - 0.004)
+    assert s.plan(100.0, [r], [request(100, planned=20)], running_rows=1).quiet_steps > 0  # joins now
+    s_full = scheduler(max_batch=1)
+    assert s_full.plan(100.0, [r], [request(100, planned=20)], running_rows=1).quiet_steps == 0  # it waits
+    streaming = request(100, tokens=10, planned=20)
+    streaming.preview_every = 4
+    assert s.plan(100.0, [streaming], [], running_rows=1).quiet_steps == 0
+
+
+def test_the_engine_plans_only_when_something_can_change(tiny_model_dir):
+    from tests.utils.engine import make_engine, run
+
+    engine = make_engine(tiny_model_dir, "onnx")
+    try:
+        calls = []
+        plan = engine.scheduler.plan
+        engine.scheduler.plan = lambda *a, **k: calls.append(1) or plan(*a, **k)
+        req = run(engine, seed=1, max_tokens=6)
+        assert req.tokens == 6 and len(calls) < 6
+    finally:
+        engine.stop(timeout=5)
