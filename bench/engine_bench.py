@@ -163,7 +163,7 @@ def markdown(result: dict) -> str:
                   "intra-op threads: `on` = ORT's default (idle workers spin, also for a while after each run), "
                   "`run` = spin only while a run is in flight (`session.force_spinning_stop=1`), "
                   "`off` = never spin (`session.intra_op.allow_spinning=0`). The columns above use "
-                  f"`{os.environ.get('ANYTIME_ORT_SPIN', 'on')}`.", "",
+                  f"`{os.environ.get('ANYTIME_ORT_SPIN', 'run')}` (the service's default).", "",
                   "| batch | " + " | ".join(SPIN_MODES) + " | run / on | off / on |", "|---|" + "---|" * 5]
         for b, row in result["onnx_spin"].items():
             lines.append(f"| {b} | " + " | ".join(f"{row[m]:.3f}" for m in SPIN_MODES)
