@@ -39,8 +39,8 @@ def _ort_spinning(opts) -> None:
     only while a run is in flight: session.force_spinning_stop), `on` (ORT's own default: they
     spin, also for a while after each run) or `off` (never spin: session.intra_op.allow_spinning=0).
     Spinning after a run takes the CPU the HTTP event loop and the engine's Python need between
-    steps: under load `on` rejected 8% of requests where `run` rejected 0.6%, while `run` costs the
-    bare step 0-20% (bench/results/engine/engine.md, bench/results/thread-modes/modes.md)."""
+    steps: at 2x load `on` rejected 33% of requests where `run` rejected 11%, while `run` costs the
+    bare step 5-15% (bench/results/thread-modes/modes.md, bench/results/engine/engine.md)."""
     mode = os.environ.get("ANYTIME_ORT_SPIN", "run")
     if mode == "run":
         opts.add_session_config_entry("session.force_spinning_stop", "1")
