@@ -21,6 +21,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_ready(proc: subprocess.Popen, base: str, timeout: float, log_path: Path | None = None) -> None:
+    """Block until the server at `base` answers /readyz with 200; raise, with the tail of its
+    log, if the process exits first or the timeout passes."""
+    end = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            tail = Path(log_path).read_text(errors="replace")[-2000:] if log_path else ""
+            raise RuntimeError(f"server exited with {proc.returncode}: {tail}")
+        try:
+            if httpx.get(base + "/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > end:
+            raise RuntimeError("server did not become ready")
+        time.sleep(0.05)
+
+
 @contextmanager
 def serve(*flags: str, log_path: Path | None = None, env: dict | None = None):
     """Yields the base URL of a ready server started with `anytime serve FLAGS` (its process
@@ -32,18 +50,7 @@ def serve(*flags: str, log_path: Path | None = None, env: dict | None = None):
     base = f"http://127.0.0.1:{port}"
     serve.last_pid = proc.pid
     try:
-        end = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode} (log: {log_path})")
-            try:
-                if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > end:
-                raise RuntimeError("server did not become ready")
-            time.sleep(0.1)
+        wait_ready(proc, base, 120.0, log_path)
         yield base
     finally:
         if proc.poll() is None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import uvicorn
 
+from bench.server_proc import wait_ready
 from service.app import create_app
 from service.settings import Settings
 from service.state import ServiceState
@@ -66,18 +67,7 @@ def serve_process(model_dir, *flags: str, log_path: Path, ready_timeout: float =
         proc = subprocess.Popen([sys.executable, "-m", "anytime_cli", "serve", "--model-dirs", str(model_dir),
                                  "--port", str(port), *flags], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         try:
-            end = time.monotonic() + ready_timeout
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"server exited with {proc.returncode}: {Path(log_path).read_text()[-2000:]}")
-                try:
-                    if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > end:
-                    raise RuntimeError("server did not become ready")
-                time.sleep(0.05)
+            wait_ready(proc, base, ready_timeout, log_path)
             yield base, proc
         finally:
             if proc.poll() is None:
