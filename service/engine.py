@@ -80,9 +80,27 @@ class Engine:
         # The engine thread shares the GIL with the HTTP event loop; a short switch interval
         # bounds how long a ready step can wait for it (the default is 5 ms).
         sys.setswitchinterval(0.0005)
-        self.warmup()
-        self._thread = threading.Thread(target=self._loop, name=f"engine-{self.spec.name}", daemon=True)
+        profiled = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            # The start-up profile runs on the engine thread too: a runtime's thread pool belongs
+            # to the thread that first calls it (a torch OpenMP team created by another thread
+            # made every TorchScript step 2-3x slower on the engine thread).
+            try:
+                self.warmup()
+            except BaseException as e:  # re-raised by start() in the caller's thread
+                failure.append(e)
+                return
+            finally:
+                profiled.set()
+            self._loop()
+
+        self._thread = threading.Thread(target=run, name=f"engine-{self.spec.name}", daemon=True)
         self._thread.start()
+        profiled.wait()
+        if failure:
+            raise failure[0]
         self._warm_loop()
 
     def _warm_loop(self) -> None:

@@ -149,3 +149,23 @@ def test_finishing_requests_are_decoded_and_answered_in_deadline_order(engine):
     # the earlier deadline is answered before the 8-row decode (>= 24 ms) of the other
     assert urgent.finished < big.finished - 0.02
     engine.cancel(busy)
+
+
+def test_a_failing_start_up_profile_is_raised_by_start(tiny_model_dir):
+    from service.engine import Engine
+    from service.model_dir import load_model_dir
+    from service.runtime import make_runtime
+    from service.scheduler import SchedulerConfig
+
+    spec = load_model_dir(tiny_model_dir, "torchscript")
+    runtime = make_runtime(spec, "torchscript", 4)
+
+    def broken(tokens, positions):
+        raise RuntimeError("graph failed to load")
+
+    runtime.step = broken
+    engine = Engine(spec, runtime, SchedulerConfig(max_batch=4))
+    # the profile runs on the engine thread; its failure still stops start-up in the caller
+    with pytest.raises(RuntimeError, match="graph failed to load"):
+        engine.start()
+    assert not engine.ready.is_set()
