@@ -16,11 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .latency import LatencyModel, median_time
+from .latency import LatencyModel
 from .model_dir import ModelSpec
 from .request import FinishReason, Request, SamplingParams, Sequence, Status
 from .runtime import Runtime
-from .sampling import SamplingBatch, sample_rows, sequence_rng
+from .profiling import profile_runtime
+from .sampling import SamplingBatch, sequence_rng
 from .scheduler import Admission, IterationPlan, Scheduler, SchedulerConfig
 
 log = logging.getLogger("anytime.engine")
@@ -117,24 +118,8 @@ class Engine:
         self.scheduler.pressure = 0.0
     def warmup(self) -> None:
         """Profile step and decode cost vs batch size; the latency model starts from it."""
-        D = self.spec.D
-        step, dec = {}, {}
-        for b in self.profile_sizes:
-            tokens = np.full(b, self.spec.unconditional_token, dtype=np.int64)
-            positions = (np.arange(b, dtype=np.int64) * 7) % D
-            ones, off = np.ones(b), np.zeros(b, dtype=np.int64)
-
-            def step_and_sample():  # what one iteration costs besides scheduling
-                logits = self.runtime.step(tokens, positions)
-                sample_rows(logits, np.full(b, 0.5), ones, off, ones)
-
-            step[b] = median_time(step_and_sample, 3 if b > 64 else 6)
-        for b in [s for s in self.profile_sizes if s <= 64]:
-            codes = np.zeros((b, D), dtype=np.int64)
-            lengths = np.full(b, D, dtype=np.int64)
-            dec[b] = median_time(lambda: self.runtime.decode(codes, lengths), 3)
-        self.latency = LatencyModel(step, dec)
-        self.scheduler = Scheduler(self.config, self.latency, D, self.spec.quality_k)
+        self.latency = profile_runtime(self.runtime, self.spec, self.profile_sizes)
+        self.scheduler = Scheduler(self.config, self.latency, self.spec.D, self.spec.quality_k)
         self.ready.set()
 
     def stop(self, timeout: float | None = None) -> None:
