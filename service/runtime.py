@@ -30,18 +30,19 @@ class Runtime(Protocol):
         """codes [B, D] int64, lengths [B] int64 -> samples [B, ...] float32 in [0, 1]."""
 
 
-def _threads() -> int:
-    return int(os.environ.get("ANYTIME_THREADS", "0")) or (os.cpu_count() or 1)
+def _threads(threads: int = 0) -> int:
+    """Intra-op threads: the setting, else ANYTIME_THREADS (tests, benchmarks), else all cores."""
+    return threads or int(os.environ.get("ANYTIME_THREADS", "0")) or (os.cpu_count() or 1)
 
 
-def _ort_spinning(opts) -> None:
+def _ort_spinning(opts, mode: str | None = None) -> None:
     """How idle ONNX Runtime intra-op threads wait (ANYTIME_ORT_SPIN): `run` (the default: spin
     only while a run is in flight: session.force_spinning_stop), `on` (ORT's own default: they
     spin, also for a while after each run) or `off` (never spin: session.intra_op.allow_spinning=0).
     Spinning after a run takes the CPU the HTTP event loop and the engine's Python need between
     steps: at 2x load `on` rejected 33% of requests where `run` rejected 11%, while `run` costs the
     bare step 5-15% (bench/results/thread-modes/modes.md, bench/results/engine/engine.md)."""
-    mode = os.environ.get("ANYTIME_ORT_SPIN", "run")
+    mode = mode or os.environ.get("ANYTIME_ORT_SPIN", "run")
     if mode == "run":
         opts.add_session_config_entry("session.force_spinning_stop", "1")
     elif mode == "off":
@@ -58,12 +59,12 @@ def _step_names(n_layer: int) -> tuple[list[str], list[str]]:
 class TorchScriptRuntime:
     backend = "torchscript"
 
-    def __init__(self, spec: ModelSpec, slots: int, device: str | None = None):
+    def __init__(self, spec: ModelSpec, slots: int, device: str | None = None, threads: int = 0):
         import torch
 
         self.torch = torch
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self._spec, self._slots = spec, slots
+        self._spec, self._slots, self._threads = spec, slots, threads
         self.step_fn = None  # loaded by the first call, on the thread that will step (_load)
 
     def _load(self) -> None:
@@ -71,7 +72,7 @@ class TorchScriptRuntime:
         belongs to the thread that first runs parallel work: set up from another thread, every
         step on the engine thread was 2-3x slower (1.5 vs 0.5 ms at batch 1)."""
         torch, spec, slots = self.torch, self._spec, self._slots
-        torch.set_num_threads(_threads())
+        torch.set_num_threads(_threads(self._threads))
         self.decode_fn = torch.jit.load(str(spec.file("decoder_torchscript")), map_location=self.device).eval()
         shape = (slots, spec.n_head, spec.D, spec.head_dim)
         self.k = [torch.zeros(shape, device=self.device) for _ in range(spec.n_layer)]
@@ -110,7 +111,8 @@ class TorchScriptRuntime:
 class OnnxRuntime:
     backend = "onnx"
 
-    def __init__(self, spec: ModelSpec, slots: int, device: str | None = None):
+    def __init__(self, spec: ModelSpec, slots: int, device: str | None = None, threads: int = 0,
+                 ort_spin: str | None = None):
         import onnxruntime as ort
 
         available = ort.get_available_providers()
@@ -118,10 +120,10 @@ class OnnxRuntime:
         providers = (["CUDAExecutionProvider"] if want_cuda else []) + ["CPUExecutionProvider"]
         self.device = "cuda" if want_cuda else "cpu"
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = _threads()
+        opts.intra_op_num_threads = _threads(threads)
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        _ort_spinning(opts)
+        _ort_spinning(opts, ort_spin)
         self.step_sess = ort.InferenceSession(str(spec.file("prior_step_onnx")), opts, providers=providers)
         self.decode_sess = ort.InferenceSession(str(spec.file("decoder_onnx")), opts, providers=providers)
         shape = (slots, spec.n_head, spec.D, spec.head_dim)
@@ -152,9 +154,11 @@ class OnnxRuntime:
         return self.decode_sess.run(None, {"codes": codes, "lengths": lengths})[0]
 
 
-def make_runtime(spec: ModelSpec, backend: str, slots: int, device: str | None = None) -> Runtime:
+def make_runtime(spec: ModelSpec, backend: str, slots: int, device: str | None = None, threads: int = 0,
+                 ort_spin: str | None = None) -> Runtime:
+    """threads 0 and ort_spin None: ANYTIME_THREADS / ANYTIME_ORT_SPIN, else all cores and `run`."""
     if backend == "torchscript":
-        return TorchScriptRuntime(spec, slots, device)
+        return TorchScriptRuntime(spec, slots, device, threads)
     if backend == "onnx":
-        return OnnxRuntime(spec, slots, device)
+        return OnnxRuntime(spec, slots, device, threads, ort_spin)
     raise ValueError(f"unknown backend {backend!r}; choose torchscript or onnx")

@@ -52,12 +52,7 @@ class ServiceState:
             spec = load_model_dir(path, s.backend, verify=s.verify_checksums)
             if spec.name in self.engines:
                 continue
-            import os
-
-            if s.threads:
-                os.environ["ANYTIME_THREADS"] = str(s.threads)
-            os.environ["ANYTIME_ORT_SPIN"] = s.ort_spin
-            runtime = make_runtime(spec, s.backend, s.max_batch, s.device)
+            runtime = make_runtime(spec, s.backend, s.max_batch, s.device, s.threads, s.ort_spin)
             config = SchedulerConfig(policy=s.policy, max_batch=s.max_batch, max_queue=s.max_queue,
                                      respond_margin_s=s.respond_margin_ms / 1000, safety=s.safety,
                                      quality_price=s.quality_price)
