@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.latency import median_time
+from service.core.latency import median_time
 
 from .machine import header
 
@@ -102,8 +102,8 @@ def run(model_dir: Path, out: Path, prior_checkpoint: Path | None = None, batche
 
 
 def _measure(model_dir, D, batches, repeats, prior_checkpoint, rows, decode, spin) -> None:
-    from service.model_dir import load_model_dir
-    from service.runtime import make_runtime
+    from service.core.model_dir import load_model_dir
+    from service.core.runtime import make_runtime
 
     for backend in ("torchscript", "onnx"):
         spec = load_model_dir(model_dir, backend)

@@ -1,29 +1,37 @@
-"""`anytime serve`: run the HTTP service with uvicorn; SIGTERM drains before exiting."""
+"""`anytime serve`: the whole server in one command.
+
+By default a supervisor (this process) starts the engine-core process, waits until its models
+are warm, binds the port and starts `--workers` HTTP frontend processes that share it. It
+forwards SIGTERM/SIGINT as a drain (frontends first, then the engine core) and exits non-zero
+as soon as any child dies unexpectedly, so an orchestrator restarts the whole server.
+`--workers 0` runs the engine core inside the one HTTP process instead.
+"""
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import logging
+import os
+import select
 import signal
+import socket
+import subprocess
 import sys
+import tempfile
 import time
 
 from .settings import Settings
 
 log = logging.getLogger("anytime.serve")
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="anytime serve", description="Serve exported models over HTTP. Every flag "
                                  "can also be set as an ANYTIME_<NAME> environment variable (HOST and PORT too).")
-    fields = Settings.model_fields
-    for name, f in fields.items():
+    for name, f in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
-        kind = f.annotation
-        help_text = (f.description or "") + f" (default: {f.default})"
-        if kind is bool:
+        default = f.default_factory() if f.default_factory else f.default
+        help_text = (f.description or "") + f" (default: {default})"
+        if f.annotation is bool:
             ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
             ap.add_argument(flag, default=None, help=help_text)
@@ -32,8 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from_args(argv: list[str]) -> Settings:
     args = build_parser().parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if v is not None}
-    return Settings(**overrides)
+    return Settings(**{k: v for k, v in vars(args).items() if v is not None})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,75 +51,140 @@ def main(argv: list[str] | None = None) -> int:
     from .logs import configure
 
     configure(settings.log_level)
-    import uvicorn
+    return serve_inprocess(settings) if settings.workers == 0 else Supervisor(settings).run()
 
-    from .app import create_app
-    from .model_dir import ModelDirError
-    from .state import ServiceState
 
-    state = ServiceState(settings)
+def serve_inprocess(settings: Settings) -> int:
+    from .core.engine_core import EngineCore
+    from .core.model_dir import ModelDirError
+    from .frontend.app import create_app
+    from .frontend.server import serve
+    from .inproc import InprocClient
+
+    core = EngineCore(settings)
     try:
-        state.load()
+        core.load()
     except ModelDirError as e:
-        log.error("cannot start: %s", e)
-        print(f"anytime serve: cannot start: {e}", file=sys.stderr)
-        return 2
+        return _cannot_start(str(e))
+    return serve(create_app(settings, InprocClient(core)), settings)
 
-    class DrainingServer(uvicorn.Server):
-        """First SIGTERM/SIGINT: readiness off and admission closed at once; exit when in-flight
-        work is answered (or after drain_timeout_s). A second signal exits immediately."""
 
-        draining = False
-        drained = False
+def _cannot_start(message: str) -> int:
+    log.error("cannot start: %s", message)
+    print(f"anytime serve: cannot start: {message}", file=sys.stderr)
+    return 2
 
-        @contextlib.contextmanager
-        def capture_signals(self):
-            # Signals reach handle_exit as event-loop callbacks, not as Python signal handlers
-            # that interrupt whatever the loop thread is doing: those could run between a
-            # request's readiness check and its admission, or re-enter a lock it holds (metrics,
-            # logging, thread start) and hang the process.
-            loop = asyncio.get_running_loop()
-            for sig in SIGNALS:
-                loop.add_signal_handler(sig, self.handle_exit, sig, None)
+
+class Supervisor:
+    POLL_S = 0.05
+    CORE_READY_TIMEOUT_S = 600.0
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.env = {**os.environ, "ANYTIME_PROCESS_SETTINGS": settings.model_dump_json()}
+        self.core: subprocess.Popen | None = None
+        self.workers: list[subprocess.Popen] = []
+        self.signals = 0
+
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        with tempfile.TemporaryDirectory(prefix="anytime-") as tmp:
+            address = f"ipc://{tmp}/core.sock"
+            error = self._start_core(address)
+            if error:
+                return _cannot_start(error)
+            if self.signals:  # stopped while the models loaded
+                return self._stop_core(0)
             try:
-                yield
-            finally:
-                for sig in SIGNALS:
-                    loop.remove_signal_handler(sig)
+                listener = socket.create_server((self.settings.host, self.settings.port), backlog=2048)
+            except OSError as e:
+                self._kill_all()
+                return _cannot_start(f"cannot listen on {self.settings.host}:{self.settings.port}: {e}")
+            listener.set_inheritable(True)
+            for i in range(self.settings.workers):
+                self.workers.append(self._spawn("service.frontend.worker", "--fd", str(listener.fileno()),
+                                                "--address", address, "--core-pid", str(self.core.pid),
+                                                pass_fds=(listener.fileno(),)))
+            listener.close()  # the workers hold it now
+            log.info("serving", extra={"workers": len(self.workers), "core_pid": self.core.pid,
+                                       "address": f"{self.settings.host}:{self.settings.port}"})
+            return self._supervise()
 
-        def handle_exit(self, sig, frame):
-            if self.draining:  # second signal: stop now, without waiting for connections
-                log.warning("second signal: exiting without finishing in-flight requests",
-                            extra={"in_flight": state.inflight})
-                self.should_exit = self.force_exit = True
-                return
-            self.draining = True
-            state.start_draining()
-            load = {"in_flight": state.inflight,
-                    "active_sequences": sum(e.active_sequences for e in state.engines.values()),
-                    "queued_sequences": sum(e.queued_sequences for e in state.engines.values())}
-            log.info("draining: admission closed, finishing %d in-flight requests", load["in_flight"], extra=load)
-            self._drain_task = asyncio.get_running_loop().create_task(self._drain(time.monotonic(), load["in_flight"]))
+    def _spawn(self, module: str, *args: str, pass_fds=()) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", module, *args], env=self.env, pass_fds=pass_fds)
 
-        async def _drain(self, started: float, in_flight: int) -> None:
-            end = started + settings.drain_timeout_s
-            while not state.idle() and time.monotonic() < end and not self.force_exit:
-                await asyncio.sleep(0.01)
-            # Admission closed on this loop at the signal, so nothing joined since: in_flight is
-            # exactly the requests this drain answered (or abandoned, on timeout).
-            self.drained = state.idle()
-            seconds = round(time.monotonic() - started, 3)
-            extra = {"drained": in_flight - state.inflight, "remaining": state.inflight, "seconds": seconds}
-            if self.drained:
-                log.info("drained %d in-flight requests in %.3f s", in_flight, seconds, extra=extra)
-            else:
-                log.error("drain incomplete after %.3f s: %d requests not answered", seconds, state.inflight,
-                          extra={**extra, "timeout_s": settings.drain_timeout_s})
-            self.should_exit = True
+    def _start_core(self, address: str) -> str | None:
+        """Start the engine core and wait until its models are warm; the error text otherwise."""
+        r, w = os.pipe()
+        self.core = self._spawn("service.core.process", "--address", address, "--ready-fd", str(w), pass_fds=(w,))
+        os.close(w)
+        with os.fdopen(r) as ready:
+            end = time.monotonic() + self.CORE_READY_TIMEOUT_S
+            while time.monotonic() < end:
+                if select.select([ready], [], [], self.POLL_S)[0]:
+                    line = ready.readline().strip()
+                    if line == "ready":
+                        return None
+                    self.core.wait(10)
+                    return line.removeprefix("error: ") or f"engine core exited with {self.core.poll()}"
+                if self.signals > 1:
+                    break
+        self._kill_all()
+        return "engine core did not become ready"
 
-    app = create_app(settings, state)
-    server = DrainingServer(uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
-                                           access_log=False, timeout_graceful_shutdown=5))
-    server.run()
-    # a drained shutdown is a clean exit (0); a timed-out drain or a second signal is not
-    return 0 if server.drained or not server.draining else 1
+    def _on_signal(self, signum, frame) -> None:
+        self.signals += 1
+        if self.signals == 1:
+            log.info("draining: frontends close admission and finish in-flight requests, then the engine core stops")
+        else:
+            log.warning("second signal: exiting without finishing in-flight requests")
+        children = self.workers if self.signals == 1 else [*self.workers, self.core]
+        for p in children:
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGTERM if self.signals == 1 else signal.SIGKILL)
+
+    def _supervise(self) -> int:
+        """Wait for a drain (signal) or a death; the exit status says which it was."""
+        while True:
+            time.sleep(self.POLL_S)
+            if self.core.poll() is not None:
+                log.error("engine core exited with %s; stopping the frontends", self.core.returncode)
+                self._stop_workers(grace_s=1.0)
+                return 1
+            dead = [p for p in self.workers if p.poll() is not None]
+            if dead and not self.signals:
+                log.error("a frontend worker exited with %s; stopping the server", dead[0].returncode)
+                self._stop_workers(grace_s=1.0)
+                self._stop_core(0)
+                return 1
+            if self.signals and len(dead) == len(self.workers):  # every frontend drained
+                status = max(p.returncode for p in self.workers)
+                return self._stop_core(status)
+
+    def _stop_workers(self, grace_s: float) -> None:
+        for p in self.workers:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        end = time.monotonic() + grace_s
+        while time.monotonic() < end and any(p.poll() is None for p in self.workers):
+            time.sleep(self.POLL_S)
+        for p in self.workers:
+            if p.poll() is None:
+                p.kill()
+
+    def _stop_core(self, status: int) -> int:
+        """Drain the engine core (nothing is in flight once the frontends are gone) and stop it."""
+        if self.core.poll() is None:
+            self.core.send_signal(signal.SIGTERM)
+            try:
+                self.core.wait(10)
+            except subprocess.TimeoutExpired:
+                self.core.kill()
+                return 1
+        return status if self.core.returncode == 0 else 1
+
+    def _kill_all(self) -> None:
+        for p in [*self.workers, self.core]:
+            if p is not None and p.poll() is None:
+                p.kill()

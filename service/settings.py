@@ -2,12 +2,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+import os
+from typing import Literal, get_args
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_ZOO = Path(__file__).resolve().parent.parent / "models" / "zoo"
+Policy = Literal["anytime", "fixed", "drop", "static"]
+POLICIES = get_args(Policy)  # the one list of scheduling policies (service/core/scheduler.py)
+
+
+def default_workers() -> int:
+    """HTTP worker processes beside the engine core: one per core beyond the first, at least
+    one (the engine core keeps a core busy under load; bench/results/split has the measurement)."""
+    return max(1, min(8, (os.cpu_count() or 1) - 1))
 
 
 class Settings(BaseSettings):
@@ -22,7 +31,9 @@ class Settings(BaseSettings):
     threads: int = Field(0, description="intra-op threads per runtime (0: all cores)")
     ort_spin: Literal["run", "on", "off"] = Field(
         "run", description="ONNX Runtime idle threads: spin only during a step (run), also after it (on), never (off)")
-    policy: Literal["anytime", "fixed", "drop", "static"] = "anytime"
+    workers: int = Field(default_factory=default_workers, ge=0, le=64, description="HTTP worker processes; "
+                         "0 runs the engine core inside the one HTTP process (default: cores - 1, at least 1)")
+    policy: Policy = "anytime"
     max_batch: int = Field(128, ge=1, le=4096, description="sequences stepped together per model")
     max_queue: int = Field(1024, ge=0, description="sequences admitted and waiting for a batch row")
     max_inflight: int = Field(4096, ge=1, description="HTTP requests in flight; beyond: 503 at once")

@@ -12,8 +12,8 @@ from models.audio import LogMel, fit_length, mel_filterbank, spectral_loss, wav_
 from models.data import Dataset, load_dataset
 from models.ovqvae import OVQVAE, InverseSTFTHead, OVQVAEConfig
 from models.presets import ovqvae_config
-from service.model_dir import load_model_dir
-from service.runtime import make_runtime
+from service.core.model_dir import load_model_dir
+from service.core.runtime import make_runtime
 from tests.utils.tiny_audio import CLASSES, FREQS, SAMPLE_RATE, cached_audio_model_dir, tone
 
 BACKENDS = ["torchscript", "onnx"]

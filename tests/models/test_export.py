@@ -7,9 +7,9 @@ import torch
 
 from models import checkpoint
 from models.prior import empty_cache, write_cache
-from service.model_dir import load_model_dir
-from service.runtime import make_runtime
-from service.sampling import sample_rows, sequence_rng
+from service.core.model_dir import load_model_dir
+from service.core.runtime import make_runtime
+from service.core.sampling import sample_rows, sequence_rng
 
 BACKENDS = ["torchscript", "onnx"]
 

@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from service.request import FinishReason, Status
+from service.core.request import FinishReason, Status
 from tests.utils.engine import make_engine, run, submit
 
 
@@ -152,10 +152,10 @@ def test_finishing_requests_are_decoded_and_answered_in_deadline_order(engine):
 
 
 def test_a_failing_start_up_profile_is_raised_by_start(tiny_model_dir):
-    from service.engine import Engine
-    from service.model_dir import load_model_dir
-    from service.runtime import make_runtime
-    from service.scheduler import SchedulerConfig
+    from service.core.engine import Engine
+    from service.core.model_dir import load_model_dir
+    from service.core.runtime import make_runtime
+    from service.core.scheduler import SchedulerConfig
 
     spec = load_model_dir(tiny_model_dir, "torchscript")
     runtime = make_runtime(spec, "torchscript", 4)

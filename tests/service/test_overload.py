@@ -9,17 +9,20 @@ from collections import Counter
 
 import httpx
 
-from service.errors import ApiError
-from service.request import Request
-from service.schemas import GenerateRequest
+from service.core.engine_core import EngineCore
+from service.core.request import Request
+from service.frontend.errors import ApiError
+from service.frontend.state import FrontendState
+from service.frontend.validation import GenerateRequest
+from service.inproc import InprocClient
 from service.settings import Settings
-from service.state import ServiceState
 from tests.utils.server import running_server
 
 
 def test_in_flight_limit_and_queue_limit_reject_fast(tiny_model_dir):
     with running_server(model_dirs=str(tiny_model_dir), max_inflight=2, max_queue=4, max_batch=4,
-                        test_step_delay_ms=30) as (base, state):
+                        test_step_delay_ms=30) as (base, core):
+        engine = core.engines["tiny"]
         results = []
 
         def slow():
@@ -29,7 +32,7 @@ def test_in_flight_limit_and_queue_limit_reject_fast(tiny_model_dir):
         for t in threads:
             t.start()
         end = time.monotonic() + 5
-        while state._inflight < 2 and time.monotonic() < end:
+        while engine.active_sequences + engine.queued_sequences < 2 and time.monotonic() < end:
             time.sleep(0.005)
         t0 = time.perf_counter()
         r = httpx.post(base + "/generate", json={"deadline_ms": 5000})
@@ -42,7 +45,6 @@ def test_in_flight_limit_and_queue_limit_reject_fast(tiny_model_dir):
         r = httpx.post(base + "/generate", json={"deadline_ms": 5000, "n": 5})
         assert r.status_code == 503 and "queue is full" in r.json()["error"]["message"]
         assert httpx.get(base + "/healthz").status_code == 200
-        engine = state.engines["tiny"]
         assert engine.active_sequences == 0 and engine.queued_sequences == 0
 
 
@@ -50,10 +52,12 @@ def test_overload_leaves_nothing_behind(tiny_model_dir):
     """Thousands of requests against small limits, through the same generate flow the routes
     use: answered, rejected (in-flight limit, full queue, deadline), expired and cancelled
     ones all let go of their Request objects, rows, queue entries and in-flight slots."""
-    state = ServiceState(Settings(model_dirs=str(tiny_model_dir), max_inflight=12, max_queue=24, max_batch=16,
-                                  test_step_delay_ms=2))
-    state.load()
-    engine = state.engines["tiny"]
+    core = EngineCore(Settings(model_dirs=str(tiny_model_dir), max_inflight=12, max_queue=24, max_batch=16,
+                               test_step_delay_ms=2, workers=0))
+    core.load()
+    state = FrontendState(core.settings, InprocClient(core))
+    asyncio.run(state.start())
+    engine = core.engines["tiny"]
     try:
         def live_requests() -> int:
             gc.collect()
@@ -88,19 +92,33 @@ def test_overload_leaves_nothing_behind(tiny_model_dir):
             await asyncio.gather(*tasks)
             return outcomes
 
+        def settled() -> None:  # cancelled requests leave the engine at its next iteration
+            end = time.monotonic() + 5
+            while engine.active_sequences or engine.queued_sequences or not engine.inbox.empty():
+                assert time.monotonic() < end, "the engine kept requests"
+                time.sleep(0.01)
+
         before = live_requests()
         first = asyncio.run(burst(50, 40))
+        settled()
+        gc.collect()  # count live objects, not garbage a later collection would free
         objects = len(gc.get_objects())
         second = asyncio.run(burst(50, 40))
+        settled()
+        gc.collect()
         growth = len(gc.get_objects()) - objects
         for outcomes in (first, second):
             assert sum(outcomes.values()) == 2000, outcomes
         seen = first + second
         assert all(seen[k] > 0 for k in ("answered", "cancelled", "overloaded", "queue is full", "deadline")), seen
+        end = time.monotonic() + 2  # the engine thread lets go of a finished request's last frame soon
+        while live_requests() > before and time.monotonic() < end:
+            time.sleep(0.05)
         assert live_requests() <= before, (first, second)
         assert growth < 500, (growth, first, second)  # a leak of one object per request would be 2000
-        assert state._inflight == 0
+        assert state.inflight == 0
         assert engine.active_sequences == 0 and engine.queued_sequences == 0
-        assert not engine.rows and not engine.running and not engine.waiting and engine.inbox.empty()
+        sched = engine.scheduler
+        assert not sched.rows and not sched.running and not sched.waiting and engine.inbox.empty()
     finally:
-        state.shutdown()
+        core.shutdown()

@@ -1,7 +1,7 @@
 """Token sampling: distribution, filters, determinism and independence from the batch."""
 import numpy as np
 
-from service.sampling import sample_rows, sequence_rng
+from service.core.sampling import sample_rows, sequence_rng
 
 
 def draw(logits, n=20000, temperature=1.0, top_k=0, top_p=1.0, seed=0):

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from service.latency import LatencyModel
-from service.request import FinishReason, Request, Sequence
-from service.scheduler import Scheduler, SchedulerConfig, future_gain_rate
+from service.core.latency import LatencyModel
+from service.core.request import FinishReason, Request, Sequence
+from service.core.scheduler import Scheduler, SchedulerConfig, future_gain_rate
 
 D = 64
 STEP = {1: 0.001, 8: 0.002, 64: 0.008}  # seconds per step vs batch
@@ -103,7 +103,8 @@ def test_an_idle_server_forgets_past_load():
     s.latency._recent = type(s.latency._recent)([(t - 10, sec, rows) for t, sec, rows in s.latency._recent], maxlen=8)
     assert s.latency.iteration_in_flight(1) == s.latency.step(1)  # aged out
     s.pressure = 1.0
-    s._pressure_at -= 60  # a minute without admissions
+    value, at = s.admission._pressure
+    s.admission._pressure = (value, at - 60)  # a minute without admissions
     assert s.pressure < 1e-6 and s.quality_cap() == D
 
 
@@ -184,7 +185,7 @@ def test_a_recent_overrun_is_kept_free_until_it_ages_out():
 def test_recent_max_is_the_maximum_of_the_window():
     import random
 
-    from service.latency import RecentMax
+    from service.core.latency import RecentMax
 
     m, seen = RecentMax(60.0), []
     for _ in range(500):

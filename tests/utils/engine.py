@@ -4,11 +4,11 @@ from __future__ import annotations
 import threading
 import time
 
-from service.engine import Engine
-from service.model_dir import load_model_dir
-from service.request import Request, SamplingParams
-from service.runtime import make_runtime
-from service.scheduler import SchedulerConfig
+from service.core.engine import Engine
+from service.core.model_dir import load_model_dir
+from service.core.request import Request, SamplingParams
+from service.core.runtime import make_runtime
+from service.core.scheduler import SchedulerConfig
 
 
 def make_engine(model_dir, backend="onnx", policy="anytime", max_batch=16, **kw) -> Engine:

@@ -1,5 +1,7 @@
-"""Real servers on loopback: uvicorn in a thread of the test process (so tests can reach the
-engine for fault hooks while talking HTTP to it), or an `anytime serve` process (for signals)."""
+"""Real servers on loopback: uvicorn in a thread of the test process with the engine core
+in-process (so tests can reach the engines for fault hooks while talking HTTP to them), or a
+whole `anytime serve` (supervisor, engine-core process, frontend workers) for signals and
+process-level behaviour."""
 from __future__ import annotations
 
 import socket
@@ -14,9 +16,10 @@ import httpx
 import uvicorn
 
 from bench.server_proc import wait_ready
-from service.app import create_app
+from service.core.engine_core import EngineCore
+from service.frontend.app import create_app
+from service.inproc import InprocClient
 from service.settings import Settings
-from service.state import ServiceState
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -29,10 +32,11 @@ def free_port() -> int:
 
 @contextmanager
 def running_server(**settings):
+    """Yields (base_url, core): the EngineCore serving it in this process."""
     port = free_port()
-    cfg = Settings(host="127.0.0.1", port=port, **settings)
-    state = ServiceState(cfg)
-    app = create_app(cfg, state)
+    cfg = Settings(host="127.0.0.1", port=port, workers=0, **settings)
+    core = EngineCore(cfg)
+    app = create_app(cfg, InprocClient(core))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -50,7 +54,7 @@ def running_server(**settings):
     else:
         raise RuntimeError("server did not become ready")
     try:
-        yield base, state
+        yield base, core
     finally:
         server.should_exit = True
         thread.join(10)
@@ -58,7 +62,7 @@ def running_server(**settings):
 
 @contextmanager
 def serve_process(model_dir, *flags: str, log_path: Path, ready_timeout: float = 60):
-    """A real `anytime serve` process on loopback, for tests that send it signals. Yields
+    """A real `anytime serve` on loopback, for tests that send it signals. Yields
     (base_url, Popen) once /readyz answers 200; the JSON log goes to log_path (a file, not a
     pipe: a chatty server must never block on a full pipe). Killed if still running at exit."""
     port = free_port()
@@ -73,3 +77,11 @@ def serve_process(model_dir, *flags: str, log_path: Path, ready_timeout: float =
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
+            _kill_children(proc.pid)
+
+
+def _kill_children(pid: int) -> None:
+    """A killed supervisor's engine core and workers exit by themselves soon; tests do not wait."""
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    for child in out:
+        subprocess.run(["kill", "-9", child], capture_output=True)

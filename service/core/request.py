@@ -71,7 +71,7 @@ class Request:
     finish_reason: FinishReason | None = None
     error: str | None = None
     error_status: int = 0  # HTTP status for failed requests: 503 (deadline), 500 (runtime)
-    cancelled: bool = False  # set by the HTTP side when the client goes away
+    cancelled: bool = False  # the client went away (set by the scheduler on a cancel command)
     compute_s: float = 0.0  # model time it took part in: batched steps with their sampling, decodes
     started: float | None = None  # first step
     finished: float | None = None

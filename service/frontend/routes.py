@@ -1,4 +1,4 @@
-"""HTTP routes: thin functions over ServiceState."""
+"""HTTP routes: thin functions over FrontendState."""
 from __future__ import annotations
 
 import json
@@ -8,22 +8,24 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from . import encoding
 from .errors import ApiError
-from .schemas import ErrorResponse, GenerateRequest, GenerateResponse, ModelInfo, ModelList, Preview, Sample
-from .state import Result, ServiceState
+from .schemas import ErrorResponse, GenerateResponse, ModelInfo, ModelList, Preview, Sample
+from .state import FrontendState, Result
+from .validation import GenerateRequest
 
 
-async def get_state(request: Request) -> ServiceState:  # async: no threadpool hop per request
-    return request.app.state.service
+async def get_state(request: Request) -> FrontendState:  # async: no threadpool hop per request
+    return request.app.state.frontend
 
 
-StateDep = Annotated[ServiceState, Depends(get_state)]
+StateDep = Annotated[FrontendState, Depends(get_state)]
 ERRORS = {code: {"model": ErrorResponse} for code in (401, 404, 413, 422, 500, 503)}
 
 router = APIRouter()
-STATIC = Path(__file__).resolve().parent / "static"
+STATIC = Path(__file__).resolve().parent.parent / "static"
 
 
 @router.post("/generate", response_model=GenerateResponse, responses={
@@ -32,40 +34,41 @@ async def generate(body: GenerateRequest, request: Request, state: StateDep):
     """Generate samples within deadline_ms; the server picks the token count k that fits."""
     arrival = request.state.arrival
     if body.stream:
-        return _stream(body, request, state)
+        return await _stream(body, request, state)
     result = await state.generate(body, arrival, request.state.request_id, request.receive)
     if result is None:  # client went away; nobody reads this
         return Response(status_code=499)
     return _encode(body, result, arrival, state)
 
 
-def _samples(samples, spec) -> list[Sample]:
-    encoded = [encoding.encode_one(s, spec.modality, spec.sample_rate) for s in samples]
+def _samples(samples, card) -> list[Sample]:
+    encoded = [encoding.encode_one(s, card.modality, card.sample_rate) for s in samples]
     return [Sample(data=encoding.b64(data), media_type=mt) for mt, data in encoded]
 
 
 def _meta(body: GenerateRequest, result: Result) -> dict:
-    r, spec = result.request, result.spec
-    label = spec.classes[r.label] if r.label is not None and spec.classes else None
-    return {"model": spec.name, "tokens": r.tokens, "max_tokens": spec.D, "quality": round(result.quality, 4),
-            "deadline_ms": body.deadline_ms, "seed": r.seed, "label": label,
-            "finish_reason": r.finish_reason.value, "request_id": r.request_id,
-            "compute_ms": round(r.compute_s * 1000, 3),
-            "engine_ms": round(((r.finished or r.arrival) - (r.started or r.finished or r.arrival)) * 1000, 3),
-            "queue_ms": round(((r.started or r.finished or r.arrival) - r.arrival) * 1000, 3)}
+    card, msg, out = result.card, result.request, result.output
+    label = card.classes[msg.label] if msg.label is not None and card.classes else None
+    started = out.started or out.finished or msg.arrival
+    finished = out.finished or msg.arrival
+    return {"model": card.name, "tokens": out.tokens, "max_tokens": card.D, "quality": round(result.quality, 4),
+            "deadline_ms": body.deadline_ms, "seed": msg.seed, "label": label,
+            "finish_reason": out.finish_reason, "request_id": msg.request_id,
+            "compute_ms": round(out.compute_s * 1000, 3),
+            "engine_ms": round((finished - started) * 1000, 3),
+            "queue_ms": round((started - msg.arrival) * 1000, 3)}
 
 
-def _json_payload(body: GenerateRequest, result: Result, arrival: float, state: ServiceState) -> GenerateResponse:
-    items = _samples(result.request.samples, result.spec)
+def _json_payload(body: GenerateRequest, result: Result, arrival: float, state: FrontendState) -> GenerateResponse:
+    items = _samples(result.samples, result.card)
     latency = time.monotonic() - arrival
     state.record(result, latency)
     return GenerateResponse(**_meta(body, result), latency_ms=round(latency * 1000, 3),
                             deadline_met=latency <= result.request.deadline_s, samples=items)
 
 
-def _encode(body: GenerateRequest, result: Result, arrival: float, state: ServiceState) -> Response:
-    r, spec = result.request, result.spec
-    samples = r.samples
+def _encode(body: GenerateRequest, result: Result, arrival: float, state: FrontendState) -> Response:
+    samples, card = result.samples, result.card
     meta = _meta(body, result)
     if body.format == "json":
         return JSONResponse(_json_payload(body, result, arrival, state).model_dump())
@@ -74,11 +77,11 @@ def _encode(body: GenerateRequest, result: Result, arrival: float, state: Servic
     elif body.format == "png":
         data, media = encoding.png_grid(samples), encoding.MEDIA_TYPES["png"]
     else:
-        data, media = encoding.wav(samples.reshape(-1), spec.sample_rate or 16000), encoding.MEDIA_TYPES["wav"]
+        data, media = encoding.wav(samples.reshape(-1), card.sample_rate), encoding.MEDIA_TYPES["wav"]
     latency = time.monotonic() - arrival
     headers = {f"X-Anytime-{k.replace('_', '-').title()}": str(v) for k, v in meta.items() if v is not None}
     headers["X-Anytime-Latency-Ms"] = f"{latency * 1000:.3f}"
-    headers["X-Anytime-Deadline-Met"] = str(latency <= r.deadline_s).lower()
+    headers["X-Anytime-Deadline-Met"] = str(latency <= result.request.deadline_s).lower()
     state.record(result, latency)
     return Response(content=data, media_type=media, headers=headers)
 
@@ -87,29 +90,28 @@ def _sse(event: str, data: dict) -> str:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
-def _stream(body: GenerateRequest, request: Request, state: ServiceState) -> StreamingResponse:
+async def _stream(body: GenerateRequest, request: Request, state: FrontendState) -> StreamingResponse:
     """Server-sent events: `preview` every preview_every tokens, then `final` (or `error`).
 
     Admission errors are raised here, before the stream starts, as plain JSON errors."""
     arrival = request.state.arrival
-    engine, req = state.prepare(body, arrival, request.state.request_id)
-    events = state.admit(engine, req)
-    spec = engine.spec
+    card, msg = state.prepare(body, arrival, request.state.request_id)
+    stream = await state.admit(card, msg)
 
     async def produce():
         finished = False
         try:
             while True:
-                kind, *payload = await events.get()
-                if kind == "preview":
-                    k, samples = payload
-                    yield _sse("preview", Preview(tokens=k, max_tokens=spec.D, quality=round(spec.quality(k), 4),
+                out, samples = await stream.events.get()
+                if not out.final:
+                    yield _sse("preview", Preview(tokens=out.tokens, max_tokens=card.D,
+                                                  quality=round(card.quality(out.tokens), 4),
                                                   elapsed_ms=round((time.monotonic() - arrival) * 1000, 3),
-                                                  samples=_samples(samples, spec)).model_dump())
+                                                  samples=_samples(samples, card)).model_dump())
                     continue
                 finished = True
                 try:
-                    result = state.outcome(engine, req)
+                    result = state.outcome(card, msg, out, samples)
                 except ApiError as e:
                     yield _sse("error", {"error": {"code": e.status, "message": e.message}})
                     return
@@ -118,7 +120,7 @@ def _stream(body: GenerateRequest, request: Request, state: ServiceState) -> Str
                 return
         finally:
             if not finished:  # the client went away mid-stream: free its rows
-                engine.cancel(req)
+                state.client.cancel(stream)
             state.release()
 
     return StreamingResponse(produce(), media_type="text/event-stream",
@@ -128,23 +130,23 @@ def _stream(body: GenerateRequest, request: Request, state: ServiceState) -> Str
 @router.get("/models", response_model=ModelList)
 async def list_models(state: StateDep):
     """The models this server serves."""
-    return ModelList(models=[_info(state, name) for name in state.engines])
+    return ModelList(models=[_info(state, name) for name in state.client.cards])
 
 
 @router.get("/models/{name}", responses=ERRORS)
 async def read_model(name: str, state: StateDep):
     """One model: its manifest, including the measured quality curve."""
-    engine = state.engine(name)
-    return {**_info(state, name).model_dump(), "manifest": engine.spec.manifest}
+    card = state.card(name)
+    return {**_info(state, name).model_dump(), "manifest": card.manifest}
 
 
-def _info(state: ServiceState, name: str) -> ModelInfo:
-    e = state.engines[name]
-    q = e.spec.manifest["quality"]
-    return ModelInfo(name=name, modality=e.spec.modality, D=e.spec.D, K=e.spec.K, classes=e.spec.classes,
-                     backend=e.runtime.backend, device=e.runtime.device, default=name == state.default_model,
+def _info(state: FrontendState, name: str) -> ModelInfo:
+    c = state.client.cards[name]
+    q = c.manifest["quality"]
+    return ModelInfo(name=name, modality=c.modality, D=c.D, K=c.K, classes=c.classes, backend=c.backend,
+                     device=c.device, default=name == state.client.default_model,
                      quality={"metric": q.get("metric", ""), "k": q["k"], "quality": q["quality"]},
-                     output=e.spec.manifest.get("output", {}))
+                     output=c.manifest.get("output", {}))
 
 
 @router.get("/", include_in_schema=False)
@@ -161,15 +163,22 @@ async def healthz():
 
 @router.get("/readyz", responses={503: {"model": ErrorResponse}})
 async def readyz(state: StateDep):
-    """Ready: models loaded and warmed up, admission open (503 while loading or draining)."""
+    """Ready: models loaded and warmed up in a live engine core, admission open (503 while
+    loading or draining, or when the engine core is gone)."""
     if state.draining:
         raise ApiError(503, "draining")
+    if not state.client.alive:
+        raise ApiError(503, "the engine core is not running")
     if not state.ready:
         raise ApiError(503, "loading models")
-    return {"status": "ready", "models": sorted(state.engines)}
+    return {"status": "ready", "models": sorted(state.client.cards)}
 
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(state: StateDep):
-    data, content_type = state.metrics.exposition()
-    return Response(data, media_type=content_type)
+    """The engine core's registry: one set of series whichever worker answers the scrape."""
+    try:
+        data = await state.client.metrics()
+    except (ConnectionError, TimeoutError) as e:
+        raise ApiError(503, f"metrics unavailable: {e}") from None
+    return Response(data, media_type=CONTENT_TYPE_LATEST)

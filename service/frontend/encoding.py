@@ -50,7 +50,7 @@ def sample_format(modality: str) -> str:
 
 def encode_one(sample: np.ndarray, modality: str, sample_rate: int | None) -> tuple[str, bytes]:
     fmt = sample_format(modality)
-    data = wav(sample, sample_rate or 16000) if fmt == "wav" else png(sample)
+    data = wav(sample, sample_rate) if fmt == "wav" else png(sample)
     return MEDIA_TYPES[fmt], data
 
 

@@ -1,7 +1,14 @@
-"""Deadline-aware scheduling: admission with a token budget, per-iteration finish decisions.
+"""Deadline-aware scheduling: admission with a token budget, per-iteration finish decisions,
+and the request lifecycle.
 
-The scheduler only does accounting on Request objects and the latency model; it never
-touches tensors. Policies (selected by configuration, all on the same engine):
+The scheduler owns request state (as vLLM v1's scheduler does): the waiting and running
+queues, statuses, KV-cache rows and expiry; the engine loop only executes what `schedule()`
+returns and reports back (`update_from_output`, `finish`). It never touches tensors. Two
+threads use it and each writes only its own part:
+
+- the admitting thread (the engine core's IPC thread, or the event loop in-process) calls
+  `admit()`, which writes only `AdmissionState` (the pressure EMA, the mean planned k);
+- the engine thread calls everything else and writes everything else. Policies (selected by configuration, all on the same engine):
 
 - anytime: budget from the deadline, the current batch and the latency model; a deadline
   guard stops a sequence when only decode-and-respond time is left; under pressure every
@@ -20,22 +27,32 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..settings import POLICIES, Settings
 from .latency import LatencyModel
-from .request import FinishReason, Request
+from .request import FinishReason, Request, Sequence, Status
 
-POLICIES = ("anytime", "fixed", "drop", "static")
+
+def _setting(name: str, scale: float = 1.0):
+    """A default of Settings, the one place each setting's default is written."""
+    return type(Settings.model_fields[name].default)(Settings.model_fields[name].default * scale) \
+        if scale != 1.0 else Settings.model_fields[name].default
 
 
 @dataclass
 class SchedulerConfig:
-    policy: str = "anytime"
-    max_batch: int = 128  # sequences stepped together (KV cache rows)
-    max_queue: int = 1024  # sequences admitted but waiting for a row
-    respond_margin_s: float = 0.002  # least time kept for encoding + response after the decode
-    safety: float = 1.25  # multiplies every predicted cost in deadline decisions
-    quality_price: float = 1.0  # price of a step at full pressure, in units of the mean slope 1/D
+    policy: str = _setting("policy")
+    max_batch: int = _setting("max_batch")  # sequences stepped together (KV cache rows)
+    max_queue: int = _setting("max_queue")  # sequences admitted but waiting for a row
+    respond_margin_s: float = _setting("respond_margin_ms", 1e-3)  # least time kept for encoding + response
+    safety: float = _setting("safety")  # multiplies every predicted cost in deadline decisions
+    quality_price: float = _setting("quality_price")  # price of a step at full pressure, in units of 1/D
     pressure_alpha: float = 0.05  # EMA weight of each admission in the pressure signal
     # pressure = EMA share of admissions that got fewer tokens than on an idle server
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> "SchedulerConfig":
+        return cls(policy=s.policy, max_batch=s.max_batch, max_queue=s.max_queue,
+                   respond_margin_s=s.respond_margin_ms / 1000, safety=s.safety, quality_price=s.quality_price)
 
 
 @dataclass
@@ -60,6 +77,54 @@ class IterationPlan:
     quiet_margin: float = 0.0
 
 
+@dataclass(frozen=True)
+class LoadSnapshot:
+    """The batch as the last plan left it, for admission on another thread."""
+
+    running_rows: int = 0
+    deadlines: tuple[float, ...] = ()  # running and waiting requests, earliest first
+    rows_before: tuple[int, ...] = (0,)  # rows_before[i]: rows of the requests before deadlines[i]
+
+    def rows_ahead_of(self, deadline: float) -> int:
+        return self.rows_before[bisect.bisect_left(self.deadlines, deadline)]
+
+
+class AdmissionState:
+    """What admission learns: written only by the admitting thread, read by the engine thread.
+    The pressure EMA and its time are one tuple, so a reader never sees half an update."""
+
+    HALF_LIFE_S = 2.0
+
+    def __init__(self, D: int):
+        self._pressure = (0.0, time.monotonic())  # EMA share of admissions whose tokens load took away
+        self.mean_planned = float(D)
+
+    @property
+    def pressure(self) -> float:
+        """The EMA, decayed by the time since the last admission (an idle server has none)."""
+        value, at = self._pressure
+        return value * 0.5 ** ((time.monotonic() - at) / self.HALF_LIFE_S)
+
+    @pressure.setter
+    def pressure(self, value: float) -> None:
+        self._pressure = (value, time.monotonic())
+
+    def observe_pressure(self, lost: float, alpha: float) -> None:
+        p = self.pressure
+        self.pressure = p + alpha * (lost - p)
+
+
+@dataclass
+class SchedulerOutput:
+    """What the engine executes this iteration; the scheduler has already updated request state."""
+
+    moves: list[tuple[int, int]] = field(default_factory=list)  # KV-cache row copies (src, dst), in order
+    answered: list[Request] = field(default_factory=list)  # finished with nothing to decode (cancelled, expired)
+    finish: list[tuple[Request, FinishReason]] = field(default_factory=list)  # decode, then finish
+    previews: list[Request] = field(default_factory=list)  # decode a streaming preview
+    plan: IterationPlan | None = None
+
+
 def future_gain_rate(quality: np.ndarray) -> np.ndarray:
     """g[k] = best average quality gain per further token from k: max_j (q[j]-q[k])/(j-k)."""
     D = len(quality) - 1
@@ -81,20 +146,30 @@ class Scheduler:
         # quality_cap(price) = first k with gain[k] < price = first k whose running minimum of
         # gain is below price; that running minimum falls, so its negation can be bisected
         self._neg_min_gain = (-np.minimum.accumulate(self.gain)).tolist()
-        self._pressure = 0.0  # EMA share of recent admissions whose tokens load took away
-        self._pressure_at = time.monotonic()
-        self.mean_planned = float(D)
-
-    PRESSURE_HALF_LIFE_S = 2.0
+        self.admission = AdmissionState(D)  # written by the admitting thread only
+        # ---- request state: written by the engine thread only ----
+        self.waiting: list[Request] = []  # admitted, not yet in the batch
+        self.running: list[Request] = []  # in the batch
+        self.rows: list[Sequence] = []  # rows[i] is the sequence in KV-cache row i
+        self.rows_changed = True  # rows joined or left since the engine last built its step inputs
+        self.taken_id = 0  # id of the last request taken from the engine's inbox
+        self.dequeued_rows = 0  # rows that left the waiting queue (admission counts the rest as queued)
+        self._cancelled: list[Request] = []
+        # what admission reads of the batch: (running rows, deadlines of running and waiting
+        # requests in order, rows with a deadline before each), replaced whole after each plan
+        self.load = LoadSnapshot()
 
     @property
     def pressure(self) -> float:
-        """The EMA, decayed by the time since the last admission (an idle server has none)."""
-        return self._pressure * 0.5 ** ((time.monotonic() - self._pressure_at) / self.PRESSURE_HALF_LIFE_S)
+        return self.admission.pressure
 
     @pressure.setter
     def pressure(self, value: float) -> None:
-        self._pressure, self._pressure_at = value, time.monotonic()
+        self.admission.pressure = value
+
+    @property
+    def mean_planned(self) -> float:
+        return self.admission.mean_planned
 
     # ---- budgets -------------------------------------------------------------------------
     def respond_margin(self) -> float:
@@ -154,7 +229,7 @@ class Scheduler:
             else:
                 # pressure: did load (not the deadline itself) take tokens from this request?
                 idle_fit = self.deadline_tokens(req, now, req.n, self.latency.step(1), 0)
-                self.pressure += c.pressure_alpha * (float(fit < min(cap, idle_fit)) - self.pressure)
+                self.admission.observe_pressure(float(fit < min(cap, idle_fit)), c.pressure_alpha)
                 k = min(cap, fit, max(req.min_tokens, self.quality_cap()))
         if k < max(1, req.min_tokens):
             need = "all tokens" if c.policy == "drop" else f"min_tokens={max(1, req.min_tokens)}"
@@ -164,7 +239,7 @@ class Scheduler:
         return self._accept(k)
 
     def _accept(self, k: int) -> Admission:
-        self.mean_planned += 0.05 * (k - self.mean_planned)
+        self.admission.mean_planned += 0.05 * (k - self.admission.mean_planned)
         return Admission(True, planned_tokens=k)
 
     def _retry_after(self, running: int) -> float:
@@ -258,3 +333,121 @@ class Scheduler:
                 until = min(until, r.deadline - c.safety * (step_cost + lat.finish_decode(r.n, ahead)) - margin)
                 ahead += r.n
         plan.quiet_steps, plan.quiet_until, plan.quiet_step_cost, plan.quiet_margin = steps, until, step_cost, margin
+
+    # ---- the request lifecycle (engine thread) ---------------------------------------------
+    def add(self, req: Request) -> None:
+        """An admitted request taken from the engine's inbox joins the waiting queue."""
+        self.waiting.append(req)
+        self.taken_id = req.id
+
+    def cancel(self, req: Request) -> None:
+        """The client went away: its rows are freed and it finishes at the next schedule()."""
+        if req.status is not Status.FINISHED and not req.cancelled:
+            req.cancelled = True
+            self._cancelled.append(req)
+
+    def has_news(self) -> bool:
+        """Something the last plan did not see: an arrival or a cancellation."""
+        return bool(self.waiting) or bool(self._cancelled)
+
+    def has_work(self) -> bool:
+        return bool(self.running) or bool(self.waiting) or bool(self._cancelled)
+
+    def schedule(self, now: float) -> SchedulerOutput:
+        """Plan this iteration and apply it to request state: cancelled and expired requests
+        finish, finishing requests leave their rows (the engine decodes them next), waiting
+        requests join the batch. Returns what the engine must execute."""
+        out = SchedulerOutput()
+        for r in self._cancelled:
+            if r.status is not Status.FINISHED:
+                self._leave(r, out.moves)
+                self.finish(r, FinishReason.CANCELLED)
+                out.answered.append(r)
+        self._cancelled.clear()
+        due = [r for r in self.running if r.preview_due()]
+        plan = self.plan(now, self.running, self.waiting, len(self.rows), preview_rows=sum(r.n for r in due))
+        for r in plan.expire:
+            self._leave(r, out.moves)
+            self.finish(r, FinishReason.ERROR, status=503,
+                        error="by the time the request could start, its deadline no longer fit min_tokens")
+            out.answered.append(r)
+        finishing = set()
+        for r, _ in plan.finish:
+            self._leave(r, out.moves)
+            finishing.add(r)
+        for r in plan.start:
+            self._start(r, now)
+        out.finish = plan.finish
+        out.previews = [r for r in due if r not in finishing]
+        out.plan = plan
+        self._publish_load()
+        return out
+
+    def update_from_output(self, tokens: list[int], compute_s: float) -> None:
+        """One step's sampled token for every row, in row order."""
+        for s, tok in zip(self.rows, tokens):
+            s.codes.append(tok)
+        for r in self.running:
+            r.compute_s += compute_s
+
+    def decoded(self, r: Request, samples, compute_s: float, reason: FinishReason | None) -> None:
+        """A decode of r's current prefix: its final samples (reason given) or a preview."""
+        r.compute_s += compute_s
+        if reason is None:
+            r.last_preview = r.tokens
+            return
+        r.samples = samples
+        self.finish(r, reason)
+
+    def fail(self, requests, message: str, status: int = 500) -> list[tuple[int, int]]:
+        """Finish requests with an error; returns the KV-cache row moves their leaving needs."""
+        moves: list[tuple[int, int]] = []
+        for r in requests:
+            if r.status is Status.FINISHED:
+                continue
+            self._leave(r, moves)
+            self.finish(r, FinishReason.ERROR, error=message, status=status)
+        self._publish_load()
+        return moves
+
+    def finish(self, r: Request, reason: FinishReason, error: str | None = None, status: int = 0) -> None:
+        r.status = Status.FINISHED
+        r.finish_reason, r.error, r.error_status = reason, error, status
+        r.finished = time.monotonic()
+        for s in r.sequences:
+            s.status, s.finish_reason = Status.FINISHED, reason
+
+    def _start(self, r: Request, now: float) -> None:
+        self.waiting.remove(r)
+        self.dequeued_rows += r.n
+        r.status, r.started = Status.RUNNING, now
+        self.rows_changed = True
+        for s in r.sequences:
+            s.slot, s.status = len(self.rows), Status.RUNNING
+            self.rows.append(s)
+        self.running.append(r)
+
+    def _leave(self, r: Request, moves: list[tuple[int, int]]) -> None:
+        """Take r out of the queues; its rows are filled with the last rows so rows stay 0..B-1."""
+        if r in self.waiting:
+            self.waiting.remove(r)
+            self.dequeued_rows += r.n
+        if r in self.running:
+            self.running.remove(r)
+        for s in r.sequences:
+            if s.slot < 0:
+                continue
+            self.rows_changed = True
+            last = self.rows.pop()
+            if last is not s:
+                moves.append((last.slot, s.slot))
+                last.slot = s.slot
+                self.rows[s.slot] = last
+            s.slot = -1
+
+    def _publish_load(self) -> None:
+        reqs = sorted(self.running + self.waiting, key=lambda r: r.deadline)
+        before = [0]
+        for r in reqs:
+            before.append(before[-1] + r.n)
+        self.load = LoadSnapshot(len(self.rows), tuple(r.deadline for r in reqs), tuple(before))

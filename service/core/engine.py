@@ -1,13 +1,16 @@
-"""The engine: one thread per model that owns all generation state.
+"""The engine: one thread per model that executes what its scheduler plans.
 
-Each iteration reads like the lifecycle: take new requests, schedule (finish / start),
-decode the finished, execute one batched prior step over every running sequence, update
-them with the sampled tokens. HTTP handlers only enqueue requests and wait on callbacks.
+Each iteration reads like the lifecycle: take new requests, schedule (the scheduler finishes,
+expires and starts requests and moves rows), decode the finished, execute one batched prior
+step over every running sequence, update the scheduler with the sampled tokens. Request state
+belongs to the scheduler; the runtime (KV cache, graphs) to this thread. Others only admit
+requests and put commands in the inbox; results leave through each request's callbacks.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import collections
 import queue
 import sys
 import threading
@@ -22,7 +25,7 @@ from .request import FinishReason, Request, SamplingParams, Sequence, Status
 from .runtime import Runtime
 from .profiling import profile_runtime
 from .sampling import SamplingBatch, sequence_rng
-from .scheduler import Admission, IterationPlan, Scheduler, SchedulerConfig
+from .scheduler import Admission, IterationPlan, Scheduler, SchedulerConfig, SchedulerOutput
 
 log = logging.getLogger("anytime.engine")
 
@@ -55,31 +58,28 @@ class Engine:
             self.profile_sizes.append(config.max_batch)
         self.scheduler: Scheduler | None = None
         self.latency: LatencyModel | None = None
-        self.inbox: queue.SimpleQueue[Request] = queue.SimpleQueue()
-        self.waiting: list[Request] = []
-        self.running: list[Request] = []
-        self.rows: list[Sequence] = []  # rows[i] is the sequence in KV cache row i
+        # Requests and commands for the engine thread: a Request (admitted), ("cancel", r),
+        # ("respond", seconds), ("reset",). Only the engine thread takes from it.
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         # Per-row step inputs, rebuilt only when rows join or leave (most steps just advance them)
-        self._rows_changed = True
         self._tokens = self._positions = np.zeros(0, dtype=np.int64)
         self._sampling: SamplingBatch | None = None
         self._quiet = IterationPlan()  # the last plan, and how long it holds (see iteration)
-        self._cancels = self._cancels_planned = 0
         self.ready = threading.Event()
         self.stopped = threading.Event()
         self._stop = False
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self.fault_hook = None  # tests: callable(batch_size) run before each step; may raise or sleep
-        # Rows admitted but not yet running, as two single-writer counters (HTTP side adds,
-        # engine thread removes) so no update is lost between threads.
+        # Admission's own bookkeeping (the admitting thread's): rows admitted in all, and the
+        # admitted requests the engine may not have taken from the inbox yet (id, deadline, n).
         self._admitted_rows = 0
-        self._dequeued_rows = 0
+        self._pending: collections.deque[tuple[int, float, int]] = collections.deque()
 
     # ---- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
-        # The engine thread shares the GIL with the HTTP event loop; a short switch interval
-        # bounds how long a ready step can wait for it (the default is 5 ms).
+        # The engine thread shares the GIL with the IPC thread (or the event loop in-process);
+        # a short switch interval bounds how long a ready step can wait for it (default 5 ms).
         sys.setswitchinterval(0.0005)
         profiled = threading.Event()
         failure: list[BaseException] = []
@@ -114,8 +114,9 @@ class Engine:
             req.on_done = lambda r: done.set()
             if self.admit(req).ok:
                 done.wait(60)
-        self.latency.reset_online()
-        self.scheduler.pressure = 0.0
+        self.inbox.put(("reset",))
+        self.scheduler.pressure = 0.0  # this (the admitting) thread's state
+
     def warmup(self) -> None:
         """Profile step and decode cost vs batch size; the latency model starts from it."""
         self.latency = profile_runtime(self.runtime, self.spec, self.profile_sizes)
@@ -130,47 +131,60 @@ class Engine:
             self._thread.join(timeout)
 
     @property
+    def rows(self) -> list[Sequence]:
+        return self.scheduler.rows if self.scheduler else []
+
+    @property
     def active_sequences(self) -> int:
-        return len(self.rows)
+        return len(self.scheduler.rows) if self.scheduler else 0
 
     @property
     def queued_sequences(self) -> int:
-        return self._admitted_rows - self._dequeued_rows
+        return self._admitted_rows - self.scheduler.dequeued_rows if self.scheduler else 0
 
-    # ---- admission (called from HTTP threads) ----------------------------------------------
+    # ---- admission (the admitting thread) --------------------------------------------------
     def new_request(self, *, n: int, seed: int, label: int | None, deadline_s: float, arrival: float,
-                    min_tokens: int, max_tokens: int, sampling: SamplingParams, request_id: str = "") -> Request:
+                    min_tokens: int, max_tokens: int, sampling: SamplingParams, request_id: str = "",
+                    preview_every: int = 0) -> Request:
         start = self.spec.unconditional_token if label is None else self.spec.start_token_base + label
         req = Request(model=self.spec.name, n=n, seed=seed, label=label, start_token=start, deadline_s=deadline_s,
-                      arrival=arrival, min_tokens=min_tokens, max_tokens=min(max_tokens, self.spec.D),
-                      sampling=sampling, request_id=request_id)
+                      arrival=arrival, min_tokens=min_tokens, max_tokens=max_tokens, sampling=sampling,
+                      request_id=request_id, preview_every=preview_every)
         req.sequences = [Sequence(req, i, sequence_rng(seed, i)) for i in range(n)]
         return req
 
     def admit(self, req: Request) -> Admission:
-        """Plan a budget (or reject), then enqueue; the engine thread picks it up next iteration."""
-        # rows decoded before it when they finish together: earlier deadlines (engine lists are
-        # read without a lock; a snapshot a step old is as good a bound as any)
-        ahead = sum(r.n for r in list(self.running) + list(self.waiting) if r.deadline < req.deadline)
-        adm = self.scheduler.admit(req, time.monotonic(), len(self.rows), self.queued_sequences, ahead)
+        """Plan a budget (or reject) from the load the engine last published, then hand the
+        request to the engine thread, which takes it before its next iteration."""
+        load, taken = self.scheduler.load, self.scheduler.taken_id
+        pending = self._pending
+        while pending and pending[0][0] <= taken:
+            pending.popleft()
+        # rows decoded before it when they finish together: those with earlier deadlines
+        ahead = load.rows_ahead_of(req.deadline) + sum(n for _, d, n in pending if d < req.deadline)
+        adm = self.scheduler.admit(req, time.monotonic(), load.running_rows, self.queued_sequences, ahead)
         if adm.ok:
             req.planned_tokens = adm.planned_tokens
             self._admitted_rows += req.n
-            self.inbox.put(req)
+            pending.append((req.id, req.deadline, req.n))
+            self.inbox.put(req)  # from here on the request belongs to the engine thread
             self._wake.set()
         return adm
 
     def cancel(self, req: Request) -> None:
-        """Mark a request cancelled (client went away); its rows are freed next iteration."""
-        req.cancelled = True
-        self._cancels += 1
+        """The client went away: the scheduler frees its rows next iteration."""
+        self.inbox.put(("cancel", req))
         self._wake.set()
+
+    def observe_respond(self, seconds: float) -> None:
+        """A request's time from leaving the engine to its response being ready (frontend side)."""
+        self.inbox.put(("respond", seconds))
 
     # ---- the loop --------------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
             self._take_new()
-            if not self.running and not self.waiting:
+            if not self.scheduler.has_work():
                 if self._stop:
                     break
                 self._wake.wait(0.05)
@@ -180,12 +194,20 @@ class Engine:
                 self.iteration()
             except Exception:  # never let one bad iteration kill the engine
                 log.exception("engine iteration failed")
-                self._fail(list(self.running), "internal engine error")
+                self._fail(list(self.scheduler.running), "internal engine error")
         self.stopped.set()
 
     def _take_new(self) -> None:
         while not self.inbox.empty():  # only this thread takes from the inbox
-            self.waiting.append(self.inbox.get_nowait())
+            item = self.inbox.get_nowait()
+            if isinstance(item, Request):
+                self.scheduler.add(item)
+            elif item[0] == "cancel":
+                self.scheduler.cancel(item[1])
+            elif item[0] == "respond":
+                self.latency.observe_respond(item[1])
+            elif item[0] == "reset":
+                self.latency.reset_online()
 
     def iteration(self) -> None:
         started = time.perf_counter()
@@ -195,37 +217,27 @@ class Engine:
             self._step_and_learn(started, 0.0)
             self.latency.observe_iteration(time.perf_counter() - started, 0)
             return
-        self._cancels_planned = self._cancels
-        self._drop_cancelled()
-        due = [r for r in self.running if r.preview_due()]
-        plan = self.scheduler.plan(now, self.running, self.waiting, len(self.rows),
-                                   preview_rows=sum(r.n for r in due))
-        for r in plan.expire:
-            self.waiting.remove(r)
-            self._dequeued_rows += r.n
-            self._finish_request(r, FinishReason.ERROR, status=503,
-                                 error="by the time the request could start, its deadline no longer fit min_tokens")
-        finishing = {r for r, _ in plan.finish}
-        previews = [r for r in due if r not in finishing]
-        decode_s = self._decode_and_finish(plan.finish, previews) if plan.finish or previews else 0.0
-        for r in plan.start:
-            self._start(r)
-        self._quiet = dataclasses.replace(plan, start=[], finish=[], expire=[])  # holds no requests
-        if self.rows:
+        out = self.scheduler.schedule(now)
+        self._move_rows(out.moves)
+        for r in out.answered:
+            self._done(r)
+        decode_s = self._decode(out) if out.finish or out.previews else 0.0
+        self._quiet = dataclasses.replace(out.plan, start=[], finish=[], expire=[])  # holds no requests
+        if self.scheduler.rows:
             self._step_and_learn(started, decode_s)
         self.latency.observe_iteration(time.perf_counter() - started,
-                                       sum(r.n for r, _ in plan.finish) + sum(r.n for r in previews))
+                                       sum(r.n for r, _ in out.finish) + sum(r.n for r in out.previews))
 
     def _still_quiet(self, now: float) -> bool:
         """The last plan still holds: nothing arrived or was cancelled, the clock is before the
         first deadline-guard stop it foresaw, and steps and margins cost no more than it assumed."""
         q = self._quiet
-        return (not self.waiting and self._cancels == self._cancels_planned and now <= q.quiet_until
-                and self.latency.step.paced(len(self.rows)) <= q.quiet_step_cost
+        return (not self.scheduler.has_news() and now <= q.quiet_until
+                and self.latency.step.paced(len(self.scheduler.rows)) <= q.quiet_step_cost
                 and self.scheduler.margin() <= q.quiet_margin)
 
     def _step_and_learn(self, started: float, decode_s: float) -> None:
-        B = len(self.rows)
+        B = len(self.scheduler.rows)
         predicted = self.latency.step.paced(B)  # what the deadline guard counted on
         self._step()
         # The latency model learns the whole iteration but its decode: the runtime call plus
@@ -234,49 +246,18 @@ class Engine:
         self.latency.jitter.observe(max(0.0, took - predicted))
         self.latency.step.observe(B, took)
 
-    def _start(self, r: Request) -> None:
-        self.waiting.remove(r)
-        self._dequeued_rows += r.n
-        r.status = Status.RUNNING
-        r.started = time.monotonic()
-        self._rows_changed = True
-        for s in r.sequences:
-            s.slot = len(self.rows)
-            s.status = Status.RUNNING
-            self.rows.append(s)
-        self.running.append(r)
-
-    def _release_rows(self, r: Request) -> None:
-        """Remove r's rows, moving the last rows into the holes so rows stay 0..B-1."""
-        self._rows_changed = True
-        for s in r.sequences:
-            if s.slot < 0:
-                continue
-            last = self.rows.pop()
-            if last is not s:
-                self.runtime.move_row(last.slot, s.slot)
-                last.slot = s.slot
-                self.rows[s.slot] = last
-            s.slot = -1
-        if r in self.running:
-            self.running.remove(r)
-
-    def _drop_cancelled(self) -> None:
-        for r in [r for r in self.running + self.waiting if getattr(r, "cancelled", False)]:
-            if r in self.waiting:
-                self.waiting.remove(r)
-                self._dequeued_rows += r.n
-            self._release_rows(r)
-            self._finish_request(r, FinishReason.CANCELLED)
+    def _move_rows(self, moves: list[tuple[int, int]]) -> None:
+        for src, dst in moves:
+            self.runtime.move_row(src, dst)
 
     DECODE_CHUNK_S = 0.002  # decode calls are split to about this cost so early deadlines go first
 
-    def _decode_and_finish(self, finishing: list[tuple[Request, FinishReason]], previews: list[Request] = ()) -> float:
+    def _decode(self, out: SchedulerOutput) -> float:
         """Decode the requests that finish now in deadline order, in chunks of about
         DECODE_CHUNK_S, answering each chunk as soon as it is decoded (a large decode of
         other requests never delays an earlier deadline); streaming previews go last.
         Returns the seconds spent decoding."""
-        jobs = sorted(finishing, key=lambda f: f[0].deadline) + [(r, None) for r in previews]
+        jobs = sorted(out.finish, key=lambda f: f[0].deadline) + [(r, None) for r in out.previews]
         chunk, rows, spent = [], 0, 0.0
         for job in jobs:
             n = job[0].n
@@ -302,10 +283,7 @@ class Engine:
             out = self.runtime.decode(codes, lengths)
         except Exception as e:  # a decoder failure fails only these requests
             log.exception("decode failed")
-            for r, _ in jobs:
-                self._release_rows(r)
-                self._finish_request(r, FinishReason.ERROR, error=f"decoder failed: {type(e).__name__}",
-                                     status=500)
+            self._fail([r for r, _ in jobs], f"decoder failed: {type(e).__name__}")
             return time.perf_counter() - t
         dt = time.perf_counter() - t
         self.latency.jitter.observe(max(0.0, dt - predicted))
@@ -313,16 +291,12 @@ class Engine:
         self._emit(DecodeStats(self.spec.name, self.runtime.backend, len(seqs), dt))
         i = 0
         for r, reason in jobs:
-            r.compute_s += dt
             samples = out[i : i + r.n]
             i += r.n
+            self.scheduler.decoded(r, samples, dt, reason)
             if reason is not None:
-                r.samples = samples
-                self._release_rows(r)
-                self._finish_request(r, reason)
-                continue
-            r.last_preview = r.tokens
-            if r.on_preview is not None:
+                self._done(r)
+            elif r.on_preview is not None:
                 try:
                     r.on_preview(r, r.tokens, samples)
                 except Exception:
@@ -330,13 +304,14 @@ class Engine:
         return dt
 
     def _step(self) -> None:
-        B = len(self.rows)
-        if self._rows_changed:
-            self._tokens = np.array([s.codes[-1] if s.codes else s.request.start_token for s in self.rows],
+        rows = self.scheduler.rows
+        B = len(rows)
+        if self.scheduler.rows_changed:
+            self._tokens = np.array([s.codes[-1] if s.codes else s.request.start_token for s in rows],
                                     dtype=np.int64)
-            self._positions = np.array([s.position for s in self.rows], dtype=np.int64)
+            self._positions = np.array([s.position for s in rows], dtype=np.int64)
             self._sampling = self._sampling_batch()
-            self._rows_changed = False
+            self.scheduler.rows_changed = False
         t = time.perf_counter()
         try:
             if self.fault_hook is not None:
@@ -344,49 +319,38 @@ class Engine:
             logits = self.runtime.step(self._tokens, self._positions)
         except Exception as e:  # fail the requests of this step only; the engine goes on
             log.exception("prior step failed")
-            self._fail(list(self.running), f"runtime step failed: {type(e).__name__}")
+            self._fail(list(self.scheduler.running), f"runtime step failed: {type(e).__name__}")
             return
         dt = time.perf_counter() - t
         self._emit(StepStats(self.spec.name, self.runtime.backend, B, dt))
         sampling = self._sampling
         if not np.isfinite(logits.sum()):  # one reduction; the per-row check only when needed
             finite = np.isfinite(logits).all(axis=1)
-            old_row = {id(s): i for i, s in enumerate(self.rows)}
-            bad = {self.rows[i].request for i in np.nonzero(~finite)[0]}
+            old_row = {id(s): i for i, s in enumerate(rows)}
+            bad = {rows[i].request for i in np.nonzero(~finite)[0]}
             self._fail(list(bad), "non-finite logits from the model")
-            if not self.rows:
+            rows = self.scheduler.rows
+            if not rows:
                 return
-            logits = logits[[old_row[id(s)] for s in self.rows]]
+            logits = logits[[old_row[id(s)] for s in rows]]
             sampling = self._sampling_batch()
-        new = sampling.sample(logits, np.array([s.rng.random() for s in self.rows]))
-        for s, tok in zip(self.rows, new.tolist()):
-            s.codes.append(tok)
+        new = sampling.sample(logits, np.array([s.rng.random() for s in rows]))
         self._tokens, self._positions = new, self._positions + 1
         # a request's compute: the runtime step and the sampling of its token
-        dt = time.perf_counter() - t
-        for r in self.running:
-            r.compute_s += dt
+        self.scheduler.update_from_output(new.tolist(), time.perf_counter() - t)
 
     def _sampling_batch(self) -> SamplingBatch:
-        sp = [s.request.sampling for s in self.rows]
+        sp = [s.request.sampling for s in self.scheduler.rows]
         return SamplingBatch(np.array([p.temperature for p in sp]), np.array([p.top_k for p in sp], dtype=np.int64),
                              np.array([p.top_p for p in sp]))
 
     def _fail(self, requests: list[Request], message: str) -> None:
-        for r in requests:
-            self._release_rows(r)
-            self._finish_request(r, FinishReason.ERROR, error=message, status=500)
+        live = [r for r in requests if r.status is not Status.FINISHED]
+        self._move_rows(self.scheduler.fail(live, message))
+        for r in live:
+            self._done(r)
 
-    def _finish_request(self, r: Request, reason: FinishReason, error: str | None = None,
-                        status: int = 0) -> None:
-        r.status = Status.FINISHED
-        r.finish_reason = reason
-        r.error = error
-        r.error_status = status
-        r.finished = time.monotonic()
-        for s in r.sequences:
-            s.status = Status.FINISHED
-            s.finish_reason = reason
+    def _done(self, r: Request) -> None:
         if r.on_done is not None:
             try:
                 r.on_done(r)

@@ -6,30 +6,30 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from ..settings import Settings
 from . import errors
 from .auth import ApiKeyAuth, load_keys
+from .core_client import EngineClient
 from .middleware import ArrivalAndLimits
 from .routes import router
-from .settings import Settings
-from .state import ServiceState
+from .state import FrontendState
 
 
-def create_app(settings: Settings | None = None, state: ServiceState | None = None) -> FastAPI:
-    """Build the app; models load (and warm up) in the lifespan, before readiness."""
-    settings = settings or Settings()
-    state = state or ServiceState(settings)
+def create_app(settings: Settings, client: EngineClient) -> FastAPI:
+    """Build the app over an engine client; it connects (and the models are ready) in the
+    lifespan, before readiness."""
+    state = FrontendState(settings, client)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        if not state.ready:
-            state.load()
+        await state.start()
         yield
-        state.shutdown()
+        await client.close()
 
     app = FastAPI(title="Anytime", version="0.1.0", lifespan=lifespan,
                   description="Deadline-aware serving of anytime generative models: the server turns each "
                               "request's deadline into a number of tokens, and always answers on time.")
-    app.state.service = state
+    app.state.frontend = state
     errors.install(app)
     app.include_router(router)
     keys = load_keys(settings.api_keys, settings.api_keys_file)

@@ -7,6 +7,8 @@ import logging
 import time
 import uuid
 
+from .validation import body_too_large
+
 access = logging.getLogger("anytime.access")
 
 
@@ -23,14 +25,8 @@ class ArrivalAndLimits:
         headers = dict(scope.get("headers") or [])
         rid = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex[:16]
         state["request_id"] = rid
-        length = headers.get(b"content-length")
-        if length is not None:
-            try:
-                too_big = int(length) > self.max_body
-            except ValueError:
-                too_big = True
-            if too_big:
-                return await _reject(send, rid, self.max_body)
+        if body_too_large(headers.get(b"content-length"), 0, self.max_body):
+            return await _reject(send, rid, self.max_body)
         # Read the (small, capped) body here so an oversized chunked upload is refused before
         # FastAPI parses anything; then replay it to the app once.
         body, more = b"", scope["method"] in ("POST", "PUT", "PATCH")
@@ -39,7 +35,7 @@ class ArrivalAndLimits:
             if msg["type"] != "http.request":
                 return  # client went away before sending its body
             body += msg.get("body", b"")
-            if len(body) > self.max_body:
+            if body_too_large(None, len(body), self.max_body):
                 return await _reject(send, rid, self.max_body)
             more = msg.get("more_body", False)
         replayed = False

@@ -1,0 +1,210 @@
+"""The frontend's handle on the engine core (vLLM v1's EngineCoreClient): `MPClient` talks to
+an engine-core process over ZeroMQ; service/inproc.py has the in-process twin. Both run on the
+frontend's event loop and give the same API: add (admission decision, then a queue of outputs),
+cancel, answered, metrics."""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import zmq
+import zmq.asyncio
+
+from .. import ipc
+from ..catalog import ModelCard
+
+log = logging.getLogger("anytime.frontend")
+
+ENGINE_DEAD = "the engine core is not running"
+
+
+@dataclass
+class Stream:
+    """An admitted request as the frontend sees it: its outputs arrive on `events` as
+    (ipc.Output, samples); the last has `final` set."""
+
+    id: int
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+
+
+class EngineClient:
+    """What the frontend needs of an engine core."""
+
+    cards: dict[str, ModelCard]
+    default_model: str | None
+
+    @property
+    def alive(self) -> bool:
+        raise NotImplementedError
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def add(self, msg: ipc.AddRequest) -> tuple[ipc.Admitted, Stream | None]: ...
+
+    def cancel(self, stream: Stream) -> None: ...
+
+    def answered(self, msg: ipc.Answered) -> None: ...
+
+    def rejected(self, model: str, reason: str) -> None: ...
+
+    async def metrics(self) -> bytes: ...
+
+    def _set_cards(self, info: dict) -> None:
+        self.default_model = info["default_model"]
+        self.cards = {name: ModelCard.from_manifest(m["manifest"], m["backend"], m["device"])
+                      for name, m in info["models"].items()}
+
+
+class MPClient(EngineClient):
+    """An engine core in another process: one DEALER socket, one reader task that routes each
+    reply to the request waiting for it. When the core process dies (watched through a pidfd),
+    every waiting request ends with a 503 at once and new ones are refused."""
+
+    def __init__(self, address: str, core_pid: int | None = None):
+        self.address, self.core_pid = address, core_pid
+        self.cards, self.default_model = {}, None
+        self._ids = itertools.count(1)
+        self._admissions: dict[int, asyncio.Future] = {}
+        self._streams: dict[int, Stream] = {}
+        self._replies: dict[bytes, asyncio.Future] = {}  # metrics / info queries, one at a time each
+        self._dead = False
+        self._ctx = zmq.asyncio.Context()
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._reader: asyncio.Task | None = None
+        self._pidfd: int | None = None
+
+    @property
+    def alive(self) -> bool:
+        return not self._dead
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    async def start(self, timeout: float = 30.0) -> None:
+        self._sock.connect(self.address)
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+        self._watch_core()
+        info = await asyncio.wait_for(self._query(ipc.INFO, ipc.INFO_REPLY), timeout)
+        self._set_cards(info)
+
+    async def close(self) -> None:
+        if self._reader:
+            self._reader.cancel()
+        if self._pidfd is not None:
+            asyncio.get_running_loop().remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+        self._sock.close(0)
+        self._ctx.term()
+
+    async def add(self, msg: ipc.AddRequest) -> tuple[ipc.Admitted, Stream | None]:
+        if self._dead:
+            return ipc.Admitted(msg.id, False, reason="engine_dead", message=ENGINE_DEAD, retry_after_s=1), None
+        fut = asyncio.get_running_loop().create_future()
+        stream = Stream(msg.id)
+        self._admissions[msg.id] = fut
+        self._streams[msg.id] = stream  # before sending: an output may follow the decision at once
+        await self._sock.send_multipart([ipc.ADD, ipc.encode(msg)])
+        adm = await fut
+        if not adm.ok:
+            self._streams.pop(msg.id, None)
+            return adm, None
+        return adm, stream
+
+    def cancel(self, stream: Stream) -> None:
+        if not self._dead and self._streams.pop(stream.id, None) is not None:
+            self._sock.send_multipart([ipc.CANCEL, ipc.encode(ipc.Cancel(stream.id))])
+
+    def answered(self, msg: ipc.Answered) -> None:
+        if not self._dead:
+            self._sock.send_multipart([ipc.ANSWERED, ipc.encode(msg)])
+
+    def rejected(self, model: str, reason: str) -> None:
+        if not self._dead:
+            self._sock.send_multipart([ipc.REJECTED, ipc.encode(ipc.Rejected(model, reason))])
+
+    async def metrics(self) -> bytes:
+        if self._dead:
+            return b""
+        return await asyncio.wait_for(self._query(ipc.METRICS, ipc.METRICS_TEXT), 10)
+
+    async def _query(self, kind: bytes, reply: bytes):
+        fut = self._replies.get(reply)
+        if fut is None or fut.done():  # concurrent queries share one round trip
+            fut = self._replies[reply] = asyncio.get_running_loop().create_future()
+            await self._sock.send_multipart([kind])
+        return await asyncio.shield(fut)
+
+    async def _read(self) -> None:
+        sock = self._sock
+        while True:
+            frames = await sock.recv_multipart()
+            kind = frames[0]
+            if kind == ipc.OUTPUT:
+                out = ipc.decode(kind, frames[1])
+                stream = self._streams.get(out.id)
+                if stream is None:  # cancelled meanwhile
+                    continue
+                if out.final:
+                    del self._streams[out.id]
+                stream.events.put_nowait((out, ipc.samples_from(out, frames[2] if len(frames) > 2 else None)))
+            elif kind == ipc.ADMITTED:
+                adm = ipc.decode(kind, frames[1])
+                fut = self._admissions.pop(adm.id, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(adm)
+            elif kind == ipc.METRICS_TEXT:
+                self._resolve(kind, frames[1])
+            elif kind == ipc.INFO_REPLY:
+                self._resolve(kind, ipc.decode(kind, frames[1]))
+
+    def _resolve(self, kind: bytes, value) -> None:
+        fut = self._replies.get(kind)
+        if fut is not None and not fut.done():
+            fut.set_result(value)
+
+    def _watch_core(self) -> None:
+        """End everything at once when the engine-core process exits: a pidfd becomes readable
+        then (Linux >= 5.3); without one, a periodic check."""
+        if self.core_pid is None:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            self._pidfd = os.pidfd_open(self.core_pid)
+            loop.add_reader(self._pidfd, self._core_died)
+        except (AttributeError, OSError):
+            loop.create_task(self._poll_core())
+
+    async def _poll_core(self) -> None:
+        while not self._dead:
+            try:
+                os.kill(self.core_pid, 0)
+            except ProcessLookupError:
+                self._core_died()
+            await asyncio.sleep(0.05)
+
+    def _core_died(self) -> None:
+        if self._dead:
+            return
+        self._dead = True
+        log.error("engine core exited; refusing requests", extra={"core_pid": self.core_pid})
+        if self._pidfd is not None:
+            asyncio.get_running_loop().remove_reader(self._pidfd)
+        for fut in self._admissions.values():
+            if not fut.done():
+                fut.set_result(ipc.Admitted(0, False, reason="engine_dead", message=ENGINE_DEAD, retry_after_s=1))
+        self._admissions.clear()
+        for stream in self._streams.values():
+            stream.events.put_nowait((ipc.Output(stream.id, True, 0, finish_reason="error", error=ENGINE_DEAD,
+                                                 error_status=503), None))
+        self._streams.clear()
+        for fut in self._replies.values():
+            if not fut.done():
+                fut.set_exception(ConnectionError(ENGINE_DEAD))

@@ -1,0 +1,150 @@
+"""A frontend worker's state: readiness, draining, requests in flight, and the generate flow
+(validate -> admit in the engine core -> wait for outputs -> report) that the routes call."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import ipc
+from ..catalog import ModelCard
+from ..settings import Settings
+from . import encoding
+from .core_client import EngineClient, Stream
+from .errors import ApiError
+from .validation import GenerateRequest, to_core_request
+
+log = logging.getLogger("anytime.frontend")
+
+
+@dataclass
+class Result:
+    """A finished generation, ready to encode."""
+
+    card: ModelCard
+    request: ipc.AddRequest
+    output: ipc.Output
+    samples: np.ndarray
+    quality: float
+
+
+class FrontendState:
+    def __init__(self, settings: Settings, client: EngineClient):
+        self.settings = settings
+        self.client = client
+        self.started = False
+        self.draining = False
+        self._inflight = 0
+
+    async def start(self) -> None:
+        await self.client.start()
+        # first use of the encoders (imports, codec set-up) happens here, not in a request
+        encoding.png(np.zeros((1, 8, 8), np.float32))
+        encoding.npy(np.zeros((1, 8), np.float32))
+        self.started = True
+
+    @property
+    def ready(self) -> bool:
+        """Models loaded and warmed up in a live engine core."""
+        return self.started and self.client.alive
+
+    def start_draining(self) -> None:
+        """Stop admission (readyz -> 503); in-flight work still completes."""
+        self.draining = True
+
+    @property
+    def inflight(self) -> int:
+        """HTTP requests admitted and not yet released."""
+        return self._inflight
+
+    def idle(self) -> bool:
+        return self._inflight == 0
+
+    async def wait_idle(self, timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and not self.idle():
+            await asyncio.sleep(0.01)
+        return self.idle()
+
+    # ---- requests --------------------------------------------------------------------------
+    def card(self, name: str | None) -> ModelCard:
+        name = name or self.client.default_model
+        card = self.client.cards.get(name)
+        if card is None:
+            raise ApiError(404, f"unknown model {name!r}; available: {', '.join(sorted(self.client.cards))}")
+        return card
+
+    def prepare(self, body: GenerateRequest, arrival: float, request_id: str) -> tuple[ModelCard, ipc.AddRequest]:
+        """Readiness, then every validation rule; the engine core's message."""
+        if not self.ready or self.draining:
+            reason = "server is draining" if self.draining else (
+                "models are still loading" if self.client.alive else "the engine core is not running")
+            raise ApiError(503, reason, {"Retry-After": "1"})
+        card = self.card(body.model)
+        return card, to_core_request(body, card, self.client.next_id(), arrival, request_id)
+
+    async def admit(self, card: ModelCard, msg: ipc.AddRequest) -> Stream:
+        """Admitted by the engine core, or ApiError 503. Pair every admit with release()."""
+        if self._inflight >= self.settings.max_inflight:
+            self.client.rejected(card.name, "overloaded")
+            raise ApiError(503, f"overloaded: {self._inflight} requests in flight", {"Retry-After": "1"})
+        self._inflight += 1
+        try:
+            adm, stream = await self.client.add(msg)
+        except BaseException:
+            self._inflight -= 1
+            raise
+        if not adm.ok:
+            self._inflight -= 1
+            status = 404 if adm.reason == "unknown_model" else 503
+            raise ApiError(status, adm.message, {"Retry-After": str(max(1, round(adm.retry_after_s)))})
+        return stream
+
+    def release(self) -> None:
+        self._inflight -= 1
+
+    def outcome(self, card: ModelCard, msg: ipc.AddRequest, out: ipc.Output, samples) -> Result | None:
+        """The finished request as a Result; None if cancelled; ApiError if it failed."""
+        if out.finish_reason == "cancelled":
+            return None
+        if out.error_status:
+            headers = {"Retry-After": "1"} if out.error_status == 503 else None
+            raise ApiError(out.error_status, out.error or "generation failed", headers)
+        return Result(card, msg, out, samples, card.quality(out.tokens))
+
+    async def generate(self, body: GenerateRequest, arrival: float, request_id: str, receive) -> Result | None:
+        """Admit, wait for the engine core, and return the result; None when the client went away.
+
+        `receive` is the ASGI receive of the request (its body already read): it returns only
+        when the client disconnects, so waiting on it costs nothing (no polling)."""
+        card, msg = self.prepare(body, arrival, request_id)
+        stream = await self.admit(card, msg)
+        done = asyncio.ensure_future(stream.events.get())  # a non-streaming request gets one event
+        gone = asyncio.ensure_future(_disconnected(receive))
+        try:
+            await asyncio.wait({done, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if not done.done():
+                done.cancel()
+                self.client.cancel(stream)  # the engine core frees its rows
+                return None
+            out, samples = done.result()
+            return self.outcome(card, msg, out, samples)
+        finally:
+            gone.cancel()
+            done.cancel()
+            self.release()
+
+    def record(self, result: Result, latency_s: float) -> None:
+        """Report an answered request; its time since leaving the engine teaches the scheduler
+        how long responding takes right now."""
+        out, msg = result.output, result.request
+        self.client.answered(ipc.Answered(result.card.name, latency_s, msg.deadline_s, out.tokens, result.quality,
+                                          msg.n, out.finish_reason, time.monotonic() - out.finished))
+
+
+async def _disconnected(receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass

@@ -1,0 +1,115 @@
+"""Where the frontend and the engine core meet: the messages they exchange and their wire form.
+
+In-process, the messages are passed as they are. Between processes they travel over ZeroMQ
+(`ipc://` sockets: a ROUTER in the engine core, one DEALER per frontend worker) as multipart
+messages: one kind byte, the message as msgpack (msgspec), and for outputs the samples as one
+raw float32 frame sent without a copy (vLLM v1 sends tensors the same way).
+"""
+from __future__ import annotations
+
+import msgspec
+import numpy as np
+
+
+class AddRequest(msgspec.Struct, array_like=True, gc=False):
+    """A validated generation request; `arrival` is CLOCK_MONOTONIC (system-wide) at the frontend."""
+
+    id: int  # unique per frontend connection
+    model: str
+    n: int
+    seed: int
+    label: int | None
+    deadline_s: float
+    arrival: float
+    min_tokens: int
+    max_tokens: int
+    temperature: float
+    top_k: int
+    top_p: float
+    preview_every: int
+    request_id: str
+
+
+class Admitted(msgspec.Struct, array_like=True, gc=False):
+    """The engine core's admission decision: a token budget, or a refusal with its reason."""
+
+    id: int
+    ok: bool
+    planned_tokens: int = 0
+    reason: str = ""  # refusals: deadline | queue_full | unknown_model
+    message: str = ""
+    retry_after_s: float = 0.0
+
+
+class Output(msgspec.Struct, array_like=True, gc=False):
+    """A preview or the end of a request. Samples (float32 `shape`) travel beside it."""
+
+    id: int
+    final: bool
+    tokens: int
+    shape: tuple[int, ...] = ()
+    finish_reason: str = ""
+    error: str | None = None
+    error_status: int = 0
+    started: float | None = None
+    finished: float | None = None
+    compute_s: float = 0.0
+
+
+class Answered(msgspec.Struct, array_like=True, gc=False):
+    """What a frontend reports of an answered request: the metrics, and the time the answer
+    spent in the frontend (the scheduler keeps that much time free: the respond margin)."""
+
+    model: str
+    latency_s: float
+    deadline_s: float
+    tokens: int
+    quality: float
+    n: int
+    reason: str
+    respond_s: float
+
+
+class Cancel(msgspec.Struct, array_like=True, gc=False):
+    id: int
+
+
+class Rejected(msgspec.Struct, array_like=True, gc=False):
+    """A refusal the frontend decided itself (too many requests in flight), for the metrics."""
+
+    model: str
+    reason: str
+
+
+# frame 0 of every message: what follows
+ADD, CANCEL, ANSWERED, REJECTED, METRICS, INFO = b"A", b"C", b"R", b"X", b"M", b"I"  # frontend -> core
+ADMITTED, OUTPUT, METRICS_TEXT, INFO_REPLY = b"a", b"o", b"m", b"i"  # core -> frontend
+
+_encoder = msgspec.msgpack.Encoder()
+encode = _encoder.encode
+DECODERS = {ADD: msgspec.msgpack.Decoder(AddRequest), CANCEL: msgspec.msgpack.Decoder(Cancel),
+            ANSWERED: msgspec.msgpack.Decoder(Answered), REJECTED: msgspec.msgpack.Decoder(Rejected),
+            ADMITTED: msgspec.msgpack.Decoder(Admitted),
+            OUTPUT: msgspec.msgpack.Decoder(Output)}
+_any = msgspec.msgpack.Decoder()
+
+
+def decode(kind: bytes, payload) -> object:
+    decoder = DECODERS.get(kind)
+    return decoder.decode(payload) if decoder else _any.decode(payload)
+
+
+def output_frames(out: Output, samples: np.ndarray | None) -> list:
+    """An output as frames; the samples buffer is sent as it is (the caller passes copy=False)."""
+    if samples is None:
+        return [OUTPUT, encode(out)]
+    samples = np.ascontiguousarray(samples, dtype=np.float32)
+    out.shape = samples.shape
+    return [OUTPUT, encode(out), memoryview(samples).cast("B")]
+
+
+def samples_from(out: Output, frame) -> np.ndarray | None:
+    """The samples of an output from its raw frame (no copy: a view of the received buffer)."""
+    if frame is None or not out.shape:
+        return None
+    return np.frombuffer(frame, dtype=np.float32).reshape(out.shape)
