@@ -19,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (("load", "open-loop load against one server"), ("sweep", "policies x offered loads"),
                        ("overhead", "HTTP + scheduling overhead on an idle server"),
                        ("soak", "minutes at a multiple of capacity: memory, health, attainment"),
-                       ("threads", "ONNX Runtime thread modes (spinning, count) under the same load")):
+                       ("threads", "ONNX Runtime thread modes (spinning, count) under the same load"),
+                       ("split", "in-process vs engine-core process + frontend workers: throughput ratios, overhead")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL)
         p.add_argument("--backend", default="onnx", choices=["onnx", "torchscript"])
@@ -81,6 +82,12 @@ def main(argv: list[str] | None = None) -> int:
             run(url, serve.last_pid, rate, args.load, args.duration, args.deadlines, args.n_mix, args.out,
                 args.sample_every)
         print((args.out / "soak.md").read_text())
+        return 0
+    if args.what == "split":
+        from .split import run
+
+        run(flags, args.model_dir, args.out)
+        print((args.out / "split.md").read_text())
         return 0
     if args.what == "threads":
         from .thread_modes import run

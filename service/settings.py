@@ -16,7 +16,7 @@ POLICIES = get_args(Policy)  # the one list of scheduling policies (service/core
 def default_workers() -> int:
     """HTTP worker processes beside the engine core: one per core beyond the first, at least
     one (the engine core keeps a core busy under load; bench/results/split has the measurement)."""
-    return max(1, min(8, (os.cpu_count() or 1) - 1))
+    return max(1, min(8, len(os.sched_getaffinity(0)) - 1))
 
 
 class Settings(BaseSettings):
