@@ -140,11 +140,17 @@ class LatencyModel:
         cutoff = time.monotonic() - self.RECENT_S
         return [r for r in list(self._recent) if r[0] >= cutoff]
 
-    def finish_decode(self, n: int, ahead: int | None = None) -> float:
+    def busiest_decode(self) -> int:
+        """Rows of the busiest decode in the recent iterations."""
+        return max((r[2] for r in self._fresh()), default=0)
+
+    def finish_decode(self, n: int, ahead: int | None = None, busiest: int | None = None) -> float:
         """Decoding n rows when they finish. The engine decodes in deadline order, so only rows
         that finish in the same iteration with an earlier deadline go first: `ahead` of them
-        when the caller knows that bound, and never more than the busiest recent decode."""
-        busiest = max((r[2] for r in self._fresh()), default=0)
+        when the caller knows that bound, and never more than the busiest recent decode
+        (`busiest`, when the caller has it at hand)."""
+        if busiest is None:
+            busiest = self.busiest_decode()
         return self.decode.paced(n + (busiest if ahead is None else min(ahead, busiest)))
 
     def iteration_in_flight(self, batch: int) -> float:

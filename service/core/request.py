@@ -80,10 +80,10 @@ class Request:
     preview_every: int = 0  # streaming: decode a preview every this many tokens (0: off)
     last_preview: int = 0
     on_preview: object = None  # callable(request, tokens, samples [n, ...])
+    deadline: float = field(init=False)  # absolute (monotonic): arrival + deadline_s, sorted by often
 
-    @property
-    def deadline(self) -> float:
-        return self.arrival + self.deadline_s
+    def __post_init__(self) -> None:
+        self.deadline = self.arrival + self.deadline_s
 
     @property
     def tokens(self) -> int:

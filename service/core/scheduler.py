@@ -21,7 +21,9 @@ threads use it and each writes only its own part:
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
+import operator
 import time
 from dataclasses import dataclass, field
 
@@ -30,6 +32,9 @@ import numpy as np
 from ..settings import POLICIES, Settings
 from .latency import LatencyModel
 from .request import FinishReason, Request, Sequence, Status
+
+
+_deadline = operator.attrgetter("deadline")
 
 
 def _setting(name: str, scale: float = 1.0):
@@ -280,8 +285,19 @@ class Scheduler:
         if c.policy == "anytime":
             continuing = []
             step_cost = lat.step.paced(rows)
-            for r in sorted(keep, key=lambda r: r.deadline):
-                need = c.safety * (dec_now + step_cost + lat.finish_decode(r.n, ahead_rows[-1])) + margin
+            busiest = lat.busiest_decode()
+            max_n = max((r.n for r in keep), default=0)
+            ordered = sorted(keep, key=_deadline)
+            for i, r in enumerate(ordered):
+                # past the latest deadline any request could fail by, every later one continues:
+                # the guard's test stays O(requests near their deadline), not O(batch)
+                if r.deadline > now + c.safety * (dec_now + step_cost + lat.decode.paced(max_n + busiest)) + margin:
+                    rest = ordered[i:]
+                    continuing += rest
+                    deadlines += [r.deadline for r in rest]
+                    ahead_rows += itertools.accumulate((r.n for r in rest), initial=ahead_rows.pop())
+                    break
+                need = c.safety * (dec_now + step_cost + lat.finish_decode(r.n, ahead_rows[-1], busiest)) + margin
                 if now + need > r.deadline and r.tokens >= 1:
                     plan.finish.append((r, FinishReason.DEADLINE_GUARD))
                     decode_rows += r.n
@@ -292,7 +308,7 @@ class Scheduler:
                     deadlines.append(r.deadline)
                     ahead_rows.append(ahead_rows[-1] + r.n)
         # 3. admit waiting requests into free rows (earliest deadline first for anytime)
-        order = sorted(waiting, key=lambda r: r.deadline) if c.policy == "anytime" else waiting
+        order = sorted(waiting, key=_deadline) if c.policy == "anytime" else waiting
         started_rows = 0  # rows started just now: earlier deadlines than the next in `order`
         for r in order:
             if rows + r.n > c.max_batch:
@@ -329,8 +345,12 @@ class Scheduler:
             return
         step_cost, until, ahead = lat.step.paced(rows), math.inf, 0
         if anytime:  # the guard's test of the next iterations, with no decode before their step
-            for r in sorted(continuing, key=lambda r: r.deadline):
-                until = min(until, r.deadline - c.safety * (step_cost + lat.finish_decode(r.n, ahead)) - margin)
+            busiest = lat.busiest_decode()
+            most = c.safety * (step_cost + lat.decode.paced(max(r.n for r in continuing) + busiest)) + margin
+            for r in sorted(continuing, key=_deadline):
+                if r.deadline - most >= until:  # no later deadline can come sooner
+                    break
+                until = min(until, r.deadline - c.safety * (step_cost + lat.finish_decode(r.n, ahead, busiest)) - margin)
                 ahead += r.n
         plan.quiet_steps, plan.quiet_until, plan.quiet_step_cost, plan.quiet_margin = steps, until, step_cost, margin
 
@@ -446,8 +466,6 @@ class Scheduler:
             s.slot = -1
 
     def _publish_load(self) -> None:
-        reqs = sorted(self.running + self.waiting, key=lambda r: r.deadline)
-        before = [0]
-        for r in reqs:
-            before.append(before[-1] + r.n)
-        self.load = LoadSnapshot(len(self.rows), tuple(r.deadline for r in reqs), tuple(before))
+        reqs = sorted(self.running + self.waiting, key=_deadline)
+        self.load = LoadSnapshot(len(self.rows), tuple(map(_deadline, reqs)),
+                                 tuple(itertools.accumulate((r.n for r in reqs), initial=0)))

@@ -223,3 +223,42 @@ def test_the_engine_plans_only_when_something_can_change(tiny_model_dir):
         assert req.tokens == 6 and len(calls) < 6
     finally:
         engine.stop(timeout=5)
+
+
+def test_a_waiting_request_is_budgeted_behind_the_rows_with_earlier_deadlines():
+    s = scheduler(max_batch=256)
+    # far deadlines (the guard's shortcut passes them in bulk) on both sides of the newcomer
+    running = [request(5000 + 100 * i, n=1 + i % 3, tokens=5, planned=D) for i in range(60)]
+    rows = sum(r.n for r in running)
+    s.latency.observe_iteration(0.001, 64)  # decodes of up to 64 rows happened recently
+    new = request(5000 + 100 * 30 + 50, planned=D)
+    plan = s.plan(100.0, running, [new], running_rows=rows)
+    assert plan.start == [new] and not plan.finish
+    ahead = sum(r.n for r in running if r.deadline < new.deadline)
+    assert new.planned_tokens == min(D, s.deadline_tokens(new, 100.0, rows + 1, 0.0, ahead))
+    # and the guard still stops a request near its deadline among many far ones
+    near = request(10, now=100.0 - 0.0065, tokens=3, planned=50)
+    plan = s.plan(100.0, running + [near], [], running_rows=rows + 1)
+    assert plan.finish == [(near, FinishReason.DEADLINE_GUARD)]
+
+
+def test_the_scheduler_owns_the_lifecycle():
+    """add -> schedule (rows assigned) -> tokens -> finish, with rows compacted by moves."""
+    s = scheduler(max_batch=8)
+    a, b, c = (request(1000, n=n, planned=3) for n in (2, 1, 2))
+    for r in (a, b, c):
+        s.add(r)
+    out = s.schedule(100.0)
+    assert out.moves == [] and [x.slot for r in (a, b, c) for x in r.sequences] == [0, 1, 2, 3, 4]
+    assert all(r.status.value == "running" for r in (a, b, c)) and not s.waiting
+    s.cancel(a)
+    out = s.schedule(100.0)  # a's rows 0-1 are filled by the last rows (4, then 3)
+    assert out.answered == [a] and a.finish_reason is FinishReason.CANCELLED
+    assert out.moves == [(4, 0), (3, 1)] and [q.slot for q in s.rows] == [0, 1, 2]
+    assert s.rows[0] is c.sequences[1] and s.rows[1] is c.sequences[0] and s.rows[2] is b.sequences[0]
+    for _ in range(3):
+        s.update_from_output([7] * len(s.rows), 0.001)
+    out = s.schedule(100.0)  # budgets of 3 reached: both leave their rows, decoded next
+    assert {r for r, _ in out.finish} == {b, c} and s.rows == [] and not s.running
+    s.decoded(b, np.zeros((1, 4)), 0.002, FinishReason.BUDGET)
+    assert b.status.value == "finished" and b.tokens == 3 and b.compute_s == pytest.approx(0.005)

@@ -1,0 +1,100 @@
+"""The whole server as it runs by default: a supervisor, an engine-core process and frontend
+worker processes. Same answers as in-process, metrics correct across workers, a dead engine
+core answered with 503 at once and a non-zero exit, and no import of the core in the frontend."""
+import ast
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.service.test_streaming import read_events
+from tests.utils.server import ROOT, running_server, serve_process
+
+
+def children(pid: int, pattern: str) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid), "-f", pattern], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def counter(text: str, name: str, **labels) -> float:
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    return 0.0
+
+
+def test_the_frontend_never_imports_the_core():
+    frontend = ROOT / "service" / "frontend"
+    for path in frontend.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                target = ("." * node.level) + (node.module or "")
+                assert not target.startswith("..core") and not target.startswith("service.core"), (path, target)
+                assert node.module not in ("inproc",) or node.level != 2, (path, target)
+    # and at run time: a worker's modules, loaded, pull in nothing of service.core (nor torch)
+    code = ("import sys, service.frontend.worker; bad = [m for m in sys.modules if m.startswith('service.core') "
+            "or m == 'torch' or m == 'onnxruntime']; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_split_server_matches_in_process_and_counts_across_workers(tiny_model_dir, tmp_path):
+    body = {"deadline_ms": 5000, "seed": 21, "n": 3, "label": "one"}
+    with running_server(model_dirs=str(tiny_model_dir)) as (base, _):
+        alone = httpx.post(base + "/generate", json=body).json()
+        npy_alone = httpx.post(base + "/generate", json={**body, "format": "npy"}).content
+    with serve_process(tiny_model_dir, "--workers", "2", log_path=tmp_path / "server.log") as (base, proc):
+        assert len(children(proc.pid, "service.frontend.worker")) == 2
+        assert len(children(proc.pid, "service.core.process")) == 1
+        with httpx.Client(base_url=base, timeout=30) as c:
+            split = c.post("/generate", json=body).json()
+            assert split["samples"] == alone["samples"] and split["tokens"] == alone["tokens"] == 8
+            assert c.post("/generate", json={**body, "format": "npy"}).content == npy_alone
+            with c.stream("POST", "/generate", json={**body, "stream": True, "preview_every": 4}) as r:
+                events = read_events(r)
+            assert [e for e, _ in events] == ["preview", "final"] and events[-1][1]["samples"] == alone["samples"]
+            assert c.post("/generate", json={"deadline_ms": 5000, "label": "nine"}).status_code == 404
+            assert c.post("/generate", json={"deadline_ms": 5000, "model": "nope"}).status_code == 404
+            # new connections spread over both workers; every scrape sees the one registry
+            for _ in range(20):
+                with httpx.Client(base_url=base, timeout=30) as fresh:
+                    assert fresh.post("/generate", json={"deadline_ms": 5000, "max_tokens": 2}).status_code == 200
+            time.sleep(0.2)  # answered-reports reach the engine core asynchronously
+            scrapes = [httpx.get(base + "/metrics").text for _ in range(6)]
+        ok = {counter(t, "anytime_requests_total", model="tiny", outcome="ok") for t in scrapes}
+        assert ok == {24.0}, ok  # 2 + stream + 20 + the npy one
+        assert {counter(t, "anytime_tokens_per_sample_count", model="tiny") for t in scrapes} == {3 * 4 + 20.0}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    log = (tmp_path / "server.log").read_text()
+    assert log.count("drained 0 in-flight requests") == 2 and "engine core drained" in log
+
+
+def test_a_killed_engine_core_means_503_at_once_and_a_non_zero_exit(tiny_model_dir, tmp_path):
+    with serve_process(tiny_model_dir, "--workers", "1", "--test-step-delay-ms", "200",
+                       log_path=tmp_path / "server.log") as (base, proc):
+        core = children(proc.pid, "service.core.process")[0]
+        results = {}
+
+        def slow():  # 8 steps of 200 ms: in flight when the core dies
+            t = time.monotonic()
+            r = httpx.post(base + "/generate", json={"deadline_ms": 10000}, timeout=10)
+            results["slow"] = (r.status_code, r.json(), time.monotonic() - t)
+
+        t = threading.Thread(target=slow)
+        t.start()
+        time.sleep(0.5)
+        killed = time.monotonic()
+        os.kill(core, signal.SIGKILL)
+        t.join(10)
+        status, body, _ = results["slow"]
+        assert status == 503 and "engine core" in body["error"]["message"]
+        assert time.monotonic() - killed < 1.0  # answered at once, not at its deadline
+        assert proc.wait(10) != 0  # the orchestrator restarts the server
+    assert "engine core exited" in (tmp_path / "server.log").read_text()
