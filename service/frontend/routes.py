@@ -103,6 +103,10 @@ async def _stream(body: GenerateRequest, request: Request, state: FrontendState)
         try:
             while True:
                 out, samples = await stream.events.get()
+                while not out.final and not stream.events.empty():
+                    # previews are best effort: when this stream is behind, only the newest is
+                    # worth encoding (a busy event loop must not spend itself on stale ones)
+                    out, samples = stream.events.get_nowait()
                 if not out.final:
                     yield _sse("preview", Preview(tokens=out.tokens, max_tokens=card.D,
                                                   quality=round(card.quality(out.tokens), 4),

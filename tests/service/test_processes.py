@@ -98,3 +98,34 @@ def test_a_killed_engine_core_means_503_at_once_and_a_non_zero_exit(tiny_model_d
         assert time.monotonic() - killed < 1.0  # answered at once, not at its deadline
         assert proc.wait(10) != 0  # the orchestrator restarts the server
     assert "engine core exited" in (tmp_path / "server.log").read_text()
+
+
+def test_a_frontend_busy_encoding_previews_leaves_short_requests_on_time(tiny_model_dir, tmp_path):
+    """Streams with a preview at every step (16 samples each, encoded in the frontends) keep the
+    frontends busy; short requests beside them are still answered on time, and refusals come
+    at once: the engine core paces itself in its own process, and the time answers spend in
+    the frontends is learned as the respond margin."""
+    body = '{"deadline_ms": 3000, "n": 16, "stream": true, "preview_every": 1}'
+    with serve_process(tiny_model_dir, "--workers", "2", log_path=tmp_path / "server.log") as (base, proc):
+        streams = subprocess.Popen(["hey", "-z", "7s", "-c", "4", "-m", "POST", "-T", "application/json", "-d", body,
+                                    base + "/generate"], stdout=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        answered, refused = [], []
+        with httpx.Client(base_url=base, timeout=5) as c:
+            end = time.monotonic() + 4
+            while time.monotonic() < end:
+                t = time.perf_counter()
+                r = c.post("/generate", json={"deadline_ms": 100})
+                ms = (time.perf_counter() - t) * 1000
+                (answered if r.status_code == 200 else refused).append((ms, r))
+                time.sleep(0.01)
+        out = streams.communicate(timeout=30)[0]
+    assert "[200]" in out and float(out.split("Requests/sec:")[1].split()[0]) > 5  # the streams ran
+    assert len(answered) > 50, (len(answered), len(refused))
+    assert all(r.json()["deadline_met"] for _, r in answered)
+    assert all(r.status_code == 503 for _, r in refused)
+    late = [ms for ms, _ in answered if ms > 100 + 20]  # 20 ms: this test's own client on the shared cores
+    assert len(late) <= len(answered) // 50, sorted(late)
+    if refused:
+        refusal_ms = sorted(ms for ms, _ in refused)
+        assert refusal_ms[len(refusal_ms) // 2] <= 10 and refusal_ms[-1] < 100, refusal_ms
