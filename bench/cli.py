@@ -20,7 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ("overhead", "HTTP + scheduling overhead on an idle server"),
                        ("soak", "minutes at a multiple of capacity: memory, health, attainment"),
                        ("threads", "ONNX Runtime thread modes (spinning, count) under the same load"),
-                       ("split", "in-process vs engine-core process + frontend workers: throughput ratios, overhead")):
+                       ("split", "in-process vs engine-core process + frontend workers: throughput ratios, overhead"),
+                       ("split-sweep", "the anytime policy in-process and split at the same offered loads")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL)
         p.add_argument("--backend", default="onnx", choices=["onnx", "torchscript"])
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.choices["threads"].add_argument("--load", type=float, default=2.0, help="multiple of full-length capacity")
     sweep = sub.choices["sweep"]
     sweep.add_argument("--loads", default="0.25,0.5,1,2,4")
+    sub.choices["split-sweep"].add_argument("--loads", default="0.25,0.5,1,2,4")
     sweep.add_argument("--policies", default="anytime,fixed,drop,static")
     return ap
 
@@ -82,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
             run(url, serve.last_pid, rate, args.load, args.duration, args.deadlines, args.n_mix, args.out,
                 args.sample_every)
         print((args.out / "soak.md").read_text())
+        return 0
+    if args.what == "split-sweep":
+        from .split_sweep import run
+
+        run(flags, [float(x) for x in args.loads.split(",")], args.duration, args.deadlines, args.n_mix, args.out)
+        print((args.out / "split-sweep.md").read_text())
         return 0
     if args.what == "split":
         from .split import run
