@@ -159,17 +159,3 @@ class LatencyModel:
         if batch <= 0:
             return 0.0
         return max(max((r[1] for r in self._fresh()), default=0.0), self.step(batch))
-
-    def capacity(self, D: int, max_batch: int) -> float:
-        """Samples per second at k = D with the best batch size (the full-length capacity)."""
-        best = 0.0
-        for b in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512):
-            if b > max_batch:
-                break
-            best = max(best, b / (D * self.step(b) + self.decode(b)))
-        return best
-
-    def snapshot(self) -> dict:
-        return {"step_factor": self.step.factor, "decode_factor": self.decode.factor,
-                "step_profile": dict(zip(self.step.sizes.astype(int).tolist(), self.step.costs.tolist())),
-                "decode_profile": dict(zip(self.decode.sizes.astype(int).tolist(), self.decode.costs.tolist()))}

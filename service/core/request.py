@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 import itertools
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -94,6 +93,3 @@ class Request:
         k = self.tokens
         return (self.preview_every > 0 and 0 < k < self.planned_tokens and k % self.preview_every == 0
                 and k != self.last_preview)
-
-    def remaining(self, now: float | None = None) -> float:
-        return self.deadline - (time.monotonic() if now is None else now)
