@@ -83,35 +83,48 @@ class CoreServer:
             self.router.send_multipart(frames, copy=False)
 
     def _serve(self) -> None:
-        core = self.core
         while True:
             try:
                 frontend, kind, *rest = self.router.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if kind == ipc.ADD:
-                msg = ipc.decode(kind, rest[0])
-                if self.draining:
-                    adm = ipc.Admitted(msg.id, False, reason="draining", message="server is draining",
-                                       retry_after_s=1)
-                else:
-                    adm, req = core.add(msg, self.on_output(frontend))
-                    if req is not None:
-                        self.live[(frontend, msg.id)] = req
-                self.router.send_multipart([frontend, ipc.ADMITTED, ipc.encode(adm)])
-            elif kind == ipc.CANCEL:
-                req = self.live.pop((frontend, ipc.decode(kind, rest[0]).id), None)
+            try:
+                self._handle(frontend, kind, rest)
+            except Exception:  # a malformed or failing message costs only its own request
+                log.exception("engine core: message failed", extra={"kind": kind.decode(errors="replace")})
+                if kind == ipc.ADD and rest:
+                    try:
+                        rid = ipc.decode(kind, rest[0]).id
+                    except Exception:
+                        continue
+                    self.router.send_multipart([frontend, ipc.ADMITTED, ipc.encode(ipc.Admitted(
+                        rid, False, reason="error", message="the engine core could not take the request"))])
+
+    def _handle(self, frontend: bytes, kind: bytes, rest: list[bytes]) -> None:
+        core = self.core
+        if kind == ipc.ADD:
+            msg = ipc.decode(kind, rest[0])
+            if self.draining:
+                adm = ipc.Admitted(msg.id, False, reason="draining", message="server is draining",
+                                   retry_after_s=1)
+            else:
+                adm, req = core.add(msg, self.on_output(frontend))
                 if req is not None:
-                    core.cancel(req)
-            elif kind == ipc.ANSWERED:
-                core.answered(ipc.decode(kind, rest[0]))
-            elif kind == ipc.REJECTED:
-                msg = ipc.decode(kind, rest[0])
-                core.metrics.rejected(msg.model, msg.reason)
-            elif kind == ipc.METRICS:
-                self.router.send_multipart([frontend, ipc.METRICS_TEXT, core.metrics_text()])
-            elif kind == ipc.INFO:
-                self.router.send_multipart([frontend, ipc.INFO_REPLY, ipc.encode(core.info())])
+                    self.live[(frontend, msg.id)] = req
+            self.router.send_multipart([frontend, ipc.ADMITTED, ipc.encode(adm)])
+        elif kind == ipc.CANCEL:
+            req = self.live.pop((frontend, ipc.decode(kind, rest[0]).id), None)
+            if req is not None:
+                core.cancel(req)
+        elif kind == ipc.ANSWERED:
+            core.answered(ipc.decode(kind, rest[0]))
+        elif kind == ipc.REJECTED:
+            msg = ipc.decode(kind, rest[0])
+            core.metrics.rejected(msg.model, msg.reason)
+        elif kind == ipc.METRICS:
+            self.router.send_multipart([frontend, ipc.METRICS_TEXT, core.metrics_text()])
+        elif kind == ipc.INFO:
+            self.router.send_multipart([frontend, ipc.INFO_REPLY, ipc.encode(core.info())])
 
     def close(self) -> None:
         self.router.close(0)

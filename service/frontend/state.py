@@ -99,8 +99,9 @@ class FrontendState:
             raise
         if not adm.ok:
             self._inflight -= 1
-            status = 404 if adm.reason == "unknown_model" else 503
-            raise ApiError(status, adm.message, {"Retry-After": str(max(1, round(adm.retry_after_s)))})
+            status = {"unknown_model": 404, "error": 500}.get(adm.reason, 503)
+            headers = {"Retry-After": str(max(1, round(adm.retry_after_s)))} if status == 503 else None
+            raise ApiError(status, adm.message, headers)
         return stream
 
     def release(self) -> None:

@@ -129,3 +129,43 @@ def test_a_frontend_busy_encoding_previews_leaves_short_requests_on_time(tiny_mo
     if refused:
         refusal_ms = sorted(ms for ms, _ in refused)
         assert refusal_ms[len(refusal_ms) // 2] <= 10 and refusal_ms[-1] < 100, refusal_ms
+
+
+def test_the_engine_core_survives_malformed_messages(tiny_model_dir, tmp_path):
+    import asyncio
+
+    import zmq
+
+    from service import ipc
+    from service.frontend.core_client import MPClient
+    from service.settings import Settings
+
+    address = f"ipc://{tmp_path}/core.sock"
+    r, w = os.pipe()
+    env = {**os.environ, "ANYTIME_PROCESS_SETTINGS": Settings(model_dirs=str(tiny_model_dir)).model_dump_json()}
+    core = subprocess.Popen([sys.executable, "-m", "service.core.process", "--address", address, "--ready-fd", str(w)],
+                            cwd=ROOT, env=env, pass_fds=(w,))
+    os.close(w)
+    try:
+        assert os.fdopen(r).readline().strip() == "ready"
+        raw = zmq.Context.instance().socket(zmq.DEALER)
+        raw.connect(address)
+        for frames in ([ipc.ADD, b"\xc1garbage"], [b"Z", b"?"], [ipc.CANCEL], [ipc.ANSWERED, b"\x90"]):
+            raw.send_multipart(frames)
+        raw.close(0)
+
+        async def go():
+            client = MPClient(address, core.pid)
+            await client.start()
+            msg = ipc.AddRequest(client.next_id(), "tiny", 2, 5, None, 5.0, time.monotonic(), 1, 8, 1.0, 0, 1.0, 0, "")
+            adm, stream = await client.add(msg)
+            out, samples = await stream.events.get()
+            await client.close()
+            return adm, out, samples
+
+        adm, out, samples = asyncio.run(go())
+        assert adm.ok and out.final and out.tokens == 8 and samples.shape[0] == 2
+        assert core.poll() is None
+    finally:
+        core.terminate()
+        assert core.wait(10) == 0
