@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from dataclasses import dataclass
 
 from . import ipc
@@ -46,6 +47,7 @@ class InprocClient(EngineClient):
         put = stream.events.put_nowait
 
         def on_output(out: ipc.Output, samples) -> None:  # on an engine thread
+            out.received = time.monotonic()
             if not loop.is_closed():
                 loop.call_soon_threadsafe(put, (out, samples))
 

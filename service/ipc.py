@@ -54,6 +54,7 @@ class Output(msgspec.Struct, array_like=True, gc=False):
     started: float | None = None
     finished: float | None = None
     compute_s: float = 0.0
+    received: float = 0.0  # when the frontend got it (set there; how long it has been queued)
 
 
 class Answered(msgspec.Struct, array_like=True, gc=False):

@@ -8,6 +8,7 @@ import asyncio
 import itertools
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -154,6 +155,7 @@ class MPClient(EngineClient):
                     continue
                 if out.final:
                     del self._streams[out.id]
+                out.received = time.monotonic()
                 stream.events.put_nowait((out, ipc.samples_from(out, frames[2] if len(frames) > 2 else None)))
             elif kind == ipc.ADMITTED:
                 adm = ipc.decode(kind, frames[1])

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, Response, StreamingResponse
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from . import encoding
@@ -25,6 +25,7 @@ StateDep = Annotated[FrontendState, Depends(get_state)]
 ERRORS = {code: {"model": ErrorResponse} for code in (401, 404, 413, 422, 500, 503)}
 
 router = APIRouter()
+STALE_S = 0.02  # a preview queued this long while a newer event waits is skipped
 STATIC = Path(__file__).resolve().parent.parent / "static"
 
 
@@ -70,8 +71,8 @@ def _json_payload(body: GenerateRequest, result: Result, arrival: float, state: 
 def _encode(body: GenerateRequest, result: Result, arrival: float, state: FrontendState) -> Response:
     samples, card = result.samples, result.card
     meta = _meta(body, result)
-    if body.format == "json":
-        return JSONResponse(_json_payload(body, result, arrival, state).model_dump())
+    if body.format == "json":  # pydantic-core writes the JSON: no dict and json.dumps in between
+        return Response(_json_payload(body, result, arrival, state).model_dump_json(), media_type="application/json")
     if body.format == "npy":
         data, media = encoding.npy(samples), encoding.MEDIA_TYPES["npy"]
     elif body.format == "png":
@@ -86,8 +87,9 @@ def _encode(body: GenerateRequest, result: Result, arrival: float, state: Fronte
     return Response(content=data, media_type=media, headers=headers)
 
 
-def _sse(event: str, data: dict) -> str:
-    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+def _sse(event: str, data) -> str:
+    text = data.model_dump_json() if hasattr(data, "model_dump_json") else json.dumps(data, separators=(",", ":"))
+    return f"event: {event}\ndata: {text}\n\n"
 
 
 async def _stream(body: GenerateRequest, request: Request, state: FrontendState) -> StreamingResponse:
@@ -103,15 +105,15 @@ async def _stream(body: GenerateRequest, request: Request, state: FrontendState)
         try:
             while True:
                 out, samples = await stream.events.get()
-                while not out.final and not stream.events.empty():
-                    # previews are best effort: when this stream is behind, only the newest is
-                    # worth encoding (a busy event loop must not spend itself on stale ones)
+                while not out.final and not stream.events.empty() and time.monotonic() - out.received > STALE_S:
+                    # previews are best effort: when this stream has fallen behind, only the
+                    # newest is worth encoding (a busy event loop must not spend itself on stale ones)
                     out, samples = stream.events.get_nowait()
                 if not out.final:
                     yield _sse("preview", Preview(tokens=out.tokens, max_tokens=card.D,
                                                   quality=round(card.quality(out.tokens), 4),
                                                   elapsed_ms=round((time.monotonic() - arrival) * 1000, 3),
-                                                  samples=_samples(samples, card)).model_dump())
+                                                  samples=_samples(samples, card)))
                     continue
                 finished = True
                 try:
@@ -120,7 +122,7 @@ async def _stream(body: GenerateRequest, request: Request, state: FrontendState)
                     yield _sse("error", {"error": {"code": e.status, "message": e.message}})
                     return
                 if result is not None:
-                    yield _sse("final", _json_payload(body, result, arrival, state).model_dump())
+                    yield _sse("final", _json_payload(body, result, arrival, state))
                 return
         finally:
             if not finished:  # the client went away mid-stream: free its rows
