@@ -13,6 +13,17 @@ Policy = Literal["anytime", "fixed", "drop", "static"]
 POLICIES = get_args(Policy)  # the one list of scheduling policies (service/core/scheduler.py)
 
 
+def die_with_parent() -> None:
+    """Linux: this process gets SIGKILL when the supervisor that started it dies, however it
+    dies (a SIGKILLed supervisor cannot stop its children itself); elsewhere, nothing."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+    except (OSError, AttributeError):
+        pass
+
+
 def default_workers() -> int:
     """HTTP worker processes beside the engine core: one per core beyond the first, at least
     one (the engine core keeps a core busy under load; bench/results/split has the measurement)."""

@@ -19,7 +19,7 @@ import zmq
 
 from .. import ipc
 from ..logs import configure
-from ..settings import Settings
+from ..settings import Settings, die_with_parent
 from .engine_core import EngineCore
 from .model_dir import ModelDirError
 
@@ -136,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--address", required=True)
     ap.add_argument("--ready-fd", type=int, required=True, help="written 'ready' (or the error) once models are warm")
     args = ap.parse_args(argv)
+    die_with_parent()
     settings = Settings.model_validate_json(os.environ["ANYTIME_PROCESS_SETTINGS"])
     configure(settings.log_level)
     parent = os.getppid()

@@ -10,7 +10,7 @@ import socket
 import sys
 
 from ..logs import configure
-from ..settings import Settings
+from ..settings import Settings, die_with_parent
 from .app import create_app
 from .core_client import MPClient
 from .server import serve
@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--address", required=True, help="the engine core's ZeroMQ address")
     ap.add_argument("--core-pid", type=int, required=True)
     args = ap.parse_args(argv)
+    die_with_parent()
     settings = Settings.model_validate_json(os.environ["ANYTIME_PROCESS_SETTINGS"])
     configure(settings.log_level)
     sock = socket.socket(fileno=args.fd)

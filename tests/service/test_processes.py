@@ -170,3 +170,16 @@ def test_the_engine_core_survives_malformed_messages(tiny_model_dir, tmp_path):
     finally:
         core.terminate()
         assert core.wait(10) == 0
+
+
+def test_a_killed_supervisor_takes_its_children_with_it(tiny_model_dir, tmp_path):
+    with serve_process(tiny_model_dir, "--workers", "2", log_path=tmp_path / "server.log") as (base, proc):
+        kids = children(proc.pid, "service")
+        assert len(kids) == 3
+        proc.kill()
+        proc.wait(5)
+        end = time.monotonic() + 5
+        while any(Path(f"/proc/{k}").exists() and "zombie" not in Path(f"/proc/{k}/status").read_text().lower()
+                  for k in kids):
+            assert time.monotonic() < end, "children outlived the supervisor"
+            time.sleep(0.05)
