@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     peers.add_argument("--servers", default="anytime,litserve,ray-serve,bentoml",
                        help="measure these (anytime first: the others also run at 2x its capacity)")
     peers.add_argument("--report-only", action="store_true", help="rebuild the report from OUT/raw only")
+    peers.add_argument("--tune", default=None, help="comma-separated peers: try their batch sizes (needs OUT/raw/anytime.json)")
     sweep = sub.choices["sweep"]
     sweep.add_argument("--loads", default="0.25,0.5,1,2,4")
     sweep.add_argument("--policies", default="anytime,fixed,drop,static")
@@ -97,6 +98,12 @@ def main(argv: list[str] | None = None) -> int:
         from .peers.report import write_report
         from .peers.run import run_server
 
+        if args.tune:
+            from .peers.tuning import tune
+
+            tune(args.tune.split(","), args.out, args.duration, args.deadlines, args.n_mix)
+            print((args.out / "tuning.md").read_text())
+            return 0
         servers = [] if args.report_only else args.servers.split(",")
         for server in servers:
             try:

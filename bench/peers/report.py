@@ -5,13 +5,14 @@ import json
 from pathlib import Path
 
 from ..machine import header
-from .servers import SERVERS
+from .servers import SERVER_NAME, SERVERS, VARIANT
 from .settings import CAPACITY_OVERRIDES
 
 ROW_KEYS = ("server", "load", "attainment", "attainment_admitted", "rejected", "p50_ms", "p99_ms", "quality_goodput")
 COLUMNS = [("attainment", "on time (all)", "{:.2%}"), ("attainment_admitted", "on time (answered)", "{:.2%}"),
            ("rejected", "refused", "{:.1%}"), ("p50_ms", "p50 ms", "{:.0f}"), ("p99_ms", "p99 ms", "{:.0f}"),
-           ("mean_quality_on_time", "quality", "{:.3f}"), ("quality_goodput", "quality-goodput/s", "{:.1f}")]
+           ("mean_quality_on_time", "quality", "{:.3f}"), ("quality_goodput", "quality-goodput/s", "{:.1f}"),
+           ("foreign_cores", "other processes (cores)", "{:.2f}")]
 
 
 def load_results(out: Path) -> tuple[dict[str, dict], dict[str, str]]:
@@ -50,8 +51,10 @@ def write_report(out: Path) -> None:
     measured, blocked = load_results(out)
     rows = rows_of(measured)
     (out / "peers.json").write_text(json.dumps(
-        [{**{k: r[k] for k in ROW_KEYS}, "load_basis": r["load_basis"], "rate_rps": r["rate_rps"],
-          "capacity_samples_per_s": r["capacity_samples_per_s"], "requests": r["requests"], "statuses": r["statuses"]}
+        [{**{k: r[k] for k in ROW_KEYS}, "server": SERVER_NAME.get(r["server"], r["server"]),
+          "variant": VARIANT.get(r["server"], ""), "load_basis": r["load_basis"], "rate_rps": r["rate_rps"],
+          "capacity_samples_per_s": r["capacity_samples_per_s"], "requests": r["requests"], "statuses": r["statuses"],
+          "other_processes_cores": r["foreign_cores"]}
          for r in rows], indent=1))
     plot(rows, out / "peers.png")
     (out / "peers.md").write_text(markdown(measured, blocked, rows))

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from pathlib import Path
 
 from ..load_bench import measure_capacity
 from ..loadgen import parse_mix, run_closed_loop, run_load
+from .contention import foreign_cpu, wait_for_quiet
 from .generator import DEFAULT_MODEL
 from .scoring import score
 from .servers import request_for, serve_server
@@ -31,17 +31,22 @@ def capacity_of(server: str, raw: Path, n_mix: str, anytime_flags: list[str], mo
     if server == "anytime":
         flags = [*anytime_flags, "--policy", "fixed"]
         with serve_server("anytime", raw / "anytime-capacity.log", flags) as url:
-            return asyncio.run(measure_capacity(url, n_mix)), {"flags": flags}
+            wait_for_quiet()
+            with foreign_cpu() as foreign:
+                capacity = asyncio.run(measure_capacity(url, n_mix))
+            return capacity, {"flags": flags, **foreign}
     settings = {**peer_settings(server), **CAPACITY_OVERRIDES[server], "model_dir": str(model_dir)}
     with serve_server(server, raw / f"{server}-capacity.log", settings=settings) as url:
-        return asyncio.run(measure_capacity(url, n_mix, request_for=request_for(server))), settings
+        wait_for_quiet()
+        with foreign_cpu() as foreign:
+            capacity = asyncio.run(measure_capacity(url, n_mix, request_for=request_for(server)))
+        return capacity, {**settings, **foreign}
 
 
 def run_server(server: str, out: Path, duration: float, deadlines: str, n_mix: str,
                anytime_flags: list[str] = (), model_dir: Path = DEFAULT_MODEL, seed: int = 0) -> dict:
     raw = out / "raw"
     raw.mkdir(parents=True, exist_ok=True)
-    load_at_start = os.getloadavg()  # other work on the machine (outside the bench lock) shows up here
     capacity, capacity_settings = capacity_of(server, raw, n_mix, list(anytime_flags), model_dir)
     print(f"{server}: full-length capacity {capacity:.1f} samples/s", flush=True)
     anytime_capacity = capacity if server == "anytime" else json.loads((raw / "anytime.json").read_text())["capacity"]
@@ -57,16 +62,20 @@ def run_server(server: str, out: Path, duration: float, deadlines: str, n_mix: s
         asyncio.run(run_closed_loop(url, 8, 3.0, n_mix, seed=99, request_for=send))
         for load, basis, samples_per_s in cells:
             time.sleep(2.0)  # the previous cell's stragglers are answered before the next starts
+            quiet = wait_for_quiet()
             rate = samples_per_s / mean_samples(n_mix)
-            records = asyncio.run(run_load(url, rate, duration, deadlines, n_mix, seed=seed, request_for=send))
+            with foreign_cpu() as foreign:
+                records = asyncio.run(run_load(url, rate, duration, deadlines, n_mix, seed=seed, request_for=send,
+                                               progress=False))
             row = {"server": server, "load": load, "load_basis": basis, **score(records, duration),
-                   "rate_rps": rate, "capacity_samples_per_s": capacity}
+                   "rate_rps": rate, "capacity_samples_per_s": capacity, "busy_before": quiet, **foreign}
             rows.append(row)
             name = f"{server}-{load}x-{basis}"
             (raw / f"{name}.jsonl").write_text("\n".join(json.dumps(r.to_dict()) for r in records) + "\n")
             print(f"{name}: {rate:.1f} req/s, attainment {row['attainment']:.2%}, rejected {row['rejected']:.1%}, "
-                  f"p99 {row['p99_ms']:.0f} ms, quality-goodput {row['quality_goodput']:.1f}/s", flush=True)
-    result = {"server": server, "capacity": capacity, "loadavg_at_start": load_at_start, "loadavg_at_end": os.getloadavg(), "capacity_settings": capacity_settings, "settings": settings,
+                  f"p99 {row['p99_ms']:.0f} ms, quality-goodput {row['quality_goodput']:.1f}/s; other processes "
+                  f"{row['foreign_cores']:.2f} cores {row['foreign_top']}", flush=True)
+    result = {"server": server, "capacity": capacity, "capacity_settings": capacity_settings, "settings": settings,
               "duration_s": duration, "deadlines": deadlines, "n_mix": n_mix, "rows": rows,
               "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
     (raw / f"{server}.json").write_text(json.dumps(result, indent=1))

@@ -18,7 +18,10 @@ import httpx
 from ..loadgen import anytime_request
 from ..server_proc import ROOT, free_port, serve as serve_anytime
 
-SERVERS = ("anytime", "litserve", "ray-serve", "bentoml")
+SERVERS = ("anytime", "litserve", "litserve-continuous", "ray-serve", "bentoml")
+# peers.json names servers anytime | litserve | ray-serve | bentoml; LitServe's two loops are variants
+SERVER_NAME = {"litserve-continuous": "litserve"}
+VARIANT = {"litserve": "batch loop", "litserve-continuous": "continuous batching loop"}
 
 
 def _same_body(body: dict) -> tuple[str, dict, dict]:
@@ -47,6 +50,9 @@ class Peer:
 PEERS = {
     "litserve": Peer("litserve", lambda port: [sys.executable, "-m", "bench.peers.litserve_app", "--port", str(port)],
                      _same_body),
+    "litserve-continuous": Peer("litserve-continuous", lambda port: [sys.executable, "-m",
+                                                            "bench.peers.litserve_continuous_app", "--port", str(port)],
+                                _same_body),
     "ray-serve": Peer("ray-serve", lambda port: [sys.executable, "-m", "bench.peers.ray_serve_app", "--port", str(port)],
                       _ray_request),
     "bentoml": Peer("bentoml", lambda port: [sys.executable, "-m", "bentoml", "serve",

@@ -35,6 +35,13 @@ DEFAULTS = {
         "timeout": 1.0,
         "workers_per_device": 1,
     },
+    "litserve-continuous": {
+        # LitServe's ContinuousBatchingLoop (streaming only): rows of the running batch (Anytime's
+        # engine: --max-batch 128). Requests join between steps when all their rows fit, in order.
+        "rows": 128,
+        # the loop applies no request timeout of its own (it never checks a request's age)
+        "timeout": 1.0,
+    },
     "ray-serve": {
         # @serve.batch: batch_size_fn counts samples, so max_batch_size is in samples
         "max_batch_size": MAX_BATCH_SAMPLES,
@@ -78,6 +85,7 @@ def peer_settings(server: str) -> dict:
 # refuse work lifted (60 s timeouts, no queue cap), like Anytime's capacity under policy `fixed`.
 CAPACITY_OVERRIDES = {
     "litserve": {"timeout": 60.0},
+    "litserve-continuous": {"timeout": 60.0},
     "ray-serve": {"max_queued_requests": -1, "request_timeout_s": 60.0},
     "bentoml": {"max_latency_ms": 60000, "timeout": 60},
 }
