@@ -16,7 +16,7 @@ def busy_share(seconds: float = 1.0) -> float:
     return psutil.cpu_percent(interval=seconds) / 100.0
 
 
-def wait_for_quiet(threshold: float = 0.15, max_wait_s: float = 120.0) -> float:
+def wait_for_quiet(threshold: float = 0.25, max_wait_s: float = 60.0) -> float:
     """Wait until less than `threshold` of the machine is busy, at most `max_wait_s`; the last share."""
     end = time.monotonic() + max_wait_s
     share = busy_share()

@@ -74,7 +74,9 @@ def markdown(measured: dict, blocked: dict, rows: list[dict]) -> str:
              "quality estimate at its k (from the model's measured curve). Late or refused answers count 0. "
              "quality-goodput = sum over on-time samples of their quality, per second. refused = any answer "
              "other than 200 (503 shed, 504 / 408 timed out) or none.", "",
-             "## Full-length capacity (samples/s)", "",
+             "Each server was measured by its own run (one short exclusive window each), the report rebuilt from "
+             "all of them:", "", *[f"- {server}: `{res.get('command', '?')}` ({res['date']})" for server, res in measured.items()],
+             "", "## Full-length capacity (samples/s)", "",
              "| server | capacity | measured with |", "|---|---|---|"]
     for server, res in measured.items():
         how = ("`anytime serve " + " ".join(res["capacity_settings"]["flags"]) + "`" if server == "anytime"

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -75,7 +77,7 @@ def run_server(server: str, out: Path, duration: float, deadlines: str, n_mix: s
             print(f"{name}: {rate:.1f} req/s, attainment {row['attainment']:.2%}, rejected {row['rejected']:.1%}, "
                   f"p99 {row['p99_ms']:.0f} ms, quality-goodput {row['quality_goodput']:.1f}/s; other processes "
                   f"{row['foreign_cores']:.2f} cores {row['foreign_top']}", flush=True)
-    result = {"server": server, "capacity": capacity, "capacity_settings": capacity_settings, "settings": settings,
+    result = {"server": server, "command": "anytime " + shlex.join(sys.argv[1:]), "capacity": capacity, "capacity_settings": capacity_settings, "settings": settings,
               "duration_s": duration, "deadlines": deadlines, "n_mix": n_mix, "rows": rows,
               "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
     (raw / f"{server}.json").write_text(json.dumps(result, indent=1))

@@ -16,18 +16,18 @@ from __future__ import annotations
 import json
 import os
 
-# Samples per batch. Static batches run all D steps together, so a batch of B samples costs
-# 64 steps at batch B plus one decode: more samples per batch raise throughput until the step
-# stops amortising its fixed cost, and lengthen every request's wait. Chosen by the tuning run
-# (results/peers/tuning.md): the batch size with the highest on-time goodput at 1x load.
-MAX_BATCH_SAMPLES = 32
+# Batch sizes. A static batch runs all D steps together, so a batch of B samples costs 64 steps
+# at batch B plus one decode: more samples per batch raise throughput until the step stops
+# amortising its fixed cost, and lengthen every request's wait. Each peer's value is the winner of
+# the tuning run (results/peers/tuning.md: same traffic, 0.5x Anytime's capacity, highest
+# quality-goodput among the candidates in bench/peers/tuning.py).
 MEAN_SAMPLES_PER_REQUEST = 4.9
 
 DEFAULTS = {
     "litserve": {
-        # LitAPI(max_batch_size=...) counts requests, not samples: the request count whose mean
-        # sample count matches MAX_BATCH_SAMPLES.
-        "max_batch_size": round(MAX_BATCH_SAMPLES / MEAN_SAMPLES_PER_REQUEST),
+        # LitAPI(max_batch_size=...) counts requests, not samples: 7 requests are about 34 samples
+        # (tuned: 3 / 7 / 13 requests gave 64.2 / 64.6 / 48.8 quality-goodput/s)
+        "max_batch_size": 7,
         # seconds to wait for a batch to fill; LitServe's docs: keep it small when latency matters
         "batch_timeout": 0.005,
         # LitServer(timeout=...): a request that waited longer than this in the queue gets a 504
@@ -36,20 +36,22 @@ DEFAULTS = {
         "workers_per_device": 1,
     },
     "litserve-continuous": {
-        # LitServe's ContinuousBatchingLoop (streaming only): rows of the running batch (Anytime's
-        # engine: --max-batch 128). Requests join between steps when all their rows fit, in order.
-        "rows": 128,
+        # LitServe's ContinuousBatchingLoop (streaming only): rows of the running batch. Requests
+        # join between steps when all their rows fit, in order (tuned: 32 / 64 / 128 rows gave
+        # 29.8 / 21.1 / 11.6 quality-goodput/s; Anytime's engine uses 128)
+        "rows": 32,
         # the loop applies no request timeout of its own (it never checks a request's age)
         "timeout": 1.0,
     },
     "ray-serve": {
         # @serve.batch: batch_size_fn counts samples, so max_batch_size is in samples
-        "max_batch_size": MAX_BATCH_SAMPLES,
+        # (tuned: 8 / 16 / 32 / 64 samples gave 17.8 / 48.5 / 23.2 / 13.1 quality-goodput/s)
+        "max_batch_size": 16,
         # Ray's docs: a small batch_wait_timeout_s for latency-sensitive deployments
         "batch_wait_timeout_s": 0.005,
         # requests a replica takes at once; Ray's docs: at least the batch size (in requests) so
         # batches can fill, a small multiple for latency
-        "max_ongoing_requests": 2 * round(MAX_BATCH_SAMPLES / MEAN_SAMPLES_PER_REQUEST) + 2,
+        "max_ongoing_requests": 2 * round(16 / MEAN_SAMPLES_PER_REQUEST) + 2,
         # queued at the proxy beyond that: rejected at once with 503 (load shedding). Set to the
         # requests one replica can finish within the largest deadline at its measured capacity
         # (results/peers: capacity / 4.9 samples per request, times 1 s).
@@ -61,8 +63,9 @@ DEFAULTS = {
     },
     "bentoml": {
         # @bentoml.api(batchable=True): the batch is the concatenation of the requests' sample
-        # lists, so max_batch_size is in samples (a request larger than the rest is split)
-        "max_batch_size": MAX_BATCH_SAMPLES,
+        # lists, so max_batch_size is in samples (a request larger than the rest is split;
+        # tuned: 16 / 32 / 64 / 128 samples gave 20.3 / 46.6 / 54.6 / 46.4 quality-goodput/s)
+        "max_batch_size": 64,
         # BentoML's docs: set max_latency_ms to the latency SLO; its dispatcher rejects (503)
         # queued requests whose estimated latency exceeds it. Per API, not per request: 1 s.
         "max_latency_ms": 1000,
