@@ -1,6 +1,6 @@
 """Other work on the machine. /work/tools/exclusive keeps other benchmarks and background
 training away, not other sessions' test runs, and every server here shares the same 2 cores. So
-each cell starts when the machine is quiet (or after a bounded wait), and records how much CPU
+each cell starts when other processes are quiet (or after a bounded wait), and records how much CPU
 processes outside this benchmark took while it ran."""
 from __future__ import annotations
 
@@ -11,19 +11,15 @@ from contextlib import contextmanager
 import psutil
 
 
-def busy_share(seconds: float = 1.0) -> float:
-    """Share of all cores busy over `seconds` (the benchmark's own server is idle meanwhile)."""
-    return psutil.cpu_percent(interval=seconds) / 100.0
-
-
 def wait_for_quiet(threshold: float = 0.25, max_wait_s: float = 60.0) -> float:
-    """Wait until less than `threshold` of the machine is busy, at most `max_wait_s`; the last share."""
+    """Wait until processes outside this benchmark use less than `threshold` cores (measured over
+    1 s; the server under test is excluded, some idle by spinning), at most `max_wait_s`; the last value."""
     end = time.monotonic() + max_wait_s
-    share = busy_share()
-    while share >= threshold and time.monotonic() < end:
-        time.sleep(2.0)
-        share = busy_share()
-    return share
+    while True:
+        with foreign_cpu() as other:
+            time.sleep(1.0)
+        if other["foreign_cores"] < threshold or time.monotonic() >= end:
+            return other["foreign_cores"]
 
 
 def _cpu_by_pid() -> dict[int, tuple[float, str]]:

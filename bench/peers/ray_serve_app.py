@@ -5,6 +5,7 @@ python -m bench.peers.ray_serve_app --port 8102   (starts a local Ray instance; 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import ray
@@ -41,6 +42,10 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, required=True)
     args = p.parse_args()
+    # Ray starts its workers (the replica) at niceness 15 by default, so that the driver and
+    # raylet keep priority; on this 2-core machine it would lose the CPU to the load generator,
+    # which a production client would not share. Same priority as every other server here.
+    os.environ["RAY_worker_niceness"] = str(SETTINGS["worker_niceness"])
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": args.port,
                               "request_timeout_s": SETTINGS["request_timeout_s"]})

@@ -101,7 +101,7 @@ def markdown(measured: dict, blocked: dict, rows: list[dict]) -> str:
         verdict = "" if target is None else (f">= {target:g}x: " + ("met" if ratio >= target else "**missed**"))
         lines.append(f"| {load}x {'own capacity' if basis == 'own' else 'Anytime capacity'} | {ratio:.2f}x | {best} "
                      f"| {verdict} |")
-    lines += ["", "## Settings", ""]
+    lines += ["", "## Notes", "", *NOTES, "", "## Settings", ""]
     for server, res in measured.items():
         lines.append(f"- **{server}**: `{json.dumps(res['settings'])}`")
     lines += ["", "Why each peer setting (bench/peers/settings.py):", "", *settings_reasons(), ""]
@@ -109,6 +109,33 @@ def markdown(measured: dict, blocked: dict, rows: list[dict]) -> str:
         lines += ["## Not measured", ""] + [f"- **{s}**: {why}" for s, why in blocked.items()] + [""]
     lines += ["![peers](peers.png)", ""]
     return "\n".join(lines)
+
+
+NOTES = [
+    "- **How a deadline reaches each peer.** Ray Serve takes it per request: the client sends it as "
+    "`x-request-timeout-seconds`, Ray answers 408 when it passes and cancels the request in the replica. "
+    "LitServe (`LitServer(timeout=...)`, a 504 for a request that waited longer in the queue) and BentoML "
+    "(`max_latency_ms`, a 503 for a queued request whose estimated latency exceeds it; `traffic.timeout`) take "
+    "one value per server, set to the largest deadline (1 s). LitServe's continuous-batching loop applies no "
+    "timeout at all. None of them can shorten the work to fit: a peer's only choices are full length or nothing.",
+    "- **LitServe's continuous-batching loop** (`litserve-continuous` here, `litserve` with `variant` in "
+    "peers.json) requires a streaming API, sleeps 10 ms after a step that returns no output (it expects a token "
+    "per sequence per step), so each step returns one empty chunk to one running request, and its worker "
+    "spins on the CPU while idle. Its batch loop (`litserve`) is LitServe's usual way to batch.",
+    "- **Same runtime for everyone.** Every peer runs bench/peers/generator.py (or its continuous form) in one "
+    "worker: ONNX Runtime on the exported step and decoder graphs with Anytime's defaults (intra-op threads = "
+    "both cores, idle threads stop spinning after a run), the same per-sample RNG and inverse-CDF sampling, so "
+    "a peer's sample equals Anytime's at k = D for the same seed (tests/bench/test_peers.py checks it).",
+    "- **The machine.** Capacities here are below the policy sweep's (426.8 samples/s for Anytime in "
+    "bench/results/policies, an earlier run): this shared 2-vCPU VM ran slower today (a bare full-length batch "
+    "of 32 took about 85-100 ms). Every server here was measured in the same session. Each cell starts once "
+    "processes outside the benchmark use under 0.25 cores (at most 60 s of waiting); the last column says how "
+    "much CPU they took during the cell. The load generator shares the two cores.",
+    "- **Scoring on the client's clock** charges Anytime the loopback and client parsing too (its own "
+    "server-side attainment of admitted requests is in raw/anytime-*.jsonl, `deadline_met`). Anytime refuses "
+    "up front (503) the requests whose deadline cannot fit even one token plus a decode; a peer's late answers "
+    "and timeouts count as refused here too.",
+]
 
 
 def settings_reasons() -> list[str]:

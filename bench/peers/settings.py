@@ -60,6 +60,8 @@ DEFAULTS = {
         # passes, and the replica cancels the request); this is the fallback for requests without one
         "request_timeout_s": 1.0,
         "num_replicas": 1,
+        # Ray runs workers at niceness 15 by default (RAY_worker_niceness); 0 like every other server
+        "worker_niceness": 0,
     },
     "bentoml": {
         # @bentoml.api(batchable=True): the batch is the concatenation of the requests' sample

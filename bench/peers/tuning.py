@@ -62,9 +62,12 @@ def tune(peers: list[str], out: Path, duration: float, deadlines: str, n_mix: st
 
 def markdown(results: list[dict], rate: float, duration: float, deadlines: str, n_mix: str) -> str:
     lines = [header("Peer batch sizes, tuned on the benchmark's traffic"),
-             f"Each candidate serves the same open-loop traffic: {rate:.1f} requests/s (0.5x Anytime's full-length "
-             f"capacity), deadlines `{deadlines}` ms, samples per request `{n_mix}`, {duration:.0f} s after a 3 s "
-             "warm-up; the other settings as in bench/peers/settings.py. The highest quality-goodput wins.", "",
+             f"Each candidate serves the same open-loop traffic: {results[0]['rate_rps']:.1f} requests/s (0.5x "
+             f"Anytime's full-length capacity as measured then), deadlines `{deadlines}` ms, samples per request "
+             f"`{n_mix}`, {duration:.0f} s after a 3 s warm-up; the other settings as in bench/peers/settings.py. The "
+             "highest quality-goodput wins. Rows accumulate over tuning runs (`--tune PEERS`, a short exclusive "
+             "window each; the command above is the last); a value was added to a peer's candidates when its best "
+             "sat at the edge of the range.", "",
              "| server | knob | value | on time (all) | refused | p50 ms | p99 ms | quality-goodput/s | other processes (cores) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
