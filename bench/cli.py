@@ -21,7 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ("soak", "minutes at a multiple of capacity: memory, health, attainment"),
                        ("threads", "ONNX Runtime thread modes (spinning, count) under the same load"),
                        ("split", "in-process vs engine-core process + frontend workers: throughput ratios, overhead"),
-                       ("split-sweep", "the anytime policy in-process and split at the same offered loads")):
+                       ("split-sweep", "the anytime policy in-process and split at the same offered loads"),
+                       ("peers", "the same model behind LitServe, Ray Serve and BentoML vs Anytime (extra `peers`)")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL)
         p.add_argument("--backend", default="onnx", choices=["onnx", "torchscript"])
@@ -39,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument("--sample-every", type=float, default=1.0,
                       help="seconds between samples of the server's RSS, open files and /healthz latency")
     sub.choices["threads"].add_argument("--load", type=float, default=2.0, help="multiple of full-length capacity")
+    peers = sub.choices["peers"]
+    peers.add_argument("--servers", default="anytime,litserve,ray-serve,bentoml",
+                       help="measure these (anytime first: the others also run at 2x its capacity)")
+    peers.add_argument("--report-only", action="store_true", help="rebuild the report from OUT/raw only")
+    peers.add_argument("--tune", default=None, help="comma-separated peers: try their batch sizes (needs OUT/raw/anytime.json)")
     sweep = sub.choices["sweep"]
     sweep.add_argument("--loads", default="0.25,0.5,1,2,4")
     sub.choices["split-sweep"].add_argument("--loads", default="0.25,0.5,1,2,4")
@@ -102,6 +108,31 @@ def main(argv: list[str] | None = None) -> int:
 
         run(flags, args.load, args.duration, args.deadlines, args.n_mix, args.out)
         print((args.out / "modes.md").read_text())
+        return 0
+    if args.what == "peers":
+        from .peers.report import write_report
+        from .peers.run import run_server
+
+        if args.tune:
+            from .peers.tuning import tune
+
+            tune(args.tune.split(","), args.out, args.duration, args.deadlines, args.n_mix)
+            print((args.out / "tuning.md").read_text())
+            return 0
+        servers = [] if args.report_only else args.servers.split(",")
+        for server in servers:
+            try:
+                run_server(server, args.out, args.duration, args.deadlines, args.n_mix, flags,
+                           model_dir=args.model_dir)
+                (args.out / "raw" / f"{server}.blocked").unlink(missing_ok=True)
+            except Exception as e:  # a peer that cannot run here is reported, the others compared
+                if server == "anytime":
+                    raise
+                (args.out / "raw").mkdir(parents=True, exist_ok=True)
+                (args.out / "raw" / f"{server}.blocked").write_text(f"{type(e).__name__}: {e}\n")
+                print(f"{server}: not measured: {e}")
+        write_report(args.out)
+        print((args.out / "peers.md").read_text())
         return 0
     if args.what == "sweep":
         from .policy_sweep import run

@@ -6,19 +6,20 @@ import asyncio
 import json
 from pathlib import Path
 
-from .loadgen import parse_mix, run_closed_loop, run_load
+from .loadgen import anytime_request, parse_mix, run_closed_loop, run_load
 from .machine import header
 from .summary import summarize
 
 
 async def measure_capacity(url: str, n_mix: str = "1", model: str | None = None, seconds: float = 10.0,
-                           rows: int = 256) -> float:
+                           rows: int = 256, request_for=anytime_request) -> float:
     """Full-length capacity (samples/s at k = D) of a `fixed`-policy server: closed-loop clients
     that keep about `rows` sequences (twice the default batch) in flight with requests that
     cannot be truncated (60 s deadlines); samples answered per second after a 2 s ramp-up."""
     values, weights = parse_mix(n_mix)
     mean_n = sum(v * w for v, w in zip(values, weights)) / sum(weights)
-    done = await run_closed_loop(url, max(2, round(rows / mean_n)), seconds, n_mix, model, seed=123)
+    done = await run_closed_loop(url, max(2, round(rows / mean_n)), seconds, n_mix, model, seed=123,
+                                 request_for=request_for)
     steady = [(t, n) for t, n in done if t >= 2.0]
     if len(steady) < 10:
         raise RuntimeError("capacity run produced too few answers")

@@ -66,13 +66,20 @@ def parse_mix(spec: str) -> tuple[list[int], list[float]]:
     return values, weights
 
 
+def anytime_request(body: dict) -> tuple[str, dict, dict]:
+    """How a generated body is sent: (path, JSON body, headers). Peer servers pass their own
+    translation of the same body (bench/peers/servers.py)."""
+    return "/generate", body, {}
+
+
 def _session(url: str, connections: int) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(url, connector=aiohttp.TCPConnector(limit=connections),
                                  timeout=aiohttp.ClientTimeout(total=70))
 
 
 async def run_load(url: str, rate: float, duration: float, deadlines: str = "loguniform:20:1000", n_mix: str = "1",
-                   model: str | None = None, seed: int = 0, progress: bool = True, label_count: int = 0) -> list[Record]:
+                   model: str | None = None, seed: int = 0, progress: bool = True, label_count: int = 0,
+                   request_for=anytime_request) -> list[Record]:
     rng = random.Random(seed)
     pick_deadline = parse_deadlines(deadlines)
     n_values, n_weights = parse_mix(n_mix)
@@ -100,12 +107,13 @@ async def run_load(url: str, rate: float, duration: float, deadlines: str = "log
             sent = time.perf_counter()
             rec = Record(sent_at=sent - start, deadline_ms=body["deadline_ms"], n=body["n"], status=0, client_ms=0.0)
             try:
-                async with client.post("/generate", json=body) as r:
+                path, payload, headers = request_for(body)
+                async with client.post(path, json=payload, headers=headers) as r:
                     data = await r.read()
                     rec.client_ms = (time.perf_counter() - sent) * 1000
                     rec.status = r.status
                     h = r.headers
-                if rec.status == 200:
+                if rec.status == 200 and "x-anytime-tokens" in h:  # peers answer without Anytime's metadata
                     rec.server_ms = float(h["x-anytime-latency-ms"])
                     rec.compute_ms = float(h["x-anytime-compute-ms"])
                     rec.engine_ms = float(h["x-anytime-engine-ms"])
@@ -115,8 +123,8 @@ async def run_load(url: str, rate: float, duration: float, deadlines: str = "log
                     rec.quality = float(h["x-anytime-quality"])
                     rec.deadline_met = h["x-anytime-deadline-met"] == "true"
                     rec.finish_reason = h.get("x-anytime-finish-reason")
-                else:
-                    rec.error = json.loads(data).get("error", {}).get("message", "")[:200]
+                elif rec.status != 200:
+                    rec.error = _error_message(data)
             except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError) as e:
                 rec.client_ms = (time.perf_counter() - sent) * 1000
                 rec.error = f"{type(e).__name__}: {e}"[:200]
@@ -128,8 +136,20 @@ async def run_load(url: str, rate: float, duration: float, deadlines: str = "log
     return sorted(records, key=lambda r: r.sent_at)
 
 
+def _error_message(data: bytes) -> str:
+    """Anytime's {"error": {"message"}}; other servers' bodies as text."""
+    try:
+        err = json.loads(data)
+    except ValueError:
+        return data[:200].decode(errors="replace")
+    if isinstance(err, dict) and isinstance(err.get("error"), dict):
+        return str(err["error"].get("message", ""))[:200]
+    return str(err)[:200]
+
+
 async def run_closed_loop(url: str, concurrency: int, duration: float, n_mix: str = "1", model: str | None = None,
-                          deadline_ms: int = 60000, seed: int = 0) -> list[tuple[float, int]]:
+                          deadline_ms: int = 60000, seed: int = 0,
+                          request_for=anytime_request) -> list[tuple[float, int]]:
     """`concurrency` clients, each sending its next request as soon as the last is answered,
     for `duration` seconds; returns (seconds since start, samples) of every 200 answer. A
     constant backlog keeps the server saturated at the least client work per answer (an
@@ -146,7 +166,8 @@ async def run_closed_loop(url: str, concurrency: int, duration: float, n_mix: st
                 body = {"deadline_ms": deadline_ms, "n": n, "seed": rng.randrange(2**31), "format": "npy"}
                 if model:
                     body["model"] = model
-                async with client.post("/generate", json=body) as r:
+                path, payload, headers = request_for(body)
+                async with client.post(path, json=payload, headers=headers) as r:
                     await r.read()
                     if r.status == 200:
                         done.append((time.perf_counter() - start, n))
