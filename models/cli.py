@@ -1,4 +1,4 @@
-"""CLI for the models side: `anytime train|evaluate|export ...`."""
+"""CLI for the models side: `anytime train|evaluate|export|check ...`."""
 from __future__ import annotations
 
 import argparse
@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--pipeline-name", default="ordered", help="pipeline of the evaluation JSON to ship")
     x.add_argument("--classifier", type=Path, default=None, help="evaluation classifier to ship alongside")
     x.add_argument("--out", type=Path, required=True)
+
+    k = sub.add_parser("check", help="check model directories against the contract (docs/model-format.md)")
+    k.add_argument("dirs", type=Path, nargs="+", metavar="DIR")
+    k.add_argument("--tolerance", type=float, default=1e-4, help="largest |a - b| / (1 + max |b|) between runs")
     return ap
 
 
@@ -119,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
                      words=args.words.split(",") if args.words else None, command=cmd)
         print(f"{args.out}: {meta['clips']} clips, {len(meta['speakers']['train'])} train / "
               f"{len(meta['speakers']['test'])} test speakers")
+    elif args.command == "check":
+        from . import check
+
+        return check.main(args.dirs, args.tolerance)
     elif args.command == "export":
         from .export import export_model
 
