@@ -29,6 +29,28 @@ from .export import FILES, write_decoder_graph, write_manifest, write_step_graph
 from .quality_curve import measure_quality_curve
 
 
+class StepAdapter(torch.nn.Module):
+    """Gives any step module the signature the exporter traces: forward(tokens, positions, *caches)."""
+
+    def __init__(self, step: torch.nn.Module):
+        super().__init__()
+        self.step = step
+
+    def forward(self, tokens, positions, *caches):
+        return tuple(self.step(tokens, positions, *caches))
+
+
+class DecoderAdapter(torch.nn.Module):
+    """Names the decoder's inputs `codes` and `lengths` whatever the module calls them."""
+
+    def __init__(self, decoder: torch.nn.Module):
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, codes, lengths):
+        return self.decoder(codes, lengths)
+
+
 def example_inputs(D: int, K: int, n_layer: int, n_head: int, head_dim: int, batch: int = 3):
     """Step and decoder inputs to trace with (random values, the contract's dtypes and shapes)."""
     g = torch.Generator().manual_seed(0)
@@ -42,8 +64,14 @@ def _probe(step, decoder, step_args, decoder_args, K: int, n_layer: int, n_head:
     """Run both modules once before tracing, so a wrong signature fails with a readable message."""
     B = len(step_args[0])
     with torch.no_grad():
-        out = step(*step_args)
-        samples = decoder(*decoder_args)
+        try:
+            out = step(*step_args)
+        except Exception as e:
+            raise ValueError(f"step(tokens, positions, *{2 * n_layer} caches) raised {type(e).__name__}: {e}") from e
+        try:
+            samples = decoder(*decoder_args)
+        except Exception as e:
+            raise ValueError(f"decoder(codes, lengths) raised {type(e).__name__}: {e}") from e
     out = out if isinstance(out, (tuple, list)) else (out,)
     want = [(B, K)] + [(B, n_head, head_dim)] * (2 * n_layer)
     got = [tuple(o.shape) for o in out]
@@ -87,8 +115,8 @@ def export_model_dir(step: torch.nn.Module, decoder: torch.nn.Module, out_dir: s
     shape = _probe(step, decoder, step_args, decoder_args, K, n_layer, n_head, head_dim)
     if sample_shape is not None and tuple(sample_shape) != shape:
         raise ValueError(f"decoder returns samples of shape {list(shape)}, sample_shape says {list(sample_shape)}")
-    write_step_graph(step, step_args, n_layer, out)
-    write_decoder_graph(decoder, decoder_args, out)
+    write_step_graph(StepAdapter(step).eval(), step_args, n_layer, out)
+    write_decoder_graph(DecoderAdapter(decoder).eval(), decoder_args, out)
     prior = {"n_layer": n_layer, "n_head": n_head, "head_dim": head_dim, "d_model": d_model or n_head * head_dim}
     if quality_curve is not None:
         quality = _given_curve(quality_curve, D)
