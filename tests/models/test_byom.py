@@ -115,3 +115,14 @@ def test_a_module_that_breaks_the_contract_is_refused(tmp_path):
                          quality_curve=[(4, 0.5), (8, 1.0)], **SHAPE)
     with pytest.raises(ValueError, match=r"step\(tokens, positions, \*2 caches\) raised"):
         export_model_dir(nn.Linear(1, 1), PatchDecoder(), tmp_path / "worse", name="worse", **SHAPE)
+
+
+def test_the_documented_example_runs(tmp_path):
+    """docs/bring-your-own-model.md's worked example, as written (export_model_dir checks the result)."""
+    import json
+
+    doc = (ROOT / "docs/bring-your-own-model.md").read_text()
+    code = doc.split("```python\n")[1].split("```")[0].replace('"my-zoo/tiles"', repr(str(tmp_path / "tiles")))
+    exec(compile(code, "bring-your-own-model.md", "exec"), {"__name__": "worked_example"})
+    m = json.loads((tmp_path / "tiles" / "manifest.json").read_text())
+    assert m["output"]["shape"] == [1, 12, 12] and m["prior"]["unconditional_token"] == 34 and m["D"] == 9
