@@ -60,8 +60,8 @@ export:
 V2_RUNS ?= runs/fashion-mnist-v2
 V2_RESULTS ?= bench/results/fashion-mnist-v2
 V2_NICE ?= nice -n 19 env OMP_NUM_THREADS=1
-V2_VQ_EPOCHS ?= 6
-V2_PRIOR_EPOCHS ?= 5
+V2_VQ_EPOCHS ?= 5
+V2_PRIOR_EPOCHS ?= 4
 .PHONY: zoo-v2 zoo-v2-ordered zoo-v2-plain evaluate-v2
 # make deletes an interrupted target; the checkpoint resumes, so keep it
 .PRECIOUS: $(V2_RUNS)/vqvae_stage1.pt
