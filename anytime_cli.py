@@ -8,7 +8,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     groups = {
         "train": "models.cli", "evaluate": "models.cli", "export": "models.cli", "check": "models.cli", "data": "models.cli",
-        "migrate": "models.migrate",
+        "migrate": "models.migrate", "recover": "models.recover",
         "serve": "service.cli", "generate": "service.client",
         "bench": "bench.cli",
     }
@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
               "  export    TorchScript + ONNX model directory with manifest.json\n"
               "  check     check model directories against the contract (docs/model-format.md)\n"
               "  migrate   convert an exported model directory to the current format in place\n"
+              "  recover   training checkpoints from an exported directory's graphs\n"
               "  data      build a data set (spoken digits)\n"
               "  serve     run the HTTP service\n"
               "  generate  request samples from a running server\n"

@@ -270,7 +270,7 @@ class OVQVAE(nn.Module):
         loss = c.beta * commit
         if not self.quantizer.use_ema:
             loss = loss + ((flat.detach() - zq).pow(2) * per_token).sum() / n_kept
-        elif self.training:
+        elif self.quantizer.training:  # eval() on the quantizer freezes the codebook (stage "decoder")
             kept = keep.reshape(-1).bool()
             self.quantizer.ema_update(flat.reshape(B * D, -1)[kept].detach(), ids.reshape(-1)[kept])
         st = flat + (zq - flat).detach()  # straight-through estimator
