@@ -67,7 +67,7 @@ V2_DECODER_EPOCHS ?= 6
 V2_PLAIN_EPOCHS ?= 4
 V2_PRIOR_EPOCHS ?= 4
 V2_ZOO ?= $(V2_RUNS)/export/fashion-mnist
-.PHONY: zoo-v2 zoo-v2-ordered zoo-v2-plain evaluate-v2 export-v2
+.PHONY: zoo-v2 zoo-v2-ordered zoo-v2-decoder zoo-v2-prior zoo-v2-plain evaluate-v2 export-v2
 # make deletes an interrupted target; the checkpoints resume, so keep them
 .PRECIOUS: $(V2_RUNS)/vqvae_stage1.pt $(V2_RUNS)/v1_vqvae.pt
 
@@ -78,11 +78,16 @@ $(V2_RUNS)/vqvae_stage1.pt:
 	nice -n 19 $(ANYTIME) train vqvae --preset fashion-mnist-v2 --stage plain --epochs $(V2_PLAIN_EPOCHS) --out $@
 
 # flock: a second make of the same branch waits, then finds its checkpoints complete
-zoo-v2-ordered: $(V2_RUNS)/v1_vqvae.pt
+# the decoder and the prior need only v1's tokens, so they train side by side
+zoo-v2-ordered: zoo-v2-decoder zoo-v2-prior
+
+zoo-v2-decoder: $(V2_RUNS)/v1_vqvae.pt
 	flock $(V2_RUNS)/ordered.lock $(V2_NICE) $(ANYTIME) train vqvae --preset fashion-mnist-v2 --stage decoder \
 		--init $< --epochs $(V2_DECODER_EPOCHS) --out $(V2_RUNS)/vqvae_ordered.pt
-	flock $(V2_RUNS)/ordered.lock $(V2_NICE) $(ANYTIME) train prior --init $(V2_RUNS)/v1_prior.pt --lr 1e-3 \
-		--vqvae $(V2_RUNS)/vqvae_ordered.pt --epochs $(V2_PRIOR_EPOCHS) --out $(V2_RUNS)/prior_ordered.pt
+
+zoo-v2-prior: $(V2_RUNS)/v1_vqvae.pt
+	flock $(V2_RUNS)/prior.lock $(V2_NICE) $(ANYTIME) train prior --init $(V2_RUNS)/v1_prior.pt --lr 1e-3 \
+		--vqvae $< --epochs $(V2_PRIOR_EPOCHS) --out $(V2_RUNS)/prior_ordered.pt
 
 zoo-v2-plain: $(V2_RUNS)/vqvae_stage1.pt
 	flock $(V2_RUNS)/plain.lock $(V2_NICE) $(ANYTIME) train prior --vqvae $< --epochs $(V2_PRIOR_EPOCHS) \
@@ -100,7 +105,7 @@ export-v2:
 	$(ANYTIME) check $(V2_ZOO)
 
 zoo-v2: install
-	$(MAKE) -j2 zoo-v2-ordered zoo-v2-plain
+	$(MAKE) -j3 zoo-v2-decoder zoo-v2-prior zoo-v2-plain
 	$(MAKE) evaluate-v2 export-v2
 
 clean:
