@@ -70,6 +70,8 @@ def train(train_ds: Dataset, out: Path, config: OVQVAEConfig | None = None, stag
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
+        for g in opt.param_groups:  # this run's lr, e.g. lower for the last epochs of a resumed run
+            g["lr"] = lr
         start_epoch, history = state["epoch"], state["history"]
     elif init is not None:
         weights = checkpoint.load(init)["model"]
