@@ -93,11 +93,13 @@ zoo-v2-plain: $(V2_RUNS)/vqvae_stage1.pt
 	flock $(V2_RUNS)/plain.lock $(V2_NICE) $(ANYTIME) train prior --vqvae $< --epochs $(V2_PRIOR_EPOCHS) \
 		--out $(V2_RUNS)/prior_plain.pt
 
-# Evaluated with the classifier shipped in the v1 zoo, so FD values compare with v1's.
+# Evaluated with the classifier shipped in the v1 zoo, so FD values compare with v1's; the plain
+# pipeline when its prior exists (else bench/zoo_targets.py compares with v1's plain numbers).
 evaluate-v2:
 	nice -n 19 $(ANYTIME) evaluate --classifier $(ZOO)/classifier.pt --out $(V2_RESULTS) \
 		--pipeline ordered $(V2_RUNS)/vqvae_ordered.pt $(V2_RUNS)/prior_ordered.pt \
-		--pipeline plain $(V2_RUNS)/vqvae_stage1.pt $(V2_RUNS)/prior_plain.pt
+		$(if $(wildcard $(V2_RUNS)/prior_plain.pt),--pipeline plain $(V2_RUNS)/vqvae_stage1.pt $(V2_RUNS)/prior_plain.pt)
+	$(PY) -m bench.zoo_targets --new $(V2_RESULTS) --old $(RESULTS) --out $(V2_RESULTS)/targets.md
 
 export-v2:
 	$(ANYTIME) export --name fashion-mnist --vqvae $(V2_RUNS)/vqvae_ordered.pt --prior $(V2_RUNS)/prior_ordered.pt \
