@@ -7,7 +7,8 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     groups = {
-        "train": "models.cli", "evaluate": "models.cli", "export": "models.cli", "data": "models.cli",
+        "train": "models.cli", "evaluate": "models.cli", "export": "models.cli", "check": "models.cli", "data": "models.cli",
+        "recover": "models.recover",
         "serve": "service.cli", "generate": "service.client",
         "bench": "bench.cli",
     }
@@ -16,6 +17,8 @@ def main(argv: list[str] | None = None) -> int:
               "  train     train an OVQ-VAE, a prior or the evaluation classifier\n"
               "  evaluate  anytime quality curve (Frechet distance, MSE, label accuracy vs k)\n"
               "  export    TorchScript + ONNX model directory with manifest.json\n"
+              "  check     check model directories against the contract (docs/model-format.md)\n"
+              "  recover   training checkpoints from an exported directory's graphs\n"
               "  data      build a data set (spoken digits)\n"
               "  serve     run the HTTP service\n"
               "  generate  request samples from a running server\n"

@@ -1,4 +1,4 @@
-"""CLI for the models side: `anytime train|evaluate|export ...`."""
+"""CLI for the models side: `anytime train|evaluate|export|check ...`."""
 from __future__ import annotations
 
 import argparse
@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     v = train.add_parser("vqvae", help="OVQ-VAE: --stage plain, then --stage ordered --init PLAIN.pt")
     _dataset_args(v)
     v.add_argument("--preset", default="fashion-mnist")
-    v.add_argument("--stage", choices=["plain", "ordered"], default="plain")
+    v.add_argument("--stage", choices=["plain", "ordered", "decoder"], default="plain",
+                   help="decoder: a new decoder (the preset's) on the frozen encoder and codebook of --init")
     v.add_argument("--init", type=Path, default=None, help="checkpoint to fine-tune from")
     v.add_argument("--epochs", type=int, default=10, help="total epochs of this stage (resume continues to it)")
     v.add_argument("--lr", type=float, default=1e-3)
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--label-dropout", type=float, default=0.1)
+    p.add_argument("--init", type=Path, default=None, help="prior checkpoint to start from (same tokens)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True)
 
@@ -75,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--pipeline-name", default="ordered", help="pipeline of the evaluation JSON to ship")
     x.add_argument("--classifier", type=Path, default=None, help="evaluation classifier to ship alongside")
     x.add_argument("--out", type=Path, required=True)
+
+    k = sub.add_parser("check", help="check model directories against the contract (docs/model-format.md)")
+    k.add_argument("dirs", type=Path, nargs="+", metavar="DIR")
+    k.add_argument("--tolerance", type=float, default=1e-4, help="largest |a - b| / (1 + max |b|) between runs")
     return ap
 
 
@@ -97,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
         ds = load_dataset(args.dataset, "train", args.data_dir)
         train(ds, args.vqvae, args.out, preset=args.preset, epochs=args.epochs, lr=args.lr,
-              batch_size=args.batch_size, label_dropout=args.label_dropout, seed=args.seed,
+              batch_size=args.batch_size, label_dropout=args.label_dropout, seed=args.seed, init=args.init,
               meta={"command": cmd, "dataset": ds.name, "classes": ds.classes})
     elif args.command == "train" and args.what == "classifier":
         from .classifier import train
@@ -119,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
                      words=args.words.split(",") if args.words else None, command=cmd)
         print(f"{args.out}: {meta['clips']} clips, {len(meta['speakers']['train'])} train / "
               f"{len(meta['speakers']['test'])} test speakers")
+    elif args.command == "check":
+        from . import check
+
+        return check.main(args.dirs, args.tolerance)
     elif args.command == "export":
         from .export import export_model
 

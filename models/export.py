@@ -57,17 +57,28 @@ def _onnx(module: torch.nn.Module, args: tuple, path: Path, input_names, output_
     program.save(str(path), external_data=False)
 
 
-def export_step(prior, out: Path) -> None:
-    """Write the prior step graph in TorchScript and ONNX (docs/model-format.md, "Prior step graph")."""
-    step = PriorStep(prior.eval()).eval()
-    args = example_step_inputs(prior)
-    L = prior.config.n_layer
+def write_step_graph(step: torch.nn.Module, args: tuple, n_layer: int, out: Path) -> None:
+    """Trace any step module (the contract's signature, batch dynamic) to TorchScript and ONNX."""
     batch = torch.export.Dim("batch", min=1, max=4096)
     # forward(tokens, positions, *caches): the caches are one tuple argument for torch.export
-    shapes = ({0: batch}, {0: batch}, tuple({0: batch} for _ in range(2 * L)))
+    shapes = ({0: batch}, {0: batch}, tuple({0: batch} for _ in range(2 * n_layer)))
     with torch.no_grad():
         torch.jit.trace(step, args, check_trace=False).save(str(out / FILES["prior_step_torchscript"]))
-        _onnx(step, args, out / FILES["prior_step_onnx"], step_input_names(L), step_output_names(L), shapes)
+        _onnx(step, args, out / FILES["prior_step_onnx"], step_input_names(n_layer), step_output_names(n_layer), shapes)
+
+
+def write_decoder_graph(decoder: torch.nn.Module, args: tuple, out: Path) -> None:
+    """Trace any decoder module (codes [B, D], lengths [B] -> samples) to TorchScript and ONNX."""
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with torch.no_grad():
+        torch.jit.trace(decoder, args, check_trace=False).save(str(out / FILES["decoder_torchscript"]))
+        _onnx(decoder, args, out / FILES["decoder_onnx"], ["codes", "lengths"], ["samples"],
+              {"codes": {0: batch}, "lengths": {0: batch}})
+
+
+def export_step(prior, out: Path) -> None:
+    """Write the prior step graph in TorchScript and ONNX (docs/model-format.md, "Prior step graph")."""
+    write_step_graph(PriorStep(prior.eval()).eval(), example_step_inputs(prior), prior.config.n_layer, out)
 
 
 def step_graph_section(n_layer: int) -> dict:
@@ -85,13 +96,7 @@ def export_graphs(vqvae, prior, out: Path) -> dict[str, str]:
     """Write the four graph files into `out`; returns {role: filename}."""
     out.mkdir(parents=True, exist_ok=True)
     export_step(prior, out)
-    dec = DecoderGraph(vqvae.eval()).eval()
-    dec_args = example_decoder_inputs(vqvae)
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    with torch.no_grad():
-        torch.jit.trace(dec, dec_args, check_trace=False).save(str(out / FILES["decoder_torchscript"]))
-        _onnx(dec, dec_args, out / FILES["decoder_onnx"], ["codes", "lengths"], ["samples"],
-              {"codes": {0: batch}, "lengths": {0: batch}})
+    write_decoder_graph(DecoderGraph(vqvae.eval()).eval(), example_decoder_inputs(vqvae), out)
     return dict(FILES)
 
 
@@ -115,6 +120,33 @@ def quality_section(evaluation: Path | None, pipeline: str, D: int) -> dict:
     }
 
 
+def write_manifest(out: Path, *, name: str, modality: str, D: int, K: int, output: dict, classes: list[str],
+                   prior: dict, files: dict[str, str], quality: dict, provenance: dict) -> dict:
+    """Write manifest.json for the graph files in `out` (role -> file name); returns the manifest.
+    `prior` holds n_layer, n_head, head_dim, d_model; the start-token ids follow from K and classes."""
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "modality": modality,
+        "D": D,
+        "K": K,
+        "output": output,
+        "classes": list(classes),
+        "prior": {**prior, "start_token_base": K, "unconditional_token": K + len(classes)},
+        "graphs": {
+            "prior_step": step_graph_section(prior["n_layer"]),
+            "decoder": {"inputs": {"codes": "int64[B,D]", "lengths": "int64[B]"},
+                        "outputs": {"samples": "float32[B,C,*shape] in [0,1]"}},
+        },
+        "files": {role: {"path": fn, "sha256": sha256(out / fn)} for role, fn in files.items()},
+        "quality": quality,
+        "provenance": {**provenance, "commit": checkpoint.git_commit(),
+                       "exported": datetime.datetime.now().isoformat(timespec="seconds"), "torch": torch.__version__},
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
 def export_model(name: str, vqvae_path: Path, prior_path: Path, out: Path, evaluation: Path | None = None,
                  pipeline: str = "ordered", command: str = "", extra_files: dict[str, Path] | None = None) -> dict:
     vqvae, vq_ck = checkpoint.load_ovqvae(vqvae_path)
@@ -131,34 +163,16 @@ def export_model(name: str, vqvae_path: Path, prior_path: Path, out: Path, evalu
     output = {"shape": [vc.in_channels, *vc.input_shape], "range": [0.0, 1.0]}
     if vc.dims == 1:
         output["sample_rate"] = vc.sample_rate or 16000
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "name": name,
-        "modality": "image" if vc.dims == 2 else "audio",
-        "D": vc.D,
-        "K": vc.K,
-        "output": output,
-        "classes": classes,
-        "prior": {"n_layer": pc.n_layer, "n_head": pc.n_head, "head_dim": pc.head_dim, "d_model": pc.d_model,
-                  "start_token_base": pc.K, "unconditional_token": pc.start_token(None)},
-        "graphs": {
-            "prior_step": step_graph_section(pc.n_layer),
-            "decoder": {"inputs": {"codes": "int64[B,D]", "lengths": "int64[B]"},
-                        "outputs": {"samples": "float32[B,C,*shape] in [0,1]"}},
-        },
-        "files": {role: {"path": fn, "sha256": sha256(out / fn)} for role, fn in files.items()},
-        "quality": quality_section(evaluation, pipeline, vc.D),
-        "provenance": {
-            "dataset": meta.get("dataset"),
-            "vqvae_command": vq_ck.get("meta", {}).get("command"),
-            "vqvae_history": vq_ck.get("history"),
-            "prior_command": meta.get("command"),
-            "prior_history": pr_ck.get("history"),
-            "export_command": command,
-            "commit": checkpoint.git_commit(),
-            "exported": datetime.datetime.now().isoformat(timespec="seconds"),
-            "torch": torch.__version__,
-        },
+    prior_section = {"n_layer": pc.n_layer, "n_head": pc.n_head, "head_dim": pc.head_dim, "d_model": pc.d_model}
+    provenance = {
+        "dataset": meta.get("dataset"),
+        "vqvae_command": vq_ck.get("meta", {}).get("command"),
+        "vqvae_history": vq_ck.get("history"),
+        "prior_command": meta.get("command"),
+        "prior_history": pr_ck.get("history"),
+        "export_command": command,
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    manifest = write_manifest(out, name=name, modality="image" if vc.dims == 2 else "audio", D=vc.D, K=vc.K,
+                              output=output, classes=classes, prior=prior_section, files=files,
+                              quality=quality_section(evaluation, pipeline, vc.D), provenance=provenance)
     return manifest

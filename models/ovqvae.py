@@ -39,6 +39,10 @@ class OVQVAEConfig:
     # hop = its stride) of learned magnitudes with a fixed random phase; see InverseSTFTHead.
     decoder_head: str = "conv"
     spectral_weight: float = 0.0  # audio: weight of the multi-resolution STFT loss added to the MSE
+    # The decoder's own widths and residual blocks (None: mirror the encoder). A wider decoder
+    # raises the fidelity of every prefix without changing the tokens the prior models.
+    decoder_widths: tuple[int, ...] | None = None
+    decoder_res_blocks: int | None = None
 
     def layer(self, i: int) -> tuple[int, int]:
         """(kernel, stride) of the i-th strided convolution of the encoder."""
@@ -68,6 +72,8 @@ class OVQVAEConfig:
         d = dict(d)
         d["input_shape"] = tuple(d["input_shape"])
         d["widths"] = tuple(d["widths"])
+        if d.get("decoder_widths") is not None:
+            d["decoder_widths"] = tuple(d["decoder_widths"])
         for key in ("kernel", "stride"):
             if isinstance(d.get(key), list):
                 d[key] = tuple(d[key])
@@ -117,9 +123,12 @@ class Decoder(nn.Module):
     def __init__(self, c: OVQVAEConfig):
         super().__init__()
         conv, conv_t = _conv(c.dims), _conv_t(c.dims)
-        widths = list(reversed(c.widths))
+        widths = list(reversed(c.decoder_widths or c.widths))
+        if len(widths) != len(c.widths):
+            raise ValueError("decoder_widths needs one entry per encoder layer (it mirrors the strides)")
+        res_blocks = c.res_blocks if c.decoder_res_blocks is None else c.decoder_res_blocks
         layers = [conv(c.D, widths[0], 3, padding=1)]
-        layers += [ResBlock(c.dims, widths[0]) for _ in range(c.res_blocks)]
+        layers += [ResBlock(c.dims, widths[0]) for _ in range(res_blocks)]
         layers.append(nn.ReLU())
         outs = widths[1:] + [c.in_channels]
         for i, (cin, cout) in enumerate(zip(widths, outs)):
@@ -261,7 +270,7 @@ class OVQVAE(nn.Module):
         loss = c.beta * commit
         if not self.quantizer.use_ema:
             loss = loss + ((flat.detach() - zq).pow(2) * per_token).sum() / n_kept
-        elif self.training:
+        elif self.quantizer.training:  # eval() on the quantizer freezes the codebook (stage "decoder")
             kept = keep.reshape(-1).bool()
             self.quantizer.ema_update(flat.reshape(B * D, -1)[kept].detach(), ids.reshape(-1)[kept])
         st = flat + (zq - flat).detach()  # straight-through estimator

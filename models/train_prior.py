@@ -1,6 +1,7 @@
 """Prior training: dump the codes of a trained OVQ-VAE once, then fit the Transformer on them."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -39,7 +40,10 @@ def lr_at(step: int, total: int, base: float, warmup: int) -> float:
 
 def train(train_ds: Dataset, vqvae_path: Path, out: Path, preset: str = "fashion-mnist", epochs: int = 5,
           lr: float = 2e-3, batch_size: int = 256, label_dropout: float = 0.1, seed: int = 0,
-          val_fraction: float = 0.05, resume: bool = True, meta: dict | None = None) -> Prior:
+          val_fraction: float = 0.05, resume: bool = True, init: Path | None = None, meta: dict | None = None) -> Prior:
+    """Fit the prior to the OVQ-VAE's codes; checkpoints every epoch and resumes from `out`.
+    `init`: start from that prior's weights (a fresh optimizer and schedule), e.g. to train a
+    prior further on the same tokens."""
     dev = checkpoint.device()
     torch.manual_seed(seed)
     vqvae, _ = checkpoint.load_ovqvae(vqvae_path)
@@ -50,8 +54,14 @@ def train(train_ds: Dataset, vqvae_path: Path, out: Path, preset: str = "fashion
     val_idx, tr_idx = perm[:n_val], perm[n_val:]
     vc = vqvae.config
     state = checkpoint.load(out) if resume and out.exists() else None
-    config = PriorConfig.from_dict(state["config"]) if state else prior_config(preset, vc.D, vc.K, len(train_ds.classes))
+    warm = checkpoint.load(init) if init is not None and state is None else None
+    config = (PriorConfig.from_dict((state or warm)["config"]) if state or warm
+              else prior_config(preset, vc.D, vc.K, len(train_ds.classes)))
+    if warm:
+        config = dataclasses.replace(config, dropout=prior_config(preset, vc.D, vc.K, len(train_ds.classes)).dropout)
     model = Prior(config).to(dev)
+    if warm:
+        model.load_state_dict(warm["model"])
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "pos" not in n and "tok" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "pos" not in n and "tok" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],

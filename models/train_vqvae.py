@@ -1,6 +1,12 @@
-"""Two-stage OVQ-VAE training: `plain` (all D channels), then `ordered` (nested dropout)."""
+"""Two-stage OVQ-VAE training: `plain` (all D channels), then `ordered` (nested dropout).
+
+A third stage, `decoder`, trains a new decoder (the preset's decoder widths) with nested dropout
+on the frozen encoder and codebook of `init`: the tokens, and so a prior trained on them, stay
+valid while the decoder gains fidelity (zoo v2).
+"""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -38,8 +44,10 @@ def train(train_ds: Dataset, out: Path, config: OVQVAEConfig | None = None, stag
           init: Path | None = None, lr: float = 1e-3, batch_size: int = 128, seed: int = 0, min_cut: int = 1,
           resume: bool = True, meta: dict | None = None) -> OVQVAE:
     """Train (or fine-tune from `init`) and checkpoint after every epoch; resumes from `out`."""
-    if stage not in ("plain", "ordered"):
-        raise ValueError("stage must be 'plain' or 'ordered'")
+    if stage not in ("plain", "ordered", "decoder"):
+        raise ValueError("stage must be 'plain', 'ordered' or 'decoder'")
+    if stage == "decoder" and init is None and not (resume and out.exists()):
+        raise ValueError("stage 'decoder' trains a new decoder on the encoder and codebook of --init")
     dev = checkpoint.device()
     torch.manual_seed(seed)
     state = None
@@ -47,26 +55,42 @@ def train(train_ds: Dataset, out: Path, config: OVQVAEConfig | None = None, stag
         state = checkpoint.load(out)
         config = OVQVAEConfig.from_dict(state["config"])
     elif init is not None:
-        config = OVQVAEConfig.from_dict(checkpoint.load(init)["config"])
+        init_config = OVQVAEConfig.from_dict(checkpoint.load(init)["config"])
+        if stage == "decoder":  # the init's tokens, the preset's decoder
+            init_config = dataclasses.replace(init_config, decoder_widths=config.decoder_widths,
+                                              decoder_res_blocks=config.decoder_res_blocks)
+        config = init_config
     config = config or OVQVAEConfig()
     model = OVQVAE(config).to(dev)
+    if stage == "decoder":
+        for p in [*model.encoder.parameters(), *model.quantizer.parameters()]:
+            p.requires_grad_(False)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     start_epoch, history = 0, []
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
+        for g in opt.param_groups:  # this run's lr, e.g. lower for the last epochs of a resumed run
+            g["lr"] = lr
         start_epoch, history = state["epoch"], state["history"]
     elif init is not None:
-        model.load_state_dict(checkpoint.load(init)["model"])
+        weights = checkpoint.load(init)["model"]
+        if stage == "decoder":
+            weights = {k: v for k, v in weights.items() if not k.startswith("decoder.")}
+        missing, _ = model.load_state_dict(weights, strict=stage != "decoder")
+        assert all(k.startswith("decoder.") for k in missing), missing
     gen = torch.Generator().manual_seed(seed + start_epoch)
     for epoch in range(start_epoch, epochs):
         model.train()
+        if stage == "decoder":
+            model.encoder.eval()
+            model.quantizer.eval()
         bar = tqdm(list(batches(train_ds, batch_size, shuffle=True, generator=gen)), desc=f"ovqvae/{stage} {epoch + 1}/{epochs}")
         used = torch.zeros(config.K, dtype=torch.bool)
         tot_rec = tot_spec = tot_n = 0.0
         for i, (x, _) in enumerate(bar):
             x = x.to(dev)
-            lengths = sample_cuts(x.shape[0], config.D, min_cut, gen).to(dev) if stage == "ordered" else None
+            lengths = sample_cuts(x.shape[0], config.D, min_cut, gen).to(dev) if stage != "plain" else None
             rec, vq_loss, ids = model(x, lengths)
             rec_loss = F.mse_loss(rec, x)
             loss = rec_loss + vq_loss
@@ -80,7 +104,7 @@ def train(train_ds: Dataset, out: Path, config: OVQVAEConfig | None = None, stag
             loss.backward()
             opt.step()
             used[ids.flatten().cpu()] = True
-            if model.quantizer.use_ema and i % config.restart_every == config.restart_every - 1:
+            if stage != "decoder" and model.quantizer.use_ema and i % config.restart_every == config.restart_every - 1:
                 z = model.encoder(x).detach().reshape(-1, config.token_dim)
                 model.quantizer.restart_dead(z, config.restart_threshold)
             tot_rec += rec_loss.item() * x.shape[0]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..catalog import ModelCard
+from .model_checks import startup_problems
 
 SUPPORTED_FORMAT_VERSIONS = {2}
 REQUIRED_FILES = {
@@ -62,15 +63,9 @@ def load_model_dir(path: Path, backend: str, verify: bool = True) -> ModelSpec:
     if backend not in REQUIRED_FILES:
         raise ModelDirError(f"unknown backend {backend!r}; choose torchscript or onnx")
     try:
-        files = manifest["files"]
-        for role in REQUIRED_FILES[backend]:
-            entry = files[role]
-            f = path / entry["path"]
-            if not f.is_file():
-                raise ModelDirError(f"{f}: file is missing (role {role})")
-            if verify and sha256(f) != entry["sha256"]:
-                raise ModelDirError(f"{f}: checksum mismatch (sha256 differs from manifest.json); the file is corrupt "
-                                    "or from another export")
+        problems = startup_problems(manifest, path, REQUIRED_FILES[backend], verify_checksums=verify)
+        if problems:  # the contract's cheap rules (service/core/model_checks.py), each naming its file
+            raise ModelDirError("; ".join(map(str, problems)))
         prior = manifest["prior"]
         card = ModelCard.from_manifest(manifest, backend)
         return ModelSpec(**vars(card), path=path, n_layer=int(prior["n_layer"]), n_head=int(prior["n_head"]),
