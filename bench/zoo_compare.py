@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from service.model_dir import load_model_dir
-from service.runtime import make_runtime
+from service.core.model_dir import load_model_dir
+from service.core.runtime import make_runtime
 
 
 def time_ms(fn, repeats: int) -> list[float]:

@@ -5,7 +5,6 @@ imports model code.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,14 +36,6 @@ class ModelSpec(ModelCard):
 
     def file(self, role: str) -> Path:
         return self.path / self.manifest["files"][role]["path"]
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_model_dir(path: Path, backend: str, verify: bool = True) -> ModelSpec:

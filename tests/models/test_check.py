@@ -16,7 +16,7 @@ from models.export import FILES, example_decoder_inputs, example_step_inputs, wr
 from models.ovqvae import DecoderGraph
 from models.prior import PriorStep
 from service.core.model_checks import startup_problems
-from service.model_dir import ModelDirError, load_model_dir
+from service.core.model_dir import ModelDirError, load_model_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 CHEAP_RULES = {"manifest-fields", "files", "checksums", "declared-shapes", "quality-curve"}
