@@ -122,6 +122,12 @@ NOTES = [
     "peers.json) requires a streaming API, sleeps 10 ms after a step that returns no output (it expects a token "
     "per sequence per step), so each step returns one empty chunk to one running request, and its worker "
     "spins on the CPU while idle. Its batch loop (`litserve`) is LitServe's usual way to batch.",
+    "- **Ray Serve's own capacity is low.** The same closed-loop method as for every server (about 52 requests "
+    "in flight, 60 s timeouts, no queue cap) gave Ray Serve far fewer samples/s than the on-time rate it reached "
+    "open-loop in the tuning run (tuning.md, 16 samples per batch); with the replica capped at "
+    "`max_ongoing_requests`, the rest wait in Ray's proxy and router, and that costs throughput here. So its "
+    "multiples of own capacity are low absolute rates (and few requests at 0.25x); the 2x-Anytime cell compares "
+    "it at the same absolute rate as everyone else.",
     "- **Same runtime for everyone.** Every peer runs bench/peers/generator.py (or its continuous form) in one "
     "worker: ONNX Runtime on the exported step and decoder graphs with Anytime's defaults (intra-op threads = "
     "both cores, idle threads stop spinning after a run), the same per-sample RNG and inverse-CDF sampling, so "

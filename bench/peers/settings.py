@@ -45,7 +45,8 @@ DEFAULTS = {
     },
     "ray-serve": {
         # @serve.batch: batch_size_fn counts samples, so max_batch_size is in samples
-        # (tuned: 8 / 16 / 32 / 64 samples gave 17.8 / 48.5 / 23.2 / 13.1 quality-goodput/s)
+        # (tuned: 8 / 16 / 32 / 64 samples gave 17.8 / 48.5 / 23.2 / 13.1 quality-goodput/s, with
+        # Ray's default worker niceness 15: worker_niceness below was set after the tuning run)
         "max_batch_size": 16,
         # Ray's docs: a small batch_wait_timeout_s for latency-sensitive deployments
         "batch_wait_timeout_s": 0.005,
