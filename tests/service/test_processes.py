@@ -176,13 +176,21 @@ def test_the_engine_core_survives_malformed_messages(tiny_model_dir, tmp_path):
 
 
 def test_a_killed_supervisor_takes_its_children_with_it(tiny_model_dir, tmp_path):
+    def alive(pid: int) -> bool:
+        try:
+            state = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                         if line.startswith("State:"))
+        except (OSError, StopIteration):
+            return False
+        return state.split()[1] not in ("Z", "X")
+
     with serve_process(tiny_model_dir, "--workers", "2", log_path=tmp_path / "server.log") as (base, proc):
         kids = children(proc.pid, "service")
         assert len(kids) == 3
         proc.kill()
         proc.wait(5)
-        end = time.monotonic() + 5
-        while any(Path(f"/proc/{k}").exists() and "zombie" not in Path(f"/proc/{k}/status").read_text().lower()
-                  for k in kids):
-            assert time.monotonic() < end, "children outlived the supervisor"
+        end = time.monotonic() + 15
+        while any(alive(k) for k in kids):
+            states = {k: Path(f"/proc/{k}/status").read_text().splitlines()[2] for k in kids if alive(k)}
+            assert time.monotonic() < end, f"children outlived the supervisor: {states}"
             time.sleep(0.05)
