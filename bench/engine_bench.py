@@ -43,7 +43,7 @@ def median_ms(fn, repeats: int) -> float:
     return median_time(fn, repeats, warmup=3) * 1000
 
 
-SPIN_MODES = ("on", "run", "off")  # ANYTIME_ORT_SPIN, see service/runtime.py
+SPIN_MODES = ("on", "run", "off")  # ANYTIME_ORT_SPIN, see service/core/runtime.py
 
 
 @contextmanager
@@ -159,7 +159,7 @@ def markdown(result: dict) -> str:
         lines.append(f"| {b} | {row['torchscript']:.3f} | {row['onnx']:.3f} |")
     if result.get("onnx_spin"):
         lines += ["", "## ONNX Runtime intra-op thread spinning (prior step, median ms)", "",
-                  f"`ANYTIME_ORT_SPIN` (service/runtime.py), {os.environ.get('ANYTIME_THREADS') or os.cpu_count()} "
+                  f"`ANYTIME_ORT_SPIN` (service/core/runtime.py), {os.environ.get('ANYTIME_THREADS') or os.cpu_count()} "
                   "intra-op threads: `on` = ORT's default (idle workers spin, also for a while after each run), "
                   "`run` = spin only while a run is in flight (`session.force_spinning_stop=1`), "
                   "`off` = never spin (`session.intra_op.allow_spinning=0`). The columns above use "

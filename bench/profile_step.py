@@ -58,7 +58,7 @@ def profile(model_dir: Path, batch: int, steps: int = 200) -> dict:
 def _session(model, threads: int):
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()  # as service/runtime.py sets them (spinning: ORT's default)
+    opts = ort.SessionOptions()  # as service/core/runtime.py sets them (spinning: ORT's default)
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -3,6 +3,7 @@ on (non-root user, HEALTHCHECK, entrypoint, settings) read from the Dockerfiles 
 The images are built and run by docker/smoke-test.sh (log: bench/results/docker-smoke.log)."""
 from __future__ import annotations
 
+import importlib
 import re
 import subprocess
 
@@ -76,12 +77,25 @@ def test_cpu_image_needs_no_torch():
     assert not re.search(r"^torch", reqs, re.M) and re.search(r"^onnxruntime==", reqs, re.M)
     code = ("import sys, importlib, pkgutil, service\n"
             "sys.modules['torch'] = None  # any import of torch now fails\n"
-            "for m in pkgutil.iter_modules(service.__path__):\n"
-            "    importlib.import_module('service.' + m.name)\n"
+            "for m in pkgutil.walk_packages(service.__path__, 'service.'):\n"
+            "    importlib.import_module(m.name)\n"
             "import anytime_cli\n")
     proc = subprocess.run([__import__("sys").executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_the_images_build_time_model_check_imports_what_exists():
+    """Both Dockerfiles load every model at build time through service modules: those imports
+    must name modules and functions that exist (a moved module would fail only at build)."""
+    for name in ("Dockerfile", "Dockerfile.gpu"):
+        text = (DOCKER / name).read_text()
+        imports = re.findall(r"from (service[.\w]*) import ([\w, ]+);", text)
+        assert imports, name
+        for module, names in imports:
+            mod = importlib.import_module(module)
+            for n in names.split(","):
+                assert hasattr(mod, n.strip()), (name, module, n)
 
 
 def test_requirements_are_pinned_and_gpu_has_no_cpu_onnxruntime():
