@@ -153,7 +153,10 @@ smoke() {  # smoke TAG [extra env for the server...]
     done
     [ "$code" = 200 ] || { tail -20 "$WORK/serve-${tag##*:}.log"; die "/readyz gave $code after 300 s"; }
     log "GET /readyz -> $code $(cat "$WORK/readyz.json") after $((SECONDS - t0)) s"
+    # the port is held by a frontend worker; its parent is the supervisor (`anytime serve`),
+    # which an orchestrator signals as the container's main process
     server_pid=$(ss -ltnpH "sport = :$PORT" | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)
+    server_pid=$(ps -o ppid= -p "$server_pid" | tr -d ' ')
 
     code=$(curl -s -o "$WORK/generate.json" -w '%{http_code}' -X POST "$base/generate" \
         -H 'content-type: application/json' -d '{"deadline_ms": 2000, "seed": 7, "n": 2}')

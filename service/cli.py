@@ -148,7 +148,8 @@ class Supervisor:
         """Wait for a drain (signal) or a death; the exit status says which it was."""
         while True:
             time.sleep(self.POLL_S)
-            if self.core.poll() is not None:
+            if self.core.poll() is not None and not (self.signals and self.core.returncode == 0):
+                # (a signal to the whole process group drains the core too: it exits 0 once idle)
                 log.error("engine core exited with %s; stopping the frontends", self.core.returncode)
                 self._stop_workers(grace_s=1.0)
                 return 1
