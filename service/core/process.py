@@ -51,7 +51,10 @@ class CoreServer:
                 sock = self._push.sock = self.ctx.socket(zmq.PUSH)
                 sock.setsockopt(zmq.LINGER, 0)
                 sock.connect(OUTPUTS)
-            sock.send_multipart([frontend, *ipc.output_frames(out, samples)], copy=False)
+            # a leading frame tells the IPC thread which request ended (its id; empty for a
+            # preview), so it forwards without decoding the message
+            ended = str(out.id).encode() if out.final else b""
+            sock.send_multipart([frontend, ended, *ipc.output_frames(out, samples)], copy=False)
         return push
 
     def run(self, parent: int) -> None:
@@ -77,9 +80,9 @@ class CoreServer:
                 frames = self.outputs.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            out = ipc.decode(ipc.OUTPUT, frames[2].bytes)
-            if out.final:
-                self.live.pop((frames[0].bytes, out.id), None)
+            ended = frames.pop(1).bytes
+            if ended:
+                self.live.pop((frames[0].bytes, int(ended)), None)
             self.router.send_multipart(frames, copy=False)
 
     def _serve(self) -> None:
