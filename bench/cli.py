@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ("threads", "ONNX Runtime thread modes (spinning, count) under the same load"),
                        ("split", "in-process vs engine-core process + frontend workers: throughput ratios, overhead"),
                        ("split-sweep", "the anytime policy in-process and split at the same offered loads"),
+                       ("mixed", "interactive, bulk and streaming classes: today's scheduler vs the slack-aware one"),
                        ("peers", "the same model behind LitServe, Ray Serve and BentoML vs Anytime (extra `peers`)")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL)
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.choices["sweep"]
     sweep.add_argument("--loads", default="0.25,0.5,1,2,4")
     sub.choices["split-sweep"].add_argument("--loads", default="0.25,0.5,1,2,4")
+    sub.choices["mixed"].add_argument("--loads", default="1,2")
     sweep.add_argument("--policies", default="anytime,fixed,drop,static")
     return ap
 
@@ -96,6 +98,12 @@ def main(argv: list[str] | None = None) -> int:
 
         run(flags, [float(x) for x in args.loads.split(",")], args.duration, args.deadlines, args.n_mix, args.out)
         print((args.out / "split-sweep.md").read_text())
+        return 0
+    if args.what == "mixed":
+        from .mixed import run
+
+        run(flags, [float(x) for x in args.loads.split(",")], args.duration, args.out)
+        print((args.out / "mixed.md").read_text())
         return 0
     if args.what == "split":
         from .split import run

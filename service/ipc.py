@@ -28,6 +28,7 @@ class AddRequest(msgspec.Struct, array_like=True, gc=False):
     top_p: float
     preview_every: int
     request_id: str
+    priority: str = "normal"  # high | normal | low
 
 
 class Admitted(msgspec.Struct, array_like=True, gc=False):

@@ -52,6 +52,13 @@ class Settings(BaseSettings):
     respond_margin_ms: float = Field(6.0, ge=0, description="time kept for encoding and responding")
     safety: float = Field(1.25, ge=1.0, description="multiplies predicted costs in deadline decisions")
     quality_price: float = Field(1.0, ge=0, description="how hard steps are rationed by the quality curve under load")
+    slack: bool = Field(True, description="slack-aware scheduling (policy anytime): requests with slack pause, "
+                        "keeping their KV cache, while tighter ones step; previews are best effort")
+    park_rows: int = Field(128, ge=0, le=4096, description="KV-cache slots beyond max_batch for paused rows (slack)")
+    preview_interval_ms: float = Field(50.0, ge=0, description="least time between two previews of one stream (slack)")
+    preview_share: float = Field(0.25, gt=0, le=1, description="most of the engine's time spent on previews (slack)")
+    fair_share: float = Field(0.5, gt=0, le=1, description="under load, the largest share of max_batch one "
+                              "request may ask for (slack; larger ones get 503 fair_share)")
     verify_checksums: bool = True
     drain_timeout_s: float = Field(65.0, description="longest wait for in-flight work on SIGTERM")
     log_level: str = "info"

@@ -44,6 +44,7 @@ class DecodeStats:
     backend: str
     batch: int
     seconds: float
+    previews_skipped: int = 0  # nominal stream previews the requests of this decode passed over
 
 
 class Engine:
@@ -139,17 +140,21 @@ class Engine:
         return len(self.scheduler.rows) if self.scheduler else 0
 
     @property
+    def paused_sequences(self) -> int:
+        return self.scheduler.table.paused if self.scheduler else 0
+
+    @property
     def queued_sequences(self) -> int:
         return self._admitted_rows - self.scheduler.dequeued_rows if self.scheduler else 0
 
     # ---- admission (the admitting thread) --------------------------------------------------
     def new_request(self, *, n: int, seed: int, label: int | None, deadline_s: float, arrival: float,
                     min_tokens: int, max_tokens: int, sampling: SamplingParams, request_id: str = "",
-                    preview_every: int = 0) -> Request:
+                    preview_every: int = 0, priority: str = "normal") -> Request:
         start = self.spec.unconditional_token if label is None else self.spec.start_token_base + label
         req = Request(model=self.spec.name, n=n, seed=seed, label=label, start_token=start, deadline_s=deadline_s,
                       arrival=arrival, min_tokens=min_tokens, max_tokens=max_tokens, sampling=sampling,
-                      request_id=request_id, preview_every=preview_every)
+                      request_id=request_id, preview_every=preview_every, priority=priority)
         req.sequences = [Sequence(req, i, sequence_rng(seed, i)) for i in range(n)]
         return req
 
@@ -161,8 +166,11 @@ class Engine:
         while pending and pending[0][0] <= taken:
             pending.popleft()
         # rows decoded before it when they finish together: those with earlier deadlines
-        ahead = load.rows_ahead_of(req.deadline) + sum(n for _, d, n in pending if d < req.deadline)
-        adm = self.scheduler.admit(req, time.monotonic(), load.running_rows, self.queued_sequences, ahead)
+        pending_ahead = sum(n for _, d, n in pending if d < req.deadline)
+        ahead = load.rows_ahead_of(req.deadline) + pending_ahead
+        # slack scheduling: rows that will step beside it (not yet taken ones count if due earlier)
+        sharing = load.rows_sharing(req.deadline) + pending_ahead if self.config.slack_aware else None
+        adm = self.scheduler.admit(req, time.monotonic(), load.running_rows, self.queued_sequences, ahead, sharing)
         if adm.ok:
             req.planned_tokens = adm.planned_tokens
             self._admitted_rows += req.n
@@ -288,7 +296,7 @@ class Engine:
         dt = time.perf_counter() - t
         self.latency.jitter.observe(max(0.0, dt - predicted))
         self.latency.decode.observe(len(seqs), dt)
-        self._emit(DecodeStats(self.spec.name, self.runtime.backend, len(seqs), dt))
+        skipped_before = self.scheduler.previews_skipped
         i = 0
         for r, reason in jobs:
             samples = out[i : i + r.n]
@@ -301,6 +309,8 @@ class Engine:
                     r.on_preview(r, r.tokens, samples)
                 except Exception:
                     log.exception("on_preview callback failed")
+        self._emit(DecodeStats(self.spec.name, self.runtime.backend, len(seqs), dt,
+                               self.scheduler.previews_skipped - skipped_before))
         return dt
 
     def _step(self) -> None:

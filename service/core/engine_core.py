@@ -41,9 +41,10 @@ class EngineCore:
             spec = load_model_dir(path, s.backend, verify=s.verify_checksums)
             if spec.name in self.engines:
                 continue
-            runtime = make_runtime(spec, s.backend, s.max_batch, s.device, s.threads, s.ort_spin)
+            config = SchedulerConfig.from_settings(s)
+            runtime = make_runtime(spec, s.backend, config.slots(), s.device, s.threads, s.ort_spin)
             spec.device = runtime.device
-            engine = Engine(spec, runtime, SchedulerConfig.from_settings(s))
+            engine = Engine(spec, runtime, config)
             if s.test_step_delay_ms:
                 delay = s.test_step_delay_ms / 1000
                 engine.fault_hook = lambda batch: time.sleep(delay)
@@ -83,7 +84,8 @@ class EngineCore:
         req = engine.new_request(n=msg.n, seed=msg.seed, label=msg.label, deadline_s=msg.deadline_s,
                                  arrival=msg.arrival, min_tokens=msg.min_tokens, max_tokens=msg.max_tokens,
                                  sampling=SamplingParams(msg.temperature, msg.top_k, msg.top_p),
-                                 request_id=msg.request_id, preview_every=msg.preview_every)
+                                 request_id=msg.request_id, preview_every=msg.preview_every,
+                                 priority=msg.priority)
         rid, metrics = msg.id, self.metrics
 
         def done(r: Request) -> None:
@@ -97,7 +99,7 @@ class EngineCore:
             req.on_preview = lambda r, k, samples: on_output(ipc.Output(rid, False, k), samples)
         adm = engine.admit(req)
         if not adm.ok:
-            metrics.rejected(msg.model, adm.reason)
+            metrics.rejected(msg.model, adm.reason, msg.priority)
             return ipc.Admitted(rid, False, reason=adm.reason, message=adm.message,
                                 retry_after_s=adm.retry_after_s), None
         return ipc.Admitted(rid, True, planned_tokens=adm.planned_tokens), req
@@ -123,6 +125,6 @@ def _count_unanswered(metrics: Metrics, r: Request) -> None:
     if r.finish_reason is FinishReason.CANCELLED:
         metrics.outcome(r.model, "cancelled", r.n, "cancelled")
     elif r.finish_reason is FinishReason.ERROR and r.error_status == 503:
-        metrics.rejected(r.model, "expired")
+        metrics.rejected(r.model, "expired", r.priority)
     elif r.finish_reason is FinishReason.ERROR:
         metrics.outcome(r.model, "error", r.n, "error")

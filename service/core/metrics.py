@@ -41,11 +41,17 @@ class Metrics:
                                  ["model"], buckets=FRACTION_BUCKETS, registry=r)
         self.finish = Counter("anytime_sequences_finished", "Finished sequences by reason "
                               "(budget, deadline_guard, quality, cancelled, error)", ["model", "reason"], registry=r)
-        self.rejections = Counter("anytime_rejections", "Requests rejected at admission by reason", ["model", "reason"],
-                                  registry=r)
+        self.rejections = Counter("anytime_rejections", "Requests rejected at admission by reason "
+                                  "(deadline, queue_full, fair_share, expired, overloaded) and priority",
+                                  ["model", "reason", "priority"], registry=r)
         self.queue = Gauge("anytime_queue_depth", "Sequences admitted and waiting for a batch row", ["model"],
                            registry=r)
         self.active = Gauge("anytime_active_sequences", "Sequences in the running batch", ["model"], registry=r)
+        self.paused = Gauge("anytime_paused_sequences", "Sequences with slack standing aside, their KV cache kept "
+                            "(slack scheduling)", ["model"], registry=r)
+        self.previews_skipped = Counter("anytime_previews_skipped", "Stream previews due every preview_every "
+                                        "tokens that were never decoded (best effort under load)", ["model"],
+                                        registry=r)
         self.batch = Histogram("anytime_batch_size", "Sequences per prior step", ["model"], buckets=BATCH_BUCKETS,
                                registry=r)
         self.step = Histogram("anytime_step_latency_seconds", "Latency of one batched prior step",
@@ -68,6 +74,8 @@ class Metrics:
         name = engine.spec.name
         self.queue.labels(name).set_function(lambda: engine.queued_sequences)
         self.active.labels(name).set_function(lambda: engine.active_sequences)
+        self.paused.labels(name).set_function(lambda: engine.paused_sequences)
+        self.previews_skipped.labels(name)  # exported from the start, at 0
         self.load_factor.labels(name, "step").set_function(lambda: engine.latency.step.factor if engine.latency else 1)
         self.load_factor.labels(name, "decode").set_function(
             lambda: engine.latency.decode.factor if engine.latency else 1)
@@ -82,11 +90,14 @@ class Metrics:
             if isinstance(stats, StepStats):
                 children = (self.step.labels(stats.model, stats.backend), self.batch.labels(stats.model))
             else:
-                children = (self.decode.labels(stats.model, stats.backend), None)
+                children = (self.decode.labels(stats.model, stats.backend), None,
+                            self.previews_skipped.labels(stats.model))
             self._engine_children[key] = children
         children[0].observe(stats.seconds)
         if children[1] is not None:
             children[1].observe(stats.batch)
+        elif stats.previews_skipped:
+            children[2].inc(stats.previews_skipped)
 
     def answered(self, model: str, latency_s: float, deadline_s: float, tokens: int, D: int, quality: float, n: int,
                  reason: str, respond_s: float) -> None:
@@ -104,9 +115,9 @@ class Metrics:
             self.quality.labels(model).observe(quality)
         self.finish.labels(model, reason).inc(n)
 
-    def rejected(self, model: str, reason: str) -> None:
+    def rejected(self, model: str, reason: str, priority: str = "normal") -> None:
         self.requests.labels(model, "rejected").inc()
-        self.rejections.labels(model, reason).inc()
+        self.rejections.labels(model, reason, priority).inc()
 
     def outcome(self, model: str, outcome: str, n: int = 1, reason: str | None = None) -> None:
         self.requests.labels(model, outcome).inc()

@@ -12,6 +12,7 @@ import numpy as np
 class Status(enum.Enum):
     WAITING = "waiting"  # admitted, not yet in the batch
     RUNNING = "running"  # in the batch, generating
+    PAUSED = "paused"  # has slack: not stepping for now, its KV-cache rows kept
     FINISHED = "finished"
 
 
@@ -33,7 +34,7 @@ class SamplingParams:
     top_p: float = 1.0
 
 
-@dataclass
+@dataclass(eq=False)  # identity: a sequence is one sample in flight
 class Sequence:
     """One sample being generated. `slot` is its row in the runtime's KV cache."""
 
@@ -78,6 +79,9 @@ class Request:
     on_done: object = None  # callable(request), set by whoever waits for it
     preview_every: int = 0  # streaming: decode a preview every this many tokens (0: off)
     last_preview: int = 0
+    last_preview_at: float = 0.0  # time.monotonic() of the last preview decode
+    priority: str = "normal"  # high | normal | low: scales the quality price under load
+    urgent: bool = False  # slack scheduling: its laxity ran out, so it steps every iteration
     on_preview: object = None  # callable(request, tokens, samples [n, ...])
     deadline: float = field(init=False)  # absolute (monotonic): arrival + deadline_s, sorted by often
 

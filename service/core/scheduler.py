@@ -17,6 +17,11 @@ threads use it and each writes only its own part:
 - fixed:   always max_tokens (D), FIFO, no admission control (a standard server).
 - drop:    always max_tokens, reject at admission when that is predicted to miss (Clockwork).
 - static:  k from the deadline alone against the idle profile, ignoring load.
+
+With `slack` on (the default), the anytime policy also decides who steps each iteration:
+requests with slack pause (KV cache kept) or wait while tighter ones step, previews are best
+effort, and admission plans against the rows that will share a request's steps
+(service/core/slack.py).
 """
 from __future__ import annotations
 
@@ -32,9 +37,12 @@ import numpy as np
 from ..settings import POLICIES, Settings
 from .latency import LatencyModel
 from .request import FinishReason, Request, Sequence, Status
+from .rows import RowTable
+from .slack import PRIORITY_PRICE, SlackPolicy
 
 
 _deadline = operator.attrgetter("deadline")
+FAIR_PRESSURE = 0.2  # above this pressure, one request may not ask for more than fair_share of the rows
 
 
 def _setting(name: str, scale: float = 1.0):
@@ -53,18 +61,33 @@ class SchedulerConfig:
     quality_price: float = _setting("quality_price")  # price of a step at full pressure, in units of 1/D
     pressure_alpha: float = 0.05  # EMA weight of each admission in the pressure signal
     # pressure = EMA share of admissions that got fewer tokens than on an idle server
+    slack: bool = _setting("slack")  # slack-aware stepping, best-effort previews (anytime policy)
+    park_rows: int = _setting("park_rows")  # KV-cache slots beyond max_batch for paused rows
+    preview_interval_s: float = _setting("preview_interval_ms", 1e-3)  # least time between two previews
+    preview_share: float = _setting("preview_share")  # of the engine's time, at most, for preview decodes
+    fair_share: float = _setting("fair_share")  # under pressure, the most of max_batch one request may ask
 
     @classmethod
     def from_settings(cls, s: Settings) -> "SchedulerConfig":
         return cls(policy=s.policy, max_batch=s.max_batch, max_queue=s.max_queue,
-                   respond_margin_s=s.respond_margin_ms / 1000, safety=s.safety, quality_price=s.quality_price)
+                   respond_margin_s=s.respond_margin_ms / 1000, safety=s.safety, quality_price=s.quality_price,
+                   slack=s.slack, park_rows=s.park_rows, preview_interval_s=s.preview_interval_ms / 1000,
+                   preview_share=s.preview_share, fair_share=s.fair_share)
+
+    @property
+    def slack_aware(self) -> bool:
+        return self.slack and self.policy == "anytime"
+
+    def slots(self) -> int:
+        """KV-cache slots the runtime allocates: the batch, and room for paused rows."""
+        return self.max_batch + (self.park_rows if self.slack_aware else 0)
 
 
 @dataclass
 class Admission:
     ok: bool
     planned_tokens: int = 0
-    reason: str = ""  # for rejections: deadline | queue_full
+    reason: str = ""  # for rejections: deadline | queue_full | fair_share
     message: str = ""
     retry_after_s: float = 0.0
 
@@ -74,6 +97,8 @@ class IterationPlan:
     start: list[Request] = field(default_factory=list)
     finish: list[tuple[Request, FinishReason]] = field(default_factory=list)
     expire: list[Request] = field(default_factory=list)  # waited too long for min_tokens
+    pause: list[Request] = field(default_factory=list)  # slack: stop stepping, keep the KV cache
+    resume: list[Request] = field(default_factory=list)  # slack: paused requests that step again
     # The following iterations need no plan (see Scheduler._quiet): for quiet_steps iterations,
     # while the clock is before quiet_until and costs are no higher than the ones assumed.
     quiet_steps: int = 0
@@ -89,9 +114,15 @@ class LoadSnapshot:
     running_rows: int = 0
     deadlines: tuple[float, ...] = ()  # running and waiting requests, earliest first
     rows_before: tuple[int, ...] = (0,)  # rows_before[i]: rows of the requests before deadlines[i]
+    urgent_at: tuple[float, ...] = ()  # slack: when each live request turns urgent, earliest first
+    urgent_rows_before: tuple[int, ...] = (0,)
 
     def rows_ahead_of(self, deadline: float) -> int:
         return self.rows_before[bisect.bisect_left(self.deadlines, deadline)]
+
+    def rows_sharing(self, deadline: float) -> int:
+        """Slack: rows that step beside a request due at `deadline` (urgent before it)."""
+        return self.urgent_rows_before[bisect.bisect_left(self.urgent_at, deadline)]
 
 
 class AdmissionState:
@@ -152,10 +183,13 @@ class Scheduler:
         # gain is below price; that running minimum falls, so its negation can be bisected
         self._neg_min_gain = (-np.minimum.accumulate(self.gain)).tolist()
         self.admission = AdmissionState(D)  # written by the admitting thread only
+        self.slack = SlackPolicy(config, latency)
         # ---- request state: written by the engine thread only ----
         self.waiting: list[Request] = []  # admitted, not yet in the batch
         self.running: list[Request] = []  # in the batch
-        self.rows: list[Sequence] = []  # rows[i] is the sequence in KV-cache row i
+        self.paused: list[Request] = []  # slack: started, not stepping for now
+        self.table = RowTable(config.max_batch, config.slots())  # which KV-cache slot holds which sequence
+        self.previews_skipped = 0  # slack: previews due every preview_every tokens that were never decoded
         self.rows_changed = True  # rows joined or left since the engine last built its step inputs
         self.taken_id = 0  # id of the last request taken from the engine's inbox
         self.dequeued_rows = 0  # rows that left the waiting queue (admission counts the rest as queued)
@@ -163,6 +197,11 @@ class Scheduler:
         # what admission reads of the batch: (running rows, deadlines of running and waiting
         # requests in order, rows with a deadline before each), replaced whole after each plan
         self.load = LoadSnapshot()
+
+    @property
+    def rows(self) -> list[Sequence]:
+        """The active rows: rows[i] is the sequence in KV-cache row i (the step's batch)."""
+        return self.table.rows
 
     @property
     def pressure(self) -> float:
@@ -186,9 +225,10 @@ class Scheduler:
         worst recent overrun of a predicted step or decode."""
         return self.respond_margin() + self.latency.jitter()
 
-    def quality_cap(self) -> int:
-        """Under pressure, the k after which further tokens buy less quality than a step costs."""
-        price = self.config.quality_price * self.pressure / self.D
+    def quality_cap(self, priority: str = "normal") -> int:
+        """Under pressure, the k after which further tokens buy less quality than a step costs
+        (a high-priority request pays half the price, a low-priority one twice)."""
+        price = self.config.quality_price * PRIORITY_PRICE[priority] * self.pressure / self.D
         if price <= 0:
             return self.D
         return min(self.D, bisect.bisect_right(self._neg_min_gain, -price))
@@ -199,8 +239,11 @@ class Scheduler:
         `ahead` rows with earlier deadlines) and responding."""
         c, lat = self.config, self.latency
         overhead = wait_s + c.safety * lat.finish_decode(req.n, ahead) + self.margin()
-        per_step = c.safety * lat.step(batch)
-        if req.preview_every:  # streaming: one preview decode every preview_every steps
+        step = lat.step(batch)
+        per_step = c.safety * step
+        if req.preview_every and c.slack_aware:  # best-effort previews, bounded (service/core/slack.py)
+            per_step += c.safety * self.slack.preview_cost_per_step(req, step)
+        elif req.preview_every:  # streaming: one preview decode every preview_every steps
             per_step += c.safety * lat.decode(req.n) / req.preview_every
         return max(0, math.floor((req.deadline - now - overhead) / per_step + 1e-9))
 
@@ -211,18 +254,30 @@ class Scheduler:
         # rows free up as sequences finish: about mean_planned steps per generation
         return self.latency.step(self.config.max_batch) * self.mean_planned * min(1.0, excess / self.config.max_batch)
 
-    def admit(self, req: Request, now: float, running: int, waiting: int, ahead: int | None = None) -> Admission:
+    def admit(self, req: Request, now: float, running: int, waiting: int, ahead: int | None = None,
+              sharing: int | None = None) -> Admission:
         """Decide in microseconds: a token budget for `req`, or a rejection with a reason.
 
-        ahead: rows running or waiting with an earlier deadline (decoded before it), if known."""
+        ahead: rows running or waiting with an earlier deadline (decoded before it), if known.
+        sharing: slack scheduling: rows that will step beside it (urgent before its deadline)."""
         c = self.config
         cap = min(req.max_tokens, self.D)
         if waiting + req.n > c.max_queue:
             return Admission(False, reason="queue_full", message="the queue is full", retry_after_s=self._retry_after(running))
         if c.policy == "fixed":
             return self._accept(cap)
-        wait = self._wait_estimate(running, waiting, req.n)
-        batch = min(running + waiting + req.n, c.max_batch)
+        if c.slack_aware and sharing is not None:
+            if self.pressure > FAIR_PRESSURE and req.n > c.fair_share * c.max_batch:
+                return Admission(False, reason="fair_share", retry_after_s=self._retry_after(running),
+                                 message=f"n={req.n} is more than {c.fair_share:.0%} of the batch while the server "
+                                         f"is under load; send smaller requests")
+            excess = sharing + req.n - c.max_batch
+            wait = self.latency.iteration_in_flight(running) if excess <= 0 else \
+                self.latency.step(c.max_batch) * self.mean_planned * min(1.0, excess / c.max_batch)
+            batch = min(sharing + req.n, c.max_batch)
+        else:
+            wait = self._wait_estimate(running, waiting, req.n)
+            batch = min(running + waiting + req.n, c.max_batch)
         if c.policy == "static":
             idle = self.latency.step.profiled(1) * c.safety
             k = math.floor((req.deadline_s - self.latency.decode.profiled(req.n) - c.respond_margin_s) / idle)
@@ -235,7 +290,7 @@ class Scheduler:
                 # pressure: did load (not the deadline itself) take tokens from this request?
                 idle_fit = self.deadline_tokens(req, now, req.n, self.latency.step(1), 0)
                 self.admission.observe_pressure(float(fit < min(cap, idle_fit)), c.pressure_alpha)
-                k = min(cap, fit, max(req.min_tokens, self.quality_cap()))
+                k = min(cap, fit, max(req.min_tokens, self.quality_cap(req.priority)))
         if k < max(1, req.min_tokens):
             need = "all tokens" if c.policy == "drop" else f"min_tokens={max(1, req.min_tokens)}"
             return Admission(False, reason="deadline", retry_after_s=self._retry_after(running),
@@ -252,28 +307,32 @@ class Scheduler:
 
     # ---- each iteration --------------------------------------------------------------------
     def plan(self, now: float, running: list[Request], waiting: list[Request], running_rows: int,
-             preview_rows: int = 0) -> IterationPlan:
-        """Which running requests finish now (and why), and which waiting ones join the batch.
+             preview_rows: int = 0, paused: list[Request] = (), free_slots: int | None = None) -> IterationPlan:
+        """Which running (or paused) requests finish now (and why), which waiting ones join the
+        batch, and with slack scheduling which pause or resume.
 
-        preview_rows: streaming previews decoded in this iteration's decode batch."""
+        preview_rows: streaming previews decoded in this iteration's decode batch.
+        free_slots: KV-cache slots free before this plan (slack scheduling; default: the table's)."""
         c, lat = self.config, self.latency
         plan = IterationPlan()
         rows = running_rows
         finishing_rows = 0
         decode_rows = preview_rows
-        cap_q = self.quality_cap() if c.policy == "anytime" else self.D
+        caps = {p: self.quality_cap(p) if c.policy == "anytime" else self.D for p in PRIORITY_PRICE}
         # 1. budgets reached, and the quality knee under pressure
+        paused_ids = set(map(id, paused))
         keep = []
-        for r in running:
+        for r in itertools.chain(running, paused):
             if r.tokens >= r.planned_tokens:
                 plan.finish.append((r, FinishReason.BUDGET))
-            elif c.policy == "anytime" and r.tokens >= max(cap_q, r.min_tokens):
+            elif c.policy == "anytime" and r.tokens >= max(caps[r.priority], r.min_tokens):
                 plan.finish.append((r, FinishReason.QUALITY))
             else:
                 keep.append(r)
                 continue
             finishing_rows += r.n
-        rows -= finishing_rows
+            if id(r) not in paused_ids:  # a paused request holds no active row
+                rows -= r.n
         decode_rows += finishing_rows
         # 2. deadline guard: continue only if this iteration's decode, one more step, then this
         #    request's own decode and response still fit before its deadline
@@ -301,12 +360,21 @@ class Scheduler:
                 if now + need > r.deadline and r.tokens >= 1:
                     plan.finish.append((r, FinishReason.DEADLINE_GUARD))
                     decode_rows += r.n
-                    rows -= r.n
+                    if id(r) not in paused_ids:
+                        rows -= r.n
                     step_cost, dec_now = lat.step.paced(rows), lat.decode.paced(decode_rows)
                 else:
                     continuing.append(r)
                     deadlines.append(r.deadline)
                     ahead_rows.append(ahead_rows[-1] + r.n)
+        # 3. slack: who steps (urgent first, then by deadline while the batch stays affordable)
+        if c.slack_aware:
+            free = self.table.free_slots() if free_slots is None else free_slots
+            self._select(plan, now, continuing, waiting, lat.decode.paced(decode_rows) if decode_rows else 0.0,
+                         margin, free + sum(r.n for r, _ in plan.finish), deadlines, ahead_rows, paused_ids)
+            if not (plan.pause or plan.resume or paused) and len(plan.start) + len(plan.expire) == len(waiting):
+                self._quiet(plan, continuing + plan.start, rows + sum(r.n for r in plan.start), caps, margin)
+            return plan
         # 3. admit waiting requests into free rows (earliest deadline first for anytime)
         order = sorted(waiting, key=_deadline) if c.policy == "anytime" else waiting
         started_rows = 0  # rows started just now: earlier deadlines than the next in `order`
@@ -326,10 +394,40 @@ class Scheduler:
             rows += r.n
             started_rows += r.n
         if len(plan.start) + len(plan.expire) == len(waiting):
-            self._quiet(plan, continuing + plan.start, rows, cap_q, margin)
+            self._quiet(plan, continuing + plan.start, rows, caps, margin)
         return plan
 
-    def _quiet(self, plan: IterationPlan, continuing: list[Request], rows: int, cap_q: int, margin: float) -> None:
+    def _select(self, plan: IterationPlan, now: float, continuing: list[Request], waiting: list[Request],
+                dec_now: float, margin: float, free_slots: int, deadlines: list[float], ahead_rows: list[int],
+                paused_ids: set[int]) -> None:
+        """Slack scheduling's step 3: pause, resume and start from SlackPolicy.select; a waiting
+        request starts with the tokens that still fit (or expires, as in step 3 below)."""
+        c = self.config
+        hopeless = [r for r in waiting  # not even alone in the batch: no row for it
+                    if self.deadline_tokens(r, now, r.n, c.safety * dec_now, 0) < max(1, r.min_tokens)]
+        plan.expire += hopeless
+        waiting = [r for r in waiting if r not in hopeless]
+        running = [r for r in continuing if id(r) not in paused_ids]
+        paused = [r for r in continuing if id(r) in paused_ids]
+        chosen = self.slack.select(now, running, paused, waiting, dec_now, margin, free_slots)
+        stepping = set(map(id, chosen))
+        plan.pause = [r for r in running if id(r) not in stepping]
+        plan.resume = [r for r in paused if id(r) in stepping]
+        rows = sum(r.n for r in chosen)
+        started_rows = 0
+        waiting_ids = set(map(id, waiting))
+        for r in sorted((r for r in chosen if id(r) in waiting_ids), key=_deadline):
+            ahead = ahead_rows[bisect.bisect_left(deadlines, r.deadline)] + started_rows
+            fit = self.deadline_tokens(r, now, rows, c.safety * dec_now, ahead)
+            r.planned_tokens = min(r.planned_tokens, max(fit, 0))
+            if r.planned_tokens < max(1, r.min_tokens):
+                plan.expire.append(r)
+                continue
+            plan.start.append(r)
+            started_rows += r.n
+
+    def _quiet(self, plan: IterationPlan, continuing: list[Request], rows: int, caps: dict[str, int],
+               margin: float) -> None:
         """How many of the following iterations can skip planning: no budget or quality stop
         falls due, and the deadline guard lets every row go on while the clock stays before
         quiet_until and step cost and margin stay as assumed here (the engine checks those,
@@ -339,8 +437,8 @@ class Scheduler:
         c, lat = self.config, self.latency
         anytime = c.policy == "anytime"
         # tokens advance one per step: the first stop is due when tokens reach a budget or the cap
-        steps = min((min(r.planned_tokens, max(cap_q, r.min_tokens)) if anytime else r.planned_tokens) - r.tokens - 1
-                    for r in continuing)
+        steps = min((min(r.planned_tokens, max(caps[r.priority], r.min_tokens)) if anytime else r.planned_tokens)
+                    - r.tokens - 1 for r in continuing)
         if steps <= 0:
             return
         step_cost, until, ahead = lat.step.paced(rows), math.inf, 0
@@ -371,7 +469,7 @@ class Scheduler:
         return bool(self.waiting) or bool(self._cancelled)
 
     def has_work(self) -> bool:
-        return bool(self.running) or bool(self.waiting) or bool(self._cancelled)
+        return bool(self.running) or bool(self.waiting) or bool(self.paused) or bool(self._cancelled)
 
     def schedule(self, now: float) -> SchedulerOutput:
         """Plan this iteration and apply it to request state: cancelled and expired requests
@@ -384,8 +482,12 @@ class Scheduler:
                 self.finish(r, FinishReason.CANCELLED)
                 out.answered.append(r)
         self._cancelled.clear()
-        due = [r for r in self.running if r.preview_due()]
-        plan = self.plan(now, self.running, self.waiting, len(self.rows), preview_rows=sum(r.n for r in due))
+        if self.config.slack_aware:
+            due = self.slack.previews(now, self.running, len(self.rows), self.margin())
+        else:
+            due = [r for r in self.running if r.preview_due()]
+        plan = self.plan(now, self.running, self.waiting, len(self.rows), preview_rows=sum(r.n for r in due),
+                         paused=self.paused, free_slots=self.table.free_slots())
         for r in plan.expire:
             self._leave(r, out.moves)
             self.finish(r, FinishReason.ERROR, status=503,
@@ -395,8 +497,12 @@ class Scheduler:
         for r, _ in plan.finish:
             self._leave(r, out.moves)
             finishing.add(r)
+        for r in plan.pause:
+            self._pause(r, out.moves)
+        for r in plan.resume:
+            self._resume(r, out.moves)
         for r in plan.start:
-            self._start(r, now)
+            self._start(r, now, out.moves)
         out.finish = plan.finish
         out.previews = [r for r in due if r not in finishing]
         out.plan = plan
@@ -413,8 +519,12 @@ class Scheduler:
     def decoded(self, r: Request, samples, compute_s: float, reason: FinishReason | None) -> None:
         """A decode of r's current prefix: its final samples (reason given) or a preview."""
         r.compute_s += compute_s
+        if r.preview_every and self.config.slack_aware:  # nominal previews passed over since the last one
+            k, every = r.tokens, r.preview_every
+            self.previews_skipped += max(0, k // every - r.last_preview // every - 1 if reason is None
+                                         else (k - 1) // every - r.last_preview // every)
         if reason is None:
-            r.last_preview = r.tokens
+            r.last_preview, r.last_preview_at = r.tokens, time.monotonic()
             return
         r.samples = samples
         self.finish(r, reason)
@@ -437,35 +547,52 @@ class Scheduler:
         for s in r.sequences:
             s.status, s.finish_reason = Status.FINISHED, reason
 
-    def _start(self, r: Request, now: float) -> None:
+    def _start(self, r: Request, now: float, moves: list[tuple[int, int]]) -> None:
         self.waiting.remove(r)
         self.dequeued_rows += r.n
         r.status, r.started = Status.RUNNING, now
-        self.rows_changed = True
-        for s in r.sequences:
-            s.slot, s.status = len(self.rows), Status.RUNNING
-            self.rows.append(s)
+        self._set_rows(r, Status.RUNNING, self.table.start, moves)
         self.running.append(r)
 
+    def _pause(self, r: Request, moves: list[tuple[int, int]]) -> None:
+        self.running.remove(r)
+        r.status = Status.PAUSED
+        self._set_rows(r, Status.PAUSED, self.table.pause, moves)
+        self.paused.append(r)
+
+    def _resume(self, r: Request, moves: list[tuple[int, int]]) -> None:
+        self.paused.remove(r)
+        r.status = Status.RUNNING
+        self._set_rows(r, Status.RUNNING, self.table.resume, moves)
+        self.running.append(r)
+
+    def _set_rows(self, r: Request, status: Status, change, moves: list[tuple[int, int]]) -> None:
+        self.rows_changed = True
+        for s in r.sequences:
+            change(s, moves)
+            s.status = status
+
     def _leave(self, r: Request, moves: list[tuple[int, int]]) -> None:
-        """Take r out of the queues; its rows are filled with the last rows so rows stay 0..B-1."""
+        """Take r out of the queues and free its KV-cache slots (RowTable keeps rows 0..B-1)."""
         if r in self.waiting:
             self.waiting.remove(r)
             self.dequeued_rows += r.n
         if r in self.running:
             self.running.remove(r)
+        if r in self.paused:
+            self.paused.remove(r)
         for s in r.sequences:
-            if s.slot < 0:
-                continue
-            self.rows_changed = True
-            last = self.rows.pop()
-            if last is not s:
-                moves.append((last.slot, s.slot))
-                last.slot = s.slot
-                self.rows[s.slot] = last
-            s.slot = -1
+            if s.slot >= 0:
+                self.rows_changed = True
+                self.table.leave(s, moves)
 
     def _publish_load(self) -> None:
-        reqs = sorted(self.running + self.waiting, key=_deadline)
+        reqs = sorted(self.running + self.paused + self.waiting, key=_deadline)
+        urgent_at, urgent_rows = (), (0,)
+        if self.config.slack_aware:
+            full, margin = self.slack.full_step(), self.margin()
+            keyed = sorted((self.slack.urgent_at(r, full, margin), r.n) for r in reqs)
+            urgent_at = tuple(t for t, _ in keyed)
+            urgent_rows = tuple(itertools.accumulate((n for _, n in keyed), initial=0))
         self.load = LoadSnapshot(len(self.rows), tuple(map(_deadline, reqs)),
-                                 tuple(itertools.accumulate((r.n for r in reqs), initial=0)))
+                                 tuple(itertools.accumulate((r.n for r in reqs), initial=0)), urgent_at, urgent_rows)

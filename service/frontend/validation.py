@@ -46,6 +46,9 @@ class GenerateRequest(BaseModel):
     stream: bool = Field(False, description="answer text/event-stream: `preview` events of the decoded prefix, "
                                            "then a `final` event with the JSON response")
     preview_every: int | None = Field(None, ge=1, le=65536, description="tokens between previews (default D/8)")
+    priority: Literal["high", "normal", "low"] = Field(
+        "normal", description="under load, high pays half the quality price for its steps and low twice: "
+                              "high gets more tokens when steps are scarce")
 
     @model_validator(mode="after")
     def _floor_below_cap(self):
@@ -78,5 +81,5 @@ def to_core_request(body: GenerateRequest, card: ModelCard, rid: int, arrival: f
     preview_every = (body.preview_every or max(1, card.D // 8)) if body.stream else 0
     return AddRequest(id=rid, model=card.name, n=body.n, seed=seed, label=label, deadline_s=body.deadline_ms / 1000,
                       arrival=arrival, min_tokens=body.min_tokens or 1, max_tokens=min(body.max_tokens or card.D, card.D),
-                      temperature=body.temperature, top_k=body.top_k, top_p=body.top_p, preview_every=preview_every,
+                      temperature=body.temperature, top_k=body.top_k, top_p=body.top_p, preview_every=preview_every, priority=body.priority,
                       request_id=request_id)

@@ -161,7 +161,7 @@ def test_metrics_parse_and_cover_the_design(base):
         assert name in families, name
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
     assert samples[("anytime_requests_total", (("model", "tiny"), ("outcome", "ok")))] >= 1
-    assert samples[("anytime_rejections_total", (("model", "tiny"), ("reason", "deadline")))] >= 1
+    assert samples[("anytime_rejections_total", (("model", "tiny"), ("priority", "normal"), ("reason", "deadline")))] >= 1
     assert samples[("anytime_active_sequences", (("model", "tiny"),))] == 0
     step_count = [v for (n, labels), v in samples.items() if n == "anytime_step_latency_seconds_count"]
     assert step_count and step_count[0] > 0
