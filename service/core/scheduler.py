@@ -183,7 +183,7 @@ class Scheduler:
         # gain is below price; that running minimum falls, so its negation can be bisected
         self._neg_min_gain = (-np.minimum.accumulate(self.gain)).tolist()
         self.admission = AdmissionState(D)  # written by the admitting thread only
-        self.slack = SlackPolicy(config, latency)
+        self.slack = SlackPolicy(config, latency, D)
         # ---- request state: written by the engine thread only ----
         self.waiting: list[Request] = []  # admitted, not yet in the batch
         self.running: list[Request] = []  # in the batch
@@ -290,7 +290,9 @@ class Scheduler:
                 # pressure: did load (not the deadline itself) take tokens from this request?
                 idle_fit = self.deadline_tokens(req, now, req.n, self.latency.step(1), 0)
                 self.admission.observe_pressure(float(fit < min(cap, idle_fit)), c.pressure_alpha)
-                k = min(cap, fit, max(req.min_tokens, self.quality_cap(req.priority)))
+                # slack scheduling plans what the deadline allows and guarantees the knee (slack.py)
+                knee = self.D if c.slack_aware else max(req.min_tokens, self.quality_cap(req.priority))
+                k = min(cap, fit, knee)
         if k < max(1, req.min_tokens):
             need = "all tokens" if c.policy == "drop" else f"min_tokens={max(1, req.min_tokens)}"
             return Admission(False, reason="deadline", retry_after_s=self._retry_after(running),
@@ -319,13 +321,17 @@ class Scheduler:
         finishing_rows = 0
         decode_rows = preview_rows
         caps = {p: self.quality_cap(p) if c.policy == "anytime" else self.D for p in PRIORITY_PRICE}
-        # 1. budgets reached, and the quality knee under pressure
+        self.slack.caps = caps
+        # 1. budgets reached, and the quality knee under pressure (with slack scheduling: once
+        #    paused past it while KV-cache slots run short; until then it waits for spare steps)
         paused_ids = set(map(id, paused))
+        short_of_slots = (self.table.free_slots() if free_slots is None else free_slots) < c.max_batch // 4
         keep = []
         for r in itertools.chain(running, paused):
             if r.tokens >= r.planned_tokens:
                 plan.finish.append((r, FinishReason.BUDGET))
-            elif c.policy == "anytime" and r.tokens >= max(caps[r.priority], r.min_tokens):
+            elif c.policy == "anytime" and r.tokens >= max(caps[r.priority], r.min_tokens) and (
+                    not c.slack_aware or (id(r) in paused_ids and short_of_slots)):
                 plan.finish.append((r, FinishReason.QUALITY))
             else:
                 keep.append(r)

@@ -1,9 +1,11 @@
 """Slack-aware scheduling (issue #10): who steps this iteration, and which previews are decoded.
 
-A request's laxity is the time it can still stand aside and make its planned tokens by its
-deadline if, from then on, it steps every iteration of a full batch. Requests whose laxity is
-down to a few steps are *urgent* (for good: no pause-resume flapping at the boundary) and
-always step. The rest step in deadline order as long as the batch they join stays cheap enough
+A request's laxity is the time it can still stand aside and make its *target* by its deadline
+if, from then on, it steps every iteration of a full batch. The target is its planned tokens,
+or under pressure the quality knee (Scheduler.quality_cap): slack turns into quality, since
+tokens past the knee are taken only from spare steps, never forced. Requests whose laxity is
+down to a few steps are *urgent* (until they reach the target: no pause-resume flapping at the
+boundary) and always step. The rest step in deadline order as long as the batch they join stays cheap enough
 for every request already in it to make its plan (a bulk request with seconds to spare does
 not slow an interactive one down to a coarser answer); otherwise they pause, keeping their KV
 cache rows, or stay queued. Admission plans a new request against the rows that will share
@@ -30,8 +32,9 @@ _deadline = operator.attrgetter("deadline")
 
 
 class SlackPolicy:
-    def __init__(self, config, latency: LatencyModel):
+    def __init__(self, config, latency: LatencyModel, D: int):
         self.config, self.latency = config, latency
+        self.caps = {p: D for p in PRIORITY_PRICE}  # the quality knee per priority, set by each plan
         self._credit = 0.0  # seconds of preview decode the share has accrued
         self._credit_at: float | None = None
 
@@ -39,19 +42,28 @@ class SlackPolicy:
         """What one step costs, with its safety factor, when every row is busy."""
         return self.config.safety * self.latency.step.paced(self.config.max_batch)
 
+    def target(self, r: Request) -> int:
+        """The tokens r is guaranteed: its plan, or under pressure the quality knee."""
+        return min(r.planned_tokens, max(r.min_tokens, self.caps[r.priority]))
+
     def urgent_at(self, r: Request, full_step: float, margin: float) -> float:
         """When r turns urgent: its laxity is down to HORIZON_STEPS full-batch steps."""
+        remaining = self.target(r) - r.tokens
+        if remaining <= 0:
+            return math.inf  # past its target: only spare steps
         if r.urgent:
             return -math.inf
-        remaining = max(0, r.planned_tokens - r.tokens)
         return (r.deadline - self.config.safety * self.latency.decode.paced(r.n) - margin
                 - (remaining + HORIZON_STEPS) * full_step)
 
     def allowance(self, r: Request, now: float, dec_now: float, margin: float) -> float:
-        """The dearest step r can take from now on and still make its planned tokens."""
+        """The dearest step r can take from now on and still make its target."""
         c = self.config
+        remaining = self.target(r) - r.tokens
+        if remaining <= 0:
+            return math.inf
         left = r.deadline - now - c.safety * (dec_now + self.latency.decode.paced(r.n)) - margin
-        return left / max(1, r.planned_tokens - r.tokens)
+        return left / remaining
 
     def select(self, now: float, running: list[Request], paused: list[Request], waiting: list[Request],
                dec_now: float, margin: float, free_slots: int) -> list[Request]:
@@ -63,8 +75,7 @@ class SlackPolicy:
         kind = {id(r): k for k, group in ((RUNNING, running), (PAUSED, paused), (WAITING, waiting)) for r in group}
         candidates = [*running, *paused, *waiting]
         for r in candidates:
-            if not r.urgent and now >= self.urgent_at(r, full, margin):
-                r.urgent = True
+            r.urgent = now >= self.urgent_at(r, full, margin)
         chosen: list[Request] = []
         rows, allow = 0, math.inf
         if free_slots < 1:  # nothing can stand aside: the running rows step whatever comes

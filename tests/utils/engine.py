@@ -13,7 +13,8 @@ from service.core.scheduler import SchedulerConfig
 
 def make_engine(model_dir, backend="onnx", policy="anytime", max_batch=16, **kw) -> Engine:
     spec = load_model_dir(model_dir, backend)
-    engine = Engine(spec, make_runtime(spec, backend, max_batch), SchedulerConfig(policy=policy, max_batch=max_batch, **kw))
+    config = SchedulerConfig(policy=policy, max_batch=max_batch, **kw)
+    engine = Engine(spec, make_runtime(spec, backend, config.slots()), config)
     engine.start()
     return engine
 

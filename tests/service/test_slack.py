@@ -1,0 +1,187 @@
+"""Slack-aware scheduling: requests with slack stand aside for tighter ones, keep their KV
+cache while paused, still make their plan, and give the same samples as when run alone."""
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from service.core.latency import LatencyModel
+from service.core.request import FinishReason, Request, Sequence, Status
+from service.core.scheduler import Scheduler, SchedulerConfig
+from tests.utils.engine import make_engine, run, submit
+
+D = 64
+STEP = {1: 0.001, 8: 0.002, 64: 0.008}  # seconds per step vs batch
+DECODE = {1: 0.001, 64: 0.01}
+QUALITY = np.concatenate([[0.0], 1 - (1 - np.arange(1, D + 1) / D) ** 3])
+
+
+def scheduler(**kw) -> Scheduler:
+    cfg = SchedulerConfig(respond_margin_s=0.002, safety=1.0, **kw)
+    return Scheduler(cfg, LatencyModel(STEP, DECODE), D, QUALITY)
+
+
+def request(deadline_ms, now, n=1, planned=D, preview_every=0) -> Request:
+    r = Request(model="m", n=n, seed=0, label=None, start_token=0, deadline_s=deadline_ms / 1000, arrival=now,
+                min_tokens=1, max_tokens=D, planned_tokens=planned, preview_every=preview_every)
+    r.sequences = [Sequence(r, i, rng=None) for i in range(n)]
+    return r
+
+
+def step(s: Scheduler, now: float):
+    """One iteration as the engine runs it: schedule, then a token for every active row."""
+    out = s.schedule(now)
+    for r, reason in out.finish:
+        s.decoded(r, None, 0.0, reason)
+    s.update_from_output([0] * len(s.rows), 0.001)
+    return out
+
+
+def test_a_bulk_request_pauses_for_a_tight_one_and_resumes_with_its_rows_kept():
+    s = scheduler(max_batch=8)
+    now = 100.0
+    bulk = request(10_000, now, n=8)
+    s.add(bulk)
+    for _ in range(3):
+        step(s, now)
+        now += 0.008
+    assert bulk.status is Status.RUNNING and bulk.tokens == 3
+    tight = request(40, now, n=1, planned=20)
+    s.add(tight)
+    out = step(s, now)
+    assert bulk.status is Status.PAUSED and tight.status is Status.RUNNING
+    assert s.table.paused == 8 and [q.request for q in s.rows] == [tight]
+    parked = {q.slot for q in bulk.sequences}
+    assert min(parked) >= 1 and len(parked) == 8 and out.moves  # its cache rows were copied, not dropped
+    while tight.status is not Status.FINISHED:
+        now += 0.001
+        step(s, now)
+    # it stood aside the whole time, and steps again in the iteration its row came free
+    assert tight.tokens == 20 and bulk.tokens == 4
+    assert bulk.status is Status.RUNNING and s.table.paused == 0
+
+
+def test_a_request_with_slack_joins_when_the_batch_stays_affordable():
+    s = scheduler(max_batch=64)
+    now = 100.0
+    tight = request(100, now, n=1, planned=50)  # 50 steps in ~97 ms: needs steps under ~1.9 ms
+    bulk = request(10_000, now, n=48)  # step(49 rows) costs ~6.5 ms: it would break the tight plan
+    small = request(10_000, now, n=2)  # step(3 rows) ~1.3 ms: affordable
+    for r in (tight, bulk, small):
+        s.add(r)
+    step(s, now)
+    assert {r.status for r in (tight, small)} == {Status.RUNNING} and bulk.status is Status.WAITING
+
+
+def test_a_request_whose_laxity_runs_out_steps_whatever_else_waits():
+    s = scheduler(max_batch=64)
+    now = 100.0
+    tight = request(100, now, n=1, planned=50)
+    # 64 tokens at a full-batch step (8 ms) need 512 ms: with 520 ms left it is urgent
+    bulk = request(520, now, n=48)
+    for r in (tight, bulk):
+        s.add(r)
+    step(s, now)
+    assert bulk.urgent and bulk.status is Status.RUNNING and tight.status is Status.RUNNING
+
+
+def test_admission_plans_against_the_rows_that_will_share_the_steps():
+    s = scheduler(max_batch=128)
+    now = 100.0
+    for _ in range(2):  # 128 rows of bulk work with seconds to spare
+        s.add(request(20_000, now, n=64))
+    step(s, now)
+    assert len(s.rows) == 128
+    tight = request(150, now, n=1)
+    sharing = s.load.rows_sharing(tight.deadline)
+    assert sharing == 0  # none of the bulk rows is urgent before 150 ms from now
+    slack_k = s.admit(tight, now, running=128, waiting=0, ahead=0, sharing=sharing).planned_tokens
+    s.config.slack = False
+    today_k = s.admit(request(150, now, n=1), now, running=128, waiting=0, ahead=0).planned_tokens
+    assert slack_k == D and today_k < D / 2
+
+
+def test_past_the_quality_knee_only_spare_steps_and_a_paused_request_finishes_when_slots_run_short():
+    s = scheduler(max_batch=8, park_rows=4)
+    s.pressure = 1.0
+    knee = s.quality_cap()
+    now = 100.0
+    bulk = request(10_000, now, n=4)
+    s.add(bulk)
+    for _ in range(knee + 2):
+        step(s, now)
+        now += 0.002
+    assert bulk.status is Status.RUNNING and bulk.tokens == knee + 2  # spare steps: it goes on
+    assert s.slack.urgent_at(bulk, s.slack.full_step(), s.margin()) == float("inf")
+    tight = request(50, now, n=8, planned=10)
+    s.add(tight)
+    step(s, now)
+    assert bulk.status is Status.PAUSED and s.table.free_slots() == 0  # it stood aside; no slot is left
+    out = step(s, now)  # slots are short: the paused one ends at its knee
+    assert (bulk, FinishReason.QUALITY) in out.finish
+
+
+def test_priority_changes_the_price_of_steps_under_pressure():
+    s = scheduler()
+    s.pressure = 1.0
+    assert s.quality_cap("high") > s.quality_cap("normal") > s.quality_cap("low")
+
+
+def test_a_large_request_is_refused_for_fair_share_only_under_pressure():
+    s = scheduler(max_batch=64, fair_share=0.5)
+    now = 100.0
+    assert s.admit(request(5000, now, n=40), now, 0, 0, 0, sharing=0).ok
+    s.pressure = 0.9
+    adm = s.admit(request(5000, now, n=40), now, 0, 0, 0, sharing=0)
+    assert not adm.ok and adm.reason == "fair_share" and "n=40" in adm.message
+    assert s.admit(request(5000, now, n=32), now, 0, 0, 0, sharing=0).ok
+
+
+def test_previews_keep_their_interval_and_their_share():
+    s = scheduler(max_batch=8, preview_interval_s=0.01, preview_share=0.25)
+    now = 100.0
+    streams = [request(10_000, now, n=4, preview_every=1) for _ in range(2)]
+    for r in streams:
+        s.add(r)
+    decoded = []
+    for _ in range(40):
+        out = step(s, now)
+        for r in out.previews:
+            s.decoded(r, None, 0.0, None)
+            decoded.append((now, r))
+        now += 0.002
+    assert decoded  # best effort, but not never
+    for r in streams:
+        times = [t for t, q in decoded if q is r]
+        assert all(b - a >= 0.01 - 1e-9 for a, b in zip(times, times[1:]))
+    # decode(4 rows) costs ~1.3 ms of the 80 ms elapsed: the share allows at most ~20 ms
+    assert len(decoded) * s.latency.decode(4) <= 0.25 * 0.08 + s.latency.decode(4)
+    assert s.previews_skipped > 0
+
+
+# ---- on the real engine ----------------------------------------------------------------------
+@pytest.fixture(params=["onnx", "torchscript"])
+def small_engine(request, tiny_model_dir):
+    engine = make_engine(tiny_model_dir, request.param, max_batch=2)
+    yield engine
+    engine.stop()
+
+
+def test_pausing_does_not_change_a_sample(small_engine):
+    engine = small_engine
+    alone = run(engine, seed=11, n=2, deadline_ms=20_000)
+    paused_seen = []
+    engine.fault_hook = lambda B: (time.sleep(0.005), paused_seen.append(engine.paused_sequences))
+    try:
+        bulk, bulk_done = submit(engine, seed=11, n=2, deadline_ms=20_000)
+        while bulk.tokens < 2:
+            time.sleep(0.001)
+        tight = run(engine, seed=5, n=1, deadline_ms=2_000)  # both rows are taken: the bulk one pauses
+        assert bulk_done.wait(30)
+    finally:
+        engine.fault_hook = None
+    assert max(paused_seen) == 2 and tight.finish_reason is FinishReason.BUDGET
+    assert bulk.finish_reason is FinishReason.BUDGET and bulk.tokens == alone.tokens == engine.spec.D
+    assert [s.codes for s in bulk.sequences] == [s.codes for s in alone.sequences]
+    np.testing.assert_array_equal(bulk.samples, alone.samples)
