@@ -151,17 +151,21 @@ def test_a_request_arriving_mid_generation_joins_within_one_step(server):
 def test_metrics_parse_and_cover_the_design(base):
     post(base, deadline_ms=1000, seed=1)
     post(base, deadline_ms=1)  # a rejection
+    assert post(base, deadline_ms=1, priority="high").status_code == 503
+    assert post(base, deadline_ms=100, priority="urgent").status_code == 422
     text = httpx.get(base + "/metrics").text
     families = {f.name: f for f in text_string_to_metric_families(text)}
     for name in ["anytime_requests", "anytime_request_latency_seconds", "anytime_deadline_slack_seconds",
                  "anytime_deadline_misses", "anytime_tokens_per_sample", "anytime_token_fraction",
                  "anytime_quality_estimate", "anytime_queue_depth", "anytime_active_sequences",
                  "anytime_batch_size", "anytime_step_latency_seconds", "anytime_rejections",
-                 "anytime_respond_latency_seconds"]:
+                 "anytime_respond_latency_seconds", "anytime_paused_sequences", "anytime_previews_skipped"]:
         assert name in families, name
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
     assert samples[("anytime_requests_total", (("model", "tiny"), ("outcome", "ok")))] >= 1
     assert samples[("anytime_rejections_total", (("model", "tiny"), ("priority", "normal"), ("reason", "deadline")))] >= 1
+    assert samples[("anytime_rejections_total", (("model", "tiny"), ("priority", "high"), ("reason", "deadline")))] == 1
+    assert samples[("anytime_paused_sequences", (("model", "tiny"),))] == 0
     assert samples[("anytime_active_sequences", (("model", "tiny"),))] == 0
     step_count = [v for (n, labels), v in samples.items() if n == "anytime_step_latency_seconds_count"]
     assert step_count and step_count[0] > 0
