@@ -87,7 +87,7 @@ class SchedulerConfig:
 class Admission:
     ok: bool
     planned_tokens: int = 0
-    reason: str = ""  # for rejections: deadline | queue_full | fair_share
+    reason: str = ""  # for rejections: deadline | queue_full | fair_share | too_large (422)
     message: str = ""
     retry_after_s: float = 0.0
 
@@ -262,6 +262,8 @@ class Scheduler:
         sharing: slack scheduling: rows that will step beside it (urgent before its deadline)."""
         c = self.config
         cap = min(req.max_tokens, self.D)
+        if req.n > c.max_batch:  # its sequences step together: it could never start
+            return Admission(False, reason="too_large", message=f"n={req.n} exceeds this server's max_batch={c.max_batch}")
         if waiting + req.n > c.max_queue:
             return Admission(False, reason="queue_full", message="the queue is full", retry_after_s=self._retry_after(running))
         if c.policy == "fixed":

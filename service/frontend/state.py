@@ -99,7 +99,7 @@ class FrontendState:
             raise
         if not adm.ok:
             self._inflight -= 1
-            status = {"unknown_model": 404, "error": 500}.get(adm.reason, 503)
+            status = {"unknown_model": 404, "too_large": 422, "error": 500}.get(adm.reason, 503)
             headers = {"Retry-After": str(max(1, round(adm.retry_after_s)))} if status == 503 else None
             raise ApiError(status, adm.message, headers)
         return stream

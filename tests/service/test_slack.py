@@ -122,6 +122,11 @@ def test_past_the_quality_knee_only_spare_steps_and_a_paused_request_finishes_wh
     assert (bulk, FinishReason.QUALITY) in out.finish
 
 
+def test_a_request_larger_than_the_batch_is_refused_as_invalid():
+    adm = scheduler(max_batch=16).admit(request(5000, 100.0, n=40), 100.0, 0, 0, 0, sharing=0)
+    assert not adm.ok and adm.reason == "too_large" and "max_batch=16" in adm.message
+
+
 def test_priority_changes_the_price_of_steps_under_pressure():
     s = scheduler()
     s.pressure = 1.0
