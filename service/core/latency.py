@@ -37,9 +37,27 @@ class CostCurve:
         self.alpha = alpha
         # the scheduler asks for integer batch sizes many times per iteration: tabulate them
         self._table = [self._interpolate(b) for b in range(int(self.sizes[-1]) * 2 + 1)]
-        self.factor = 1.0
-        self.last_factor = 1.0  # measured / profiled of the latest observation alone
+        self._factor = 1.0
+        self._last = 1.0  # measured / profiled of the latest observation alone
+        self._observed_at = time.monotonic()
         self._lock = threading.Lock()
+
+    # Without observations a correction fades back to the profile (half-life FORGET_S): one
+    # stalled step (a paused process, a swap storm) must not leave an engine that only short
+    # requests reach refusing them for good, since it would never step to learn otherwise.
+    FORGET_S = 2.0
+
+    def _fade(self, value: float) -> float:
+        age = time.monotonic() - self._observed_at
+        return value if age < 0.05 else 1.0 + (value - 1.0) * 0.5 ** (age / self.FORGET_S)
+
+    @property
+    def factor(self) -> float:
+        return self._fade(self._factor)
+
+    @property
+    def last_factor(self) -> float:
+        return self._fade(self._last)
 
     def profiled(self, batch: float) -> float:
         if type(batch) is int and 0 <= batch < len(self._table):
@@ -64,8 +82,9 @@ class CostCurve:
     def observe(self, batch: int, seconds: float) -> None:
         ratio = min(1000.0, max(0.25, seconds / max(self.profiled(batch), 1e-9)))
         with self._lock:
-            self.last_factor = ratio
-            self.factor += self.alpha * (ratio - self.factor)
+            factor = self.factor
+            self._last, self._observed_at = ratio, time.monotonic()
+            self._factor = factor + self.alpha * (ratio - factor)
 
 
 class RecentMax:
@@ -124,7 +143,7 @@ class LatencyModel:
     def reset_online(self) -> None:
         """Back to the start-up profile (after warm-up traffic)."""
         for curve in (self.step, self.decode):
-            curve.factor = curve.last_factor = 1.0
+            curve._factor = curve._last = 1.0
         self._recent.clear()
         self.respond.clear()
         self.jitter.clear()

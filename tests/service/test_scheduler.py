@@ -262,3 +262,13 @@ def test_the_scheduler_owns_the_lifecycle():
     assert {r for r, _ in out.finish} == {b, c} and s.rows == [] and not s.running
     s.decoded(b, np.zeros((1, 4)), 0.002, FinishReason.BUDGET)
     assert b.status.value == "finished" and b.tokens == 3 and b.compute_s == pytest.approx(0.005)
+
+
+def test_a_stalled_step_is_forgotten_when_no_steps_follow():
+    """One step 200x slower than profiled (the process was stopped) must not leave the engine
+    refusing every short request for good: without steps to relearn from, it fades."""
+    s = scheduler()
+    s.latency.step.observe(1, 0.2)
+    assert s.latency.step.last_factor == 200 and not s.admit(request(20), 100.0, 0, 0).ok
+    s.latency.step._observed_at -= 20  # ten half-lives later, nothing stepped
+    assert s.latency.step.paced(1) < 0.0012 and s.admit(request(20), 100.0, 0, 0).ok
