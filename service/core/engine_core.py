@@ -83,7 +83,8 @@ class EngineCore:
         req = engine.new_request(n=msg.n, seed=msg.seed, label=msg.label, deadline_s=msg.deadline_s,
                                  arrival=msg.arrival, min_tokens=msg.min_tokens, max_tokens=msg.max_tokens,
                                  sampling=SamplingParams(msg.temperature, msg.top_k, msg.top_p),
-                                 request_id=msg.request_id, preview_every=msg.preview_every)
+                                 request_id=msg.request_id, preview_every=msg.preview_every,
+                                 seeds=msg.seeds, labels=msg.labels)
         rid, metrics = msg.id, self.metrics
 
         def done(r: Request) -> None:

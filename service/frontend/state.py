@@ -77,14 +77,16 @@ class FrontendState:
             raise ApiError(404, f"unknown model {name!r}; available: {', '.join(sorted(self.client.cards))}")
         return card
 
-    def prepare(self, body: GenerateRequest, arrival: float, request_id: str) -> tuple[ModelCard, ipc.AddRequest]:
-        """Readiness, then every validation rule; the engine core's message."""
+    def prepare(self, body: GenerateRequest, arrival: float, request_id: str, seeds: list[int] | None = None,
+                labels: list | None = None) -> tuple[ModelCard, ipc.AddRequest]:
+        """Readiness, then every validation rule; the engine core's message (with per-row seeds
+        and labels for OIP requests)."""
         if not self.ready or self.draining:
             reason = "server is draining" if self.draining else (
                 "models are still loading" if self.client.alive else "the engine core is not running")
             raise ApiError(503, reason, {"Retry-After": "1"})
         card = self.card(body.model)
-        return card, to_core_request(body, card, self.client.next_id(), arrival, request_id)
+        return card, to_core_request(body, card, self.client.next_id(), arrival, request_id, seeds, labels)
 
     async def admit(self, card: ModelCard, msg: ipc.AddRequest) -> Stream:
         """Admitted by the engine core, or ApiError 503. Pair every admit with release()."""
@@ -116,12 +118,13 @@ class FrontendState:
             raise ApiError(out.error_status, out.error or "generation failed", headers)
         return Result(card, msg, out, samples, card.quality(out.tokens))
 
-    async def generate(self, body: GenerateRequest, arrival: float, request_id: str, receive) -> Result | None:
+    async def generate(self, body: GenerateRequest, arrival: float, request_id: str, receive,
+                       seeds: list[int] | None = None, labels: list | None = None) -> Result | None:
         """Admit, wait for the engine core, and return the result; None when the client went away.
 
         `receive` is the ASGI receive of the request (its body already read): it returns only
         when the client disconnects, so waiting on it costs nothing (no polling)."""
-        card, msg = self.prepare(body, arrival, request_id)
+        card, msg = self.prepare(body, arrival, request_id, seeds, labels)
         stream = await self.admit(card, msg)
         done = asyncio.ensure_future(stream.events.get())  # a non-streaming request gets one event
         gone = asyncio.ensure_future(_disconnected(receive))
