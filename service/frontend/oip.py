@@ -87,7 +87,7 @@ async def infer(model: str, request: Request, state: StateDep):
     arrival = request.state.arrival
     card = state.card(model)
     req, inputs = parse_request(await request.body(), request.headers.get(HEADER_LENGTH))
-    seeds, labels = _rows(inputs)
+    seeds, labels = _rows(req, inputs)
     parameters = dict(req.parameters)
     binary_default = parameters.pop("binary_data_output", False)
     binary = _binary_outputs(req, binary_default)
@@ -104,22 +104,19 @@ def _check_ready(state: FrontendState) -> None:
             "the engine core is not running" if not state.client.alive else "loading models"), {"Retry-After": "1"})
 
 
-def _rows(inputs: dict) -> tuple[list[int], list | None]:
-    """The seed and label inputs as Python lists, after the datatype and shape rules."""
-    unknown = sorted(set(inputs) - set(INPUTS))
-    if unknown:
-        raise ApiError(422, f"unknown input {unknown[0]!r}; inputs: seed (INT64 [n]), label (INT64 or BYTES [n])")
+def _rows(req: InferRequest, inputs: dict) -> tuple[list[int], list | None]:
+    """The seed and label inputs as Python lists, after the name, datatype and shape rules."""
+    for t in req.inputs:
+        if t.name not in INPUTS:
+            raise ApiError(422, f"unknown input {t.name!r}; inputs: seed (INT64 [n]), label (INT64 or BYTES [n])")
+        if t.datatype not in INPUTS[t.name]:
+            raise ApiError(422, f"input {t.name!r} must be {' or '.join(INPUTS[t.name])}, got {t.datatype!r}")
+        if len(t.shape) != 1:
+            raise ApiError(422, f"input {t.name!r} must have shape [n], got {t.shape}")
     if "seed" not in inputs:
         raise ApiError(422, "input 'seed' (INT64 [n], one sample per seed) is required")
-    rows = []
-    for name in ("seed", "label"):
-        value = inputs.get(name)
-        if name in inputs and value is None:
-            raise ApiError(422, f"input {name!r} must be {' or '.join(INPUTS[name])}")
-        if isinstance(value, np.ndarray) and value.ndim != 1:
-            raise ApiError(422, f"input {name!r} must have shape [n], got {list(value.shape)}")
-        rows.append(value.tolist() if isinstance(value, np.ndarray) else value)
-    return rows[0], rows[1]
+    seeds, labels = inputs["seed"].tolist(), inputs.get("label")
+    return seeds, labels.tolist() if isinstance(labels, np.ndarray) else labels
 
 
 def _binary_outputs(req: InferRequest, default) -> dict[str, bool]:

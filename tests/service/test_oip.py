@@ -113,6 +113,11 @@ def test_errors_are_oip_shaped_with_generates_status_codes(base):
     post = lambda body, **kw: httpx.post(url, json=body, timeout=30, **kw)  # noqa: E731
     oip_error(post({"inputs": [], "parameters": ok}), 422, "'seed'")
     oip_error(post({"inputs": [{**seed, "datatype": "FP32", "data": [1.0]}], "parameters": ok}), 422, "INT64")
+    oip_error(post({"inputs": [{**seed, "datatype": "BYTES", "data": ["1"]}], "parameters": ok}), 422, "INT64")
+    oip_error(post({"inputs": [seed, {"name": "label", "shape": [1, 1], "datatype": "BYTES", "data": ["one"]}],
+                    "parameters": ok}), 422, "shape [n]")
+    oip_error(post({"inputs": [seed, {"name": "label", "shape": [1], "datatype": "FP32", "data": [1.0]}],
+                    "parameters": ok}), 422, "INT64 or BYTES")
     oip_error(post({"inputs": [{**seed, "data": [1.5]}], "parameters": ok}), 422, "not integers")
     oip_error(post({"inputs": [{**seed, "shape": [1, 1]}], "parameters": ok}), 422, "shape [n]")
     oip_error(post({"inputs": [{**seed, "shape": [2]}], "parameters": ok}), 422, "shape [2]")
