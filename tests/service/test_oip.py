@@ -198,8 +198,8 @@ def test_metrics_count_oip_requests_with_generates(base):
     assert delta("anytime_rejections_total", model="tiny", reason="deadline") == 1
 
 
-def test_api_keys_guard_oip_routes_but_not_its_probes(tiny_model_dir):
-    with running_server(model_dirs=str(tiny_model_dir), api_keys="secret") as (url, _):
+def test_in_process_shape_and_api_keys_guard_oip_routes_but_not_its_probes(tiny_model_dir):
+    with running_server(model_dirs=str(tiny_model_dir), api_keys="secret") as (url, _):  # --workers 0
         for path in ("/v2/health/live", "/v2/health/ready"):
             assert httpx.get(url + path).status_code == 200
         oip_error(httpx.get(url + "/v2/models/tiny"), 401, "API key")
@@ -207,6 +207,10 @@ def test_api_keys_guard_oip_routes_but_not_its_probes(tiny_model_dir):
         with pytest.raises(InferenceServerException) as e:
             infer(client(url), [1])
         assert e.value.status() == "401"
-        result = client(url).infer("tiny", [tensor("seed", [1, 2], True)], parameters={"deadline_ms": 5000},
-                                   headers={"Authorization": "Bearer secret"})
+        auth = {"Authorization": "Bearer secret"}
+        result = client(url).infer("tiny", [tensor("seed", [1, 2], True), tensor("label", ["two", "zero"], True)],
+                                   parameters={"deadline_ms": 5000}, headers=dict(auth))  # it adds to it
         assert result.as_numpy("tokens").tolist() == [D, D]
+        same = httpx.post(url + "/generate", headers=auth, json={"deadline_ms": 5000, "seed": 2, "label": "zero",
+                                                                 "format": "npy"})
+        np.testing.assert_array_equal(result.as_numpy("samples")[1], np.load(io.BytesIO(same.content))[0])
