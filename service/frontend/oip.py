@@ -99,9 +99,9 @@ async def infer(model: str, request: Request, state: StateDep):
 
 
 def _check_ready(state: FrontendState) -> None:
-    if state.draining or not state.ready:
-        raise ApiError(503, "draining" if state.draining else (
-            "the engine core is not running" if not state.client.alive else "loading models"), {"Retry-After": "1"})
+    reason = state.unavailable()
+    if reason:
+        raise ApiError(503, reason, {"Retry-After": "1"})
 
 
 def _rows(req: InferRequest, inputs: dict) -> tuple[list[int], list | None]:

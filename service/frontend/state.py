@@ -46,10 +46,13 @@ class FrontendState:
         encoding.npy(np.zeros((1, 8), np.float32))
         self.started = True
 
-    @property
-    def ready(self) -> bool:
-        """Models loaded and warmed up in a live engine core."""
-        return self.started and self.client.alive
+    def unavailable(self) -> str | None:
+        """Why admission is closed (draining, the engine core gone, models loading), or None."""
+        if self.draining:
+            return "server is draining"
+        if not self.client.alive:
+            return "the engine core is not running"
+        return None if self.started else "models are still loading"
 
     def start_draining(self) -> None:
         """Stop admission (readyz -> 503); in-flight work still completes."""
@@ -81,9 +84,8 @@ class FrontendState:
                 labels: list | None = None) -> tuple[ModelCard, ipc.AddRequest]:
         """Readiness, then every validation rule; the engine core's message (with per-row seeds
         and labels for OIP requests)."""
-        if not self.ready or self.draining:
-            reason = "server is draining" if self.draining else (
-                "models are still loading" if self.client.alive else "the engine core is not running")
+        reason = self.unavailable()
+        if reason:
             raise ApiError(503, reason, {"Retry-After": "1"})
         card = self.card(body.model)
         return card, to_core_request(body, card, self.client.next_id(), arrival, request_id, seeds, labels)
