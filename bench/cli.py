@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ("split", "in-process vs engine-core process + frontend workers: throughput ratios, overhead"),
                        ("split-sweep", "the anytime policy in-process and split at the same offered loads"),
                        ("mixed", "interactive, bulk and streaming classes: today's scheduler vs the slack-aware one"),
+                       ("oip", "frontend CPU per request: Open Inference Protocol (JSON, binary) vs /generate"),
                        ("peers", "the same model behind LitServe, Ray Serve and BentoML vs Anytime (extra `peers`)")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL)
@@ -110,6 +111,14 @@ def main(argv: list[str] | None = None) -> int:
 
         run(flags, args.model_dir, args.out)
         print((args.out / "split.md").read_text())
+        return 0
+    if args.what == "oip":
+        import json
+
+        from .oip_cost import run
+
+        run(flags, json.loads((args.model_dir / "manifest.json").read_text())["name"], args.out)
+        print((args.out / "oip-cost.md").read_text())
         return 0
     if args.what == "threads":
         from .thread_modes import run

@@ -28,6 +28,11 @@ class AddRequest(msgspec.Struct, array_like=True, gc=False):
     top_p: float
     preview_every: int
     request_id: str
+    # Per-row inputs (the Open Inference Protocol's seed and label tensors): row i is sampled
+    # as row 0 of a request with seed seeds[i] (and start token of labels[i]); `seed` and
+    # `label` are then unused. None: rows 0..n-1 of `seed` with `label`, as /generate does.
+    seeds: list[int] | None = None
+    labels: list[int] | None = None
     priority: str = "normal"  # high | normal | low
 
 

@@ -64,7 +64,8 @@ class Settings(BaseSettings):
     log_level: str = "info"
     api_keys: str = Field("", description="comma-separated API keys; empty with no file: no auth")
     api_keys_file: str | None = Field(None, description="file with one API key per line")
-    open_paths: str = Field("/healthz,/readyz,/metrics", description="paths open without an API key")
+    open_paths: str = Field("/healthz,/readyz,/metrics,/v2/health/live,/v2/health/ready",
+                            description="paths open without an API key")
     cors_origins: str = Field("", description="comma-separated allowed CORS origins (empty: CORS off)")
     test_step_delay_ms: float = Field(0.0, ge=0, description="test hook: sleep before every prior step")
 

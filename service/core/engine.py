@@ -150,13 +150,32 @@ class Engine:
     # ---- admission (the admitting thread) --------------------------------------------------
     def new_request(self, *, n: int, seed: int, label: int | None, deadline_s: float, arrival: float,
                     min_tokens: int, max_tokens: int, sampling: SamplingParams, request_id: str = "",
-                    preview_every: int = 0, priority: str = "normal") -> Request:
-        start = self.spec.unconditional_token if label is None else self.spec.start_token_base + label
-        req = Request(model=self.spec.name, n=n, seed=seed, label=label, start_token=start, deadline_s=deadline_s,
+                    preview_every: int = 0, seeds: list[int] | None = None,
+                    labels: list[int] | None = None, priority: str = "normal") -> Request:
+        """Rows 0..n-1 of `seed`, all with `label`; or, with per-row `seeds` (and `labels`), row
+        i sampled exactly as row 0 of a request with seed seeds[i]: one request, one deadline,
+        the same samples as n requests of one row each. ValueError on inconsistent rows."""
+        req = Request(model=self.spec.name, n=n, seed=seed, label=label, deadline_s=deadline_s,
                       arrival=arrival, min_tokens=min_tokens, max_tokens=max_tokens, sampling=sampling,
                       request_id=request_id, preview_every=preview_every, priority=priority)
-        req.sequences = [Sequence(req, i, sequence_rng(seed, i)) for i in range(n)]
+        if seeds is None and labels is None:
+            start = self._start_token(label)
+            req.sequences = [Sequence(req, i, sequence_rng(seed, i), start) for i in range(n)]
+            return req
+        seeds = seeds if seeds is not None else [seed] * n
+        labels = labels if labels is not None else [label] * n
+        if len(seeds) != n or len(labels) != n:
+            raise ValueError(f"{len(seeds)} seeds and {len(labels)} labels for {n} rows")
+        req.sequences = [Sequence(req, i, sequence_rng(s, 0), self._start_token(c))
+                         for i, (s, c) in enumerate(zip(seeds, labels))]
         return req
+
+    def _start_token(self, label: int | None) -> int:
+        if label is None:
+            return self.spec.unconditional_token
+        if not 0 <= label < len(self.spec.classes):
+            raise ValueError(f"label {label} out of range for model {self.spec.name!r}")
+        return self.spec.start_token_base + label
 
     def admit(self, req: Request) -> Admission:
         """Plan a budget (or reject) from the load the engine last published, then hand the
@@ -317,7 +336,7 @@ class Engine:
         rows = self.scheduler.rows
         B = len(rows)
         if self.scheduler.rows_changed:
-            self._tokens = np.array([s.codes[-1] if s.codes else s.request.start_token for s in rows],
+            self._tokens = np.array([s.codes[-1] if s.codes else s.start_token for s in rows],
                                     dtype=np.int64)
             self._positions = np.array([s.position for s in rows], dtype=np.int64)
             self._sampling = self._sampling_batch()

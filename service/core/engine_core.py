@@ -85,7 +85,7 @@ class EngineCore:
                                  arrival=msg.arrival, min_tokens=msg.min_tokens, max_tokens=msg.max_tokens,
                                  sampling=SamplingParams(msg.temperature, msg.top_k, msg.top_p),
                                  request_id=msg.request_id, preview_every=msg.preview_every,
-                                 priority=msg.priority)
+                                 seeds=msg.seeds, labels=msg.labels, priority=msg.priority)
         rid, metrics = msg.id, self.metrics
 
         def done(r: Request) -> None:

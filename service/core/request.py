@@ -36,11 +36,13 @@ class SamplingParams:
 
 @dataclass(eq=False)  # identity: a sequence is one sample in flight
 class Sequence:
-    """One sample being generated. `slot` is its row in the runtime's KV cache."""
+    """One sample being generated. `slot` is its row in the runtime's KV cache; `start_token`
+    is the first input of the prior (the class, or the unconditional token)."""
 
     request: "Request"
     index: int
     rng: np.random.Generator
+    start_token: int = 0
     codes: list[int] = field(default_factory=list)
     slot: int = -1
     status: Status = Status.WAITING
@@ -57,7 +59,6 @@ class Request:
     n: int
     seed: int
     label: int | None
-    start_token: int
     deadline_s: float  # relative budget in seconds
     arrival: float  # time.monotonic() at arrival at the server
     min_tokens: int

@@ -11,6 +11,7 @@ from . import errors
 from .auth import ApiKeyAuth, load_keys
 from .core_client import EngineClient
 from .middleware import ArrivalAndLimits
+from .oip import router as oip_router
 from .routes import router
 from .state import FrontendState
 
@@ -32,6 +33,7 @@ def create_app(settings: Settings, client: EngineClient) -> FastAPI:
     app.state.frontend = state
     errors.install(app)
     app.include_router(router)
+    app.include_router(oip_router)
     keys = load_keys(settings.api_keys, settings.api_keys_file)
     app.add_middleware(ApiKeyAuth, keys=keys, open_paths={p.strip() for p in settings.open_paths.split(",")})
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]

@@ -9,6 +9,8 @@ import hmac
 import json
 from pathlib import Path
 
+from .errors import error_body
+
 
 def load_keys(inline: str, file: str | None) -> list[bytes]:
     keys = [k.strip() for k in inline.split(",") if k.strip()]
@@ -39,8 +41,8 @@ class ApiKeyAuth:
         header = dict(scope.get("headers") or []).get(b"authorization", b"")
         if self._authorized(header):
             return await self.app(scope, receive, send)
-        body = json.dumps({"error": {"code": 401, "message": "missing or invalid API key "
-                                     "(send Authorization: Bearer <key>)"}}).encode()
+        body = json.dumps(error_body(scope["path"], 401, "missing or invalid API key "
+                                     "(send Authorization: Bearer <key>)")).encode()
         await send({"type": "http.response.start", "status": 401,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (b"www-authenticate", b'Bearer realm="anytime"')]})

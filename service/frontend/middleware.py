@@ -7,6 +7,7 @@ import logging
 import time
 import uuid
 
+from .errors import error_body
 from .validation import body_too_large
 
 access = logging.getLogger("anytime.access")
@@ -26,7 +27,7 @@ class ArrivalAndLimits:
         rid = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex[:16]
         state["request_id"] = rid
         if body_too_large(headers.get(b"content-length"), 0, self.max_body):
-            return await _reject(send, rid, self.max_body)
+            return await _reject(send, scope["path"], rid, self.max_body)
         # Read the (small, capped) body here so an oversized chunked upload is refused before
         # FastAPI parses anything; then replay it to the app once.
         body, more = b"", scope["method"] in ("POST", "PUT", "PATCH")
@@ -36,7 +37,7 @@ class ArrivalAndLimits:
                 return  # client went away before sending its body
             body += msg.get("body", b"")
             if body_too_large(None, len(body), self.max_body):
-                return await _reject(send, rid, self.max_body)
+                return await _reject(send, scope["path"], rid, self.max_body)
             more = msg.get("more_body", False)
         replayed = False
 
@@ -64,8 +65,8 @@ class ArrivalAndLimits:
                                           "latency_ms": round((time.monotonic() - state["arrival"]) * 1000, 3)})
 
 
-async def _reject(send, rid: str, limit: int) -> None:
-    body = json.dumps({"error": {"code": 413, "message": f"request body larger than {limit} bytes"}}).encode()
+async def _reject(send, path: str, rid: str, limit: int) -> None:
+    body = json.dumps(error_body(path, 413, f"request body larger than {limit} bytes")).encode()
     await send({"type": "http.response.start", "status": 413,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             (b"x-request-id", rid.encode("latin-1"))]})

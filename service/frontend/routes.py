@@ -171,12 +171,9 @@ async def healthz():
 async def readyz(state: StateDep):
     """Ready: models loaded and warmed up in a live engine core, admission open (503 while
     loading or draining, or when the engine core is gone)."""
-    if state.draining:
-        raise ApiError(503, "draining")
-    if not state.client.alive:
-        raise ApiError(503, "the engine core is not running")
-    if not state.ready:
-        raise ApiError(503, "loading models")
+    reason = state.unavailable()
+    if reason:
+        raise ApiError(503, reason)
     return {"status": "ready", "models": sorted(state.client.cards)}
 
 

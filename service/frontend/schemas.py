@@ -47,6 +47,12 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+class OipErrorResponse(BaseModel):
+    """Errors on the Open Inference Protocol's routes (/v2...), in its own shape."""
+
+    error: str
+
+
 class QualityCurve(BaseModel):
     metric: str
     k: list[int]

@@ -46,10 +46,13 @@ class FrontendState:
         encoding.npy(np.zeros((1, 8), np.float32))
         self.started = True
 
-    @property
-    def ready(self) -> bool:
-        """Models loaded and warmed up in a live engine core."""
-        return self.started and self.client.alive
+    def unavailable(self) -> str | None:
+        """Why admission is closed (draining, the engine core gone, models loading), or None."""
+        if self.draining:
+            return "server is draining"
+        if not self.client.alive:
+            return "the engine core is not running"
+        return None if self.started else "models are still loading"
 
     def start_draining(self) -> None:
         """Stop admission (readyz -> 503); in-flight work still completes."""
@@ -77,14 +80,15 @@ class FrontendState:
             raise ApiError(404, f"unknown model {name!r}; available: {', '.join(sorted(self.client.cards))}")
         return card
 
-    def prepare(self, body: GenerateRequest, arrival: float, request_id: str) -> tuple[ModelCard, ipc.AddRequest]:
-        """Readiness, then every validation rule; the engine core's message."""
-        if not self.ready or self.draining:
-            reason = "server is draining" if self.draining else (
-                "models are still loading" if self.client.alive else "the engine core is not running")
+    def prepare(self, body: GenerateRequest, arrival: float, request_id: str, seeds: list[int] | None = None,
+                labels: list | None = None) -> tuple[ModelCard, ipc.AddRequest]:
+        """Readiness, then every validation rule; the engine core's message (with per-row seeds
+        and labels for OIP requests)."""
+        reason = self.unavailable()
+        if reason:
             raise ApiError(503, reason, {"Retry-After": "1"})
         card = self.card(body.model)
-        return card, to_core_request(body, card, self.client.next_id(), arrival, request_id)
+        return card, to_core_request(body, card, self.client.next_id(), arrival, request_id, seeds, labels)
 
     async def admit(self, card: ModelCard, msg: ipc.AddRequest) -> Stream:
         """Admitted by the engine core, or ApiError 503. Pair every admit with release()."""
@@ -116,12 +120,13 @@ class FrontendState:
             raise ApiError(out.error_status, out.error or "generation failed", headers)
         return Result(card, msg, out, samples, card.quality(out.tokens))
 
-    async def generate(self, body: GenerateRequest, arrival: float, request_id: str, receive) -> Result | None:
+    async def generate(self, body: GenerateRequest, arrival: float, request_id: str, receive,
+                       seeds: list[int] | None = None, labels: list | None = None) -> Result | None:
         """Admit, wait for the engine core, and return the result; None when the client went away.
 
         `receive` is the ASGI receive of the request (its body already read): it returns only
         when the client disconnects, so waiting on it costs nothing (no polling)."""
-        card, msg = self.prepare(body, arrival, request_id)
+        card, msg = self.prepare(body, arrival, request_id, seeds, labels)
         stream = await self.admit(card, msg)
         done = asyncio.ensure_future(stream.events.get())  # a non-streaming request gets one event
         gone = asyncio.ensure_future(_disconnected(receive))

@@ -1,19 +1,24 @@
 """Every rule a generation request must pass, in one place: the body size (checked by the
 middleware before parsing), the body's fields and their cross-field rules (pydantic), and the
 rules that depend on the model (labels, formats, token bounds). A request that passes becomes
-the engine core's `AddRequest`; nothing after this point re-checks or clamps it."""
+the engine core's `AddRequest`; nothing after this point re-checks or clamps it. The Open
+Inference Protocol's requests (oip.py) pass the same rules: their parameters become a
+GenerateRequest, their seed and label tensors the per-row seeds and labels."""
 from __future__ import annotations
 
 import secrets
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..catalog import ModelCard
 from ..ipc import AddRequest
-from .errors import ApiError
+from .errors import ApiError, describe
 
 MAX_SEED = 2**63 - 1
+MAX_SAMPLES = 64
+# what an OIP inference request may set through its `parameters`, with /generate's meaning
+OIP_PARAMETERS = ("deadline_ms", "min_tokens", "max_tokens", "temperature", "top_k", "top_p", "priority")
 
 
 def body_too_large(content_length: bytes | None, received: int, limit: int) -> bool:
@@ -34,7 +39,7 @@ class GenerateRequest(BaseModel):
 
     deadline_ms: int = Field(..., ge=1, le=60000, description="budget from arrival at the server to response ready")
     model: str | None = Field(None, max_length=128, description="model name; the default model when omitted")
-    n: int = Field(1, ge=1, le=64, description="samples in this request")
+    n: int = Field(1, ge=1, le=MAX_SAMPLES, description="samples in this request")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="reproducible sampling; random when omitted")
     label: str | int | None = Field(None, description="class to condition on (name or index)")
     min_tokens: int | None = Field(None, ge=1, le=65536, description="floor on k; 503 when even this cannot fit")
@@ -61,12 +66,32 @@ class GenerateRequest(BaseModel):
         return self
 
 
+def oip_request(model: str, parameters: dict, seeds: list[int], labels: list | None) -> GenerateRequest:
+    """An OIP request's parameters and rows under /generate's rules (422 with the reason)."""
+    unknown = sorted(set(parameters) - set(OIP_PARAMETERS))
+    if unknown:
+        raise ApiError(422, f"unknown parameter {unknown[0]!r}; parameters: {', '.join(OIP_PARAMETERS)}")
+    if not 1 <= len(seeds) <= MAX_SAMPLES:
+        raise ApiError(422, f"input 'seed' has {len(seeds)} elements; one sample per seed, 1 to {MAX_SAMPLES}")
+    if min(seeds) < 0:
+        raise ApiError(422, f"input 'seed' must be >= 0, got {min(seeds)}")
+    if labels is not None and len(labels) != len(seeds):
+        raise ApiError(422, f"input 'label' has {len(labels)} elements; 'seed' has {len(seeds)}")
+    if labels is not None and any(isinstance(c, str) and len(c) > 128 for c in labels):
+        raise ApiError(422, "input 'label': a class name is too long")
+    try:
+        return GenerateRequest(model=model, n=len(seeds), seed=seeds[0], format="npy", **parameters)
+    except ValidationError as e:
+        raise ApiError(422, "invalid request: " + describe(e.errors(), "parameters.")) from None
 
 
-def to_core_request(body: GenerateRequest, card: ModelCard, rid: int, arrival: float, request_id: str) -> AddRequest:
-    """The model-dependent rules (404 unknown label, 422 otherwise), then the core's message."""
+def to_core_request(body: GenerateRequest, card: ModelCard, rid: int, arrival: float, request_id: str,
+                    seeds: list[int] | None = None, labels: list | None = None) -> AddRequest:
+    """The model-dependent rules (404 unknown label, 422 otherwise), then the core's message;
+    per-row `seeds` and `labels` (names or indices) for OIP requests."""
     try:
         label = card.label_index(body.label)
+        row_labels = [card.label_index(c) for c in labels] if labels is not None else None
     except KeyError as e:
         raise ApiError(404, e.args[0]) from None
     if body.format == "wav" and card.modality != "audio":
@@ -81,5 +106,5 @@ def to_core_request(body: GenerateRequest, card: ModelCard, rid: int, arrival: f
     preview_every = (body.preview_every or max(1, card.D // 8)) if body.stream else 0
     return AddRequest(id=rid, model=card.name, n=body.n, seed=seed, label=label, deadline_s=body.deadline_ms / 1000,
                       arrival=arrival, min_tokens=body.min_tokens or 1, max_tokens=min(body.max_tokens or card.D, card.D),
-                      temperature=body.temperature, top_k=body.top_k, top_p=body.top_p, preview_every=preview_every, priority=body.priority,
-                      request_id=request_id)
+                      temperature=body.temperature, top_k=body.top_k, top_p=body.top_p, preview_every=preview_every,
+                      request_id=request_id, seeds=seeds, labels=row_labels, priority=body.priority)

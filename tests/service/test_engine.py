@@ -46,6 +46,21 @@ def test_mixed_positions_in_one_batch_give_the_same_tokens_as_alone(engine):
     assert max(e for e in engine_batch_sizes(reqs)) > 1
 
 
+def test_per_row_seeds_and_labels_sample_each_row_as_a_one_row_request(engine):
+    seeds, labels = [3, 11, 3, 2**40 + 5], [0, 2, 1, None]
+    alone = [run(engine, seed=s, label=c, n=1) for s, c in zip(seeds, labels)]
+    rows = run(engine, n=4, seed=0, label=None, seeds=seeds, labels=labels)
+    assert codes(rows) == [codes(a)[0] for a in alone]
+    assert codes(rows)[0] != codes(rows)[2]  # the same seed with another label is another sample
+    np.testing.assert_allclose(rows.samples, np.concatenate([a.samples for a in alone]), atol=1e-6)
+    with pytest.raises(ValueError):
+        engine.new_request(n=2, seed=0, label=None, deadline_s=1, arrival=0, min_tokens=1, max_tokens=8,
+                           sampling=rows.sampling, seeds=[1])
+    with pytest.raises(ValueError):
+        engine.new_request(n=1, seed=0, label=None, deadline_s=1, arrival=0, min_tokens=1, max_tokens=8,
+                           sampling=rows.sampling, seeds=[1], labels=[len(engine.spec.classes)])
+
+
 def engine_batch_sizes(reqs):
     # overlapping lifetimes prove the requests shared steps
     spans = sorted((r.started, r.finished) for r, _ in reqs)
