@@ -46,7 +46,8 @@ class Settings(BaseSettings):
                          "0 runs the engine core inside the one HTTP process (default: cores - 1, at least 1)")
     policy: Policy = "anytime"
     max_batch: int = Field(128, ge=1, le=4096, description="sequences stepped together per model")
-    max_queue: int = Field(1024, ge=0, description="sequences admitted and waiting for a batch row")
+    max_queue: int = Field(4096, ge=0, description="sequences admitted and waiting for a batch row (with slack "
+                           "scheduling, bulk work with seconds to spare waits here by design)")
     max_inflight: int = Field(4096, ge=1, description="HTTP requests in flight; beyond: 503 at once")
     max_body_bytes: int = Field(65536, ge=1024, description="larger request bodies get 413 before parsing")
     respond_margin_ms: float = Field(6.0, ge=0, description="time kept for encoding and responding")

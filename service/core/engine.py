@@ -75,7 +75,7 @@ class Engine:
         # Admission's own bookkeeping (the admitting thread's): rows admitted in all, and the
         # admitted requests the engine may not have taken from the inbox yet (id, deadline, n).
         self._admitted_rows = 0
-        self._pending: collections.deque[tuple[int, float, int]] = collections.deque()
+        self._pending: collections.deque[tuple[int, float, int, int]] = collections.deque()  # + planned k
 
     # ---- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -185,15 +185,17 @@ class Engine:
         while pending and pending[0][0] <= taken:
             pending.popleft()
         # rows decoded before it when they finish together: those with earlier deadlines
-        pending_ahead = sum(n for _, d, n in pending if d < req.deadline)
+        pending_ahead = sum(n for _, d, n, _ in pending if d < req.deadline)
         ahead = load.rows_ahead_of(req.deadline) + pending_ahead
         # slack scheduling: rows that will step beside it (not yet taken ones count if due earlier)
         sharing = load.rows_sharing(req.deadline) + pending_ahead if self.config.slack_aware else None
-        adm = self.scheduler.admit(req, time.monotonic(), load.running_rows, self.queued_sequences, ahead, sharing)
+        pending_steps = sum(n * k for _, d, n, k in pending if d < req.deadline) if sharing is not None else 0
+        adm = self.scheduler.admit(req, time.monotonic(), load.running_rows, self.queued_sequences, ahead, sharing,
+                                   pending_steps)
         if adm.ok:
             req.planned_tokens = adm.planned_tokens
             self._admitted_rows += req.n
-            pending.append((req.id, req.deadline, req.n))
+            pending.append((req.id, req.deadline, req.n, adm.planned_tokens))
             self.inbox.put(req)  # from here on the request belongs to the engine thread
             self._wake.set()
         return adm

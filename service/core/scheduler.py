@@ -116,6 +116,19 @@ class LoadSnapshot:
     rows_before: tuple[int, ...] = (0,)  # rows_before[i]: rows of the requests before deadlines[i]
     urgent_at: tuple[float, ...] = ()  # slack: when each live request turns urgent, earliest first
     urgent_rows_before: tuple[int, ...] = (0,)
+    # slack: the work promised before each deadline, in row-steps (a row's step at a full batch)
+    row_step_s: float = 0.0  # seconds per row-step at a full batch
+    demand_before: tuple[int, ...] = (0,)  # demand_before[i]: row-steps due by deadlines[i] (exclusive)
+    spare_after: tuple[float, ...] = (math.inf,)  # min over j >= i of deadlines[j] / row_step_s - demand through j
+
+    def promised_steps(self, n: int, deadline: float, now: float, pending: int = 0) -> float:
+        """Slack: the most steps a request of n rows due at `deadline` can be promised without
+        the work already promised missing a deadline (earlier ones, or later ones it would push
+        out), at a full batch's throughput; `pending`: row-steps admitted but not yet published."""
+        i = bisect.bisect_left(self.deadlines, deadline)
+        here = (deadline - now) / self.row_step_s - self.demand_before[i] - pending
+        later = self.spare_after[i] - now / self.row_step_s - pending
+        return min(here, later) / n
 
     def rows_ahead_of(self, deadline: float) -> int:
         return self.rows_before[bisect.bisect_left(self.deadlines, deadline)]
@@ -255,11 +268,12 @@ class Scheduler:
         return self.latency.step(self.config.max_batch) * self.mean_planned * min(1.0, excess / self.config.max_batch)
 
     def admit(self, req: Request, now: float, running: int, waiting: int, ahead: int | None = None,
-              sharing: int | None = None) -> Admission:
+              sharing: int | None = None, pending_steps: int = 0) -> Admission:
         """Decide in microseconds: a token budget for `req`, or a rejection with a reason.
 
         ahead: rows running or waiting with an earlier deadline (decoded before it), if known.
-        sharing: slack scheduling: rows that will step beside it (urgent before its deadline)."""
+        sharing: slack scheduling: rows that will step beside it (urgent before its deadline).
+        pending_steps: slack scheduling: row-steps of admissions the engine has not published."""
         c = self.config
         cap = min(req.max_tokens, self.D)
         if req.n > c.max_batch:  # its sequences step together: it could never start
@@ -286,6 +300,11 @@ class Scheduler:
             k = min(cap, k)
         else:
             fit = self.deadline_tokens(req, now, batch, wait, ahead)
+            if c.slack_aware and sharing is not None and self.load.row_step_s > 0:
+                # refuse now what promised work would later force out (a 503 at arrival, not
+                # an admitted request expiring in the queue)
+                end = req.deadline - c.safety * self.latency.decode(req.n) - self.margin()
+                fit = min(fit, math.floor(self.load.promised_steps(req.n, end, now, pending_steps)))
             if c.policy == "drop":
                 k = cap if fit >= cap else -1
             else:
@@ -596,11 +615,19 @@ class Scheduler:
 
     def _publish_load(self) -> None:
         reqs = sorted(self.running + self.paused + self.waiting, key=_deadline)
-        urgent_at, urgent_rows = (), (0,)
-        if self.config.slack_aware:
-            full, margin = self.slack.full_step(), self.margin()
-            keyed = sorted((self.slack.urgent_at(r, full, margin), r.n) for r in reqs)
-            urgent_at = tuple(t for t, _ in keyed)
-            urgent_rows = tuple(itertools.accumulate((n for _, n in keyed), initial=0))
-        self.load = LoadSnapshot(len(self.rows), tuple(map(_deadline, reqs)),
-                                 tuple(itertools.accumulate((r.n for r in reqs), initial=0)), urgent_at, urgent_rows)
+        deadlines = tuple(map(_deadline, reqs))
+        rows_before = tuple(itertools.accumulate((r.n for r in reqs), initial=0))
+        if not self.config.slack_aware:
+            self.load = LoadSnapshot(len(self.rows), deadlines, rows_before)
+            return
+        full, margin = self.slack.full_step(), self.margin()
+        keyed = sorted((self.slack.urgent_at(r, full, margin), r.n) for r in reqs)
+        row_step = full / self.config.max_batch
+        demand = tuple(itertools.accumulate((r.n * max(0, self.slack.target(r) - r.tokens) for r in reqs),
+                                            initial=0))
+        spare = [math.inf] * (len(reqs) + 1)
+        for i in range(len(reqs) - 1, -1, -1):
+            spare[i] = min(spare[i + 1], deadlines[i] / row_step - demand[i + 1])
+        self.load = LoadSnapshot(len(self.rows), deadlines, rows_before, tuple(t for t, _ in keyed),
+                                 tuple(itertools.accumulate((n for _, n in keyed), initial=0)),
+                                 row_step, demand, tuple(spare))

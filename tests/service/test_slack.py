@@ -102,6 +102,22 @@ def test_admission_plans_against_the_rows_that_will_share_the_steps():
     assert slack_k == D and today_k < D / 2
 
 
+def test_admission_refuses_what_promised_work_would_force_out():
+    s = scheduler(max_batch=64)  # a full step: 8 ms for 64 rows, 0.125 ms per row-step
+    now = 100.0
+    for _ in range(6):  # 6 x 16 rows x 64 tokens = 6144 row-steps due in 1 s (8000 fit)
+        s.add(request(1000, now, n=16))
+    step(s, now)
+    spare = s.load.promised_steps(64, now + 0.5, now)
+    assert 25 < spare < 31  # fits before 0.5 s, but only ~1856 row-steps are free before 1 s
+    early = request(500, now, n=64)
+    early.min_tokens = 40
+    adm = s.admit(early, now, running=64, waiting=32, ahead=0, sharing=64)
+    assert not adm.ok and adm.reason == "deadline"
+    later = s.admit(request(2000, now, n=64), now, running=64, waiting=32, ahead=0, sharing=64)
+    assert later.ok and later.planned_tokens == D  # after the promised work there is room
+
+
 def test_past_the_quality_knee_only_spare_steps_and_a_paused_request_finishes_when_slots_run_short():
     s = scheduler(max_batch=8, park_rows=4)
     s.pressure = 1.0
