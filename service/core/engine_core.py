@@ -41,7 +41,7 @@ class EngineCore:
             spec = load_model_dir(path, s.backend, verify=s.verify_checksums)
             if spec.name in self.engines:
                 continue
-            runtime = make_runtime(spec, s.backend, s.max_batch, s.device, s.threads, s.ort_spin)
+            runtime = make_runtime(spec, s.backend, s.max_batch, s.device, s.threads, s.ort_spin, s.ort_io_binding)
             spec.device = runtime.device
             engine = Engine(spec, runtime, SchedulerConfig.from_settings(s))
             if s.test_step_delay_ms:
