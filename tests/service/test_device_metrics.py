@@ -2,6 +2,7 @@
 place of nvidia-ml-py: present and correct when NVML sees GPUs, absent (not 0) without it."""
 from __future__ import annotations
 
+import os
 import sys
 import types
 from collections import namedtuple
@@ -94,3 +95,12 @@ def test_served_on_metrics_over_http(monkeypatch, tiny_model_dir):
     assert first[("anytime_device_utilization", (("device", "0"),))] == 0.55
     assert second[("anytime_device_utilization", (("device", "0"),))] == 0.80
     assert second[("anytime_device_memory_bytes", (("device", "0"), ("state", "used")))] == 5 * GiB
+
+
+@pytest.mark.skipif(os.environ.get("ANYTIME_EXPECT_DEVICE") != "cuda", reason="set by make gpu-check")
+def test_real_nvml_reports_the_gpu():
+    """Under `make gpu-check`: nvidia-ml-py and the driver give every GPU's two gauges."""
+    got = device_samples(Metrics().exposition()[0].decode())
+    util = {labels: v for (name, labels), v in got.items() if name == "anytime_device_utilization"}
+    assert (("device", "0"),) in util and all(0 <= v <= 1 for v in util.values())
+    assert got[("anytime_device_memory_bytes", (("device", "0"), ("state", "free")))] > 0
