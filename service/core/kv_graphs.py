@@ -12,9 +12,10 @@ buffer, so only the rows written move, on the device.
 """
 from __future__ import annotations
 
-import numpy as np
 import onnx
 from onnx import TensorProto, helper
+
+from .model_dir import ModelSpec
 
 OPSET = 18  # ScatterND since 18 still has reduction="none" and the CUDA kernel registered above
 
@@ -85,3 +86,9 @@ def move_graph(n_layer: int, n_head: int, D: int, head_dim: int) -> onnx.ModelPr
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def cache_graphs(spec: ModelSpec) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """(scatter, move) for a model's cache shapes."""
+    shape = spec.n_layer, spec.n_head, spec.D, spec.head_dim
+    return scatter_graph(*shape), move_graph(*shape)

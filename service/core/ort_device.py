@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kv_graphs import cache_names, move_graph, new_names, scatter_graph
+from .kv_graphs import cache_graphs, cache_names, new_names
 from .model_dir import ModelSpec
 from .runtime import Transfers, ort_sessions
 
@@ -31,13 +31,13 @@ class OnnxDeviceRuntime:
 
         self.ort = ort
         self.device, self.step_sess, self.decode_sess = ort_sessions(spec, device, threads, ort_spin)
-        p = spec.n_layer, spec.n_head, spec.D, spec.head_dim
+        scatter, move = cache_graphs(spec)
         # The cache graphs move a few rows: one thread, no pool to wake.
         small = ort.SessionOptions()
         small.intra_op_num_threads = small.inter_op_num_threads = 1
         providers = self.step_sess.get_providers()
-        self.scatter_sess = ort.InferenceSession(scatter_graph(*p).SerializeToString(), small, providers=providers)
-        self.move_sess = ort.InferenceSession(move_graph(*p).SerializeToString(), small, providers=providers)
+        self.scatter_sess = ort.InferenceSession(scatter.SerializeToString(), small, providers=providers)
+        self.move_sess = ort.InferenceSession(move.SerializeToString(), small, providers=providers)
         self._spec, self.slots = spec, slots
         self.transfers = Transfers()
         cache_shape = [slots, spec.n_head, spec.D, spec.head_dim]

@@ -217,7 +217,10 @@ def make_runtime(spec: ModelSpec, backend: str, slots: int, device: str | None =
     if ort_io_binding not in ("auto", "on", "off"):
         raise ValueError(f"ort_io_binding={ort_io_binding!r}; choose auto, on or off")
     if ort_io_binding == "on" or (ort_io_binding == "auto" and ort_device(device) == "cuda"):
-        from .ort_device import OnnxDeviceRuntime
-
+        try:
+            from .ort_device import OnnxDeviceRuntime
+        except ModuleNotFoundError as e:  # the CPU image leaves out onnx, which builds the cache graphs
+            raise RuntimeError(f"ort_io_binding=on needs the {e.name!r} package (in the GPU image and the "
+                               "dev install); on the CPU the host-memory cache (off) is the faster one") from e
         return OnnxDeviceRuntime(spec, slots, device, threads, ort_spin)
     return OnnxRuntime(spec, slots, device, threads, ort_spin)

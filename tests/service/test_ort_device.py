@@ -176,3 +176,15 @@ def test_runtimes_run_on_the_expected_device(tiny_model_dir, backend):
     assert rt.device == os.environ["ANYTIME_EXPECT_DEVICE"]
     rt.step(np.array([spec.unconditional_token, spec.start_token_base]), np.array([0, 0]))
     assert rt.transfers.to_device == 32
+
+
+def test_torchscript_passes_only_tokens_positions_and_logits(tiny_model_dir):
+    """The TorchScript cache never leaves its device either: per step 16 bytes per row go in
+    (through pinned staging buffers on CUDA) and the logits come out."""
+    spec = load_model_dir(tiny_model_dir, "torchscript")
+    for slots in (2, 32):
+        rt = make_runtime(spec, "torchscript", slots)
+        rt.step(np.array([spec.unconditional_token]), np.array([0]))  # loads the graphs
+        rt.transfers.reset()
+        logits = rt.step(np.full(2, spec.unconditional_token), np.array([1, 0]))
+        assert rt.transfers.to_device == 2 * 16 and rt.transfers.to_host == logits.nbytes == 2 * spec.K * 4
