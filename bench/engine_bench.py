@@ -157,7 +157,7 @@ IO_BINDING_MODES = ("off", "on")  # ort_io_binding: KV cache in host memory / in
 def _measure_io_binding(model_dir, batches, repeats, result, device) -> None:
     """Step latency and bytes across the runtime's boundary per step, ONNX KV cache in host
     memory (`off`) and in device memory (`on`). Both runtimes live side by side and take turns
-    per batch size, twice, keeping each one's best median: drift on a shared machine hits both."""
+    per batch size, three times, keeping each one's best median: drift on a shared machine hits both."""
     from service.core.model_dir import load_model_dir
     from service.core.runtime import make_runtime
 
@@ -166,7 +166,7 @@ def _measure_io_binding(model_dir, batches, repeats, result, device) -> None:
     for b in batches:
         tokens = np.full(b, spec.unconditional_token, dtype=np.int64)
         positions = (np.arange(b, dtype=np.int64) * 7) % spec.D
-        for _ in range(2):
+        for _ in range(3):
             for m, rt in rts.items():
                 ms = median_ms(lambda: rt.step(tokens, positions), repeats)
                 result[b][m] = min(ms, result[b].get(m, ms))
@@ -210,7 +210,7 @@ def markdown(result: dict) -> str:
         lines += ["", f"## ONNX Runtime KV cache: host memory vs device memory (I/O binding), on {device}", "",
                   "`ort_io_binding` (service/core/runtime.py, service/core/ort_device.py): `off` passes the active "
                   "rows' cache as feeds and writes new keys/values with numpy; `on` binds device buffers in place "
-                  "and writes new keys/values with a second, scatter run. Median ms per step (best of two "
+                  "and writes new keys/values with a second, scatter run. Median ms per step (best of three "
                   "interleaved rounds) and bytes handed between host and runtime per step.", "",
                   "| batch | off (ms) | on (ms) | on / off | off (bytes/step) | on (bytes/step) |",
                   "|---|---|---|---|---|---|"]
