@@ -17,7 +17,7 @@ from onnx import TensorProto, helper
 
 from .model_dir import ModelSpec
 
-OPSET = 18  # ScatterND since 18 still has reduction="none" and the CUDA kernel registered above
+OPSET = 18  # ScatterND-18 (reduction "none"): ORT has CPU and CUDA kernels for it
 
 
 def cache_names(n_layer: int) -> list[str]:

@@ -209,7 +209,7 @@ def make_runtime(spec: ModelSpec, backend: str, slots: int, device: str | None =
     """threads 0 and ort_spin None: ANYTIME_THREADS / ANYTIME_ORT_SPIN, else all cores and `run`.
     ort_io_binding: `on` keeps the ONNX KV cache in device memory (OnnxDeviceRuntime), `off` in
     host memory (OnnxRuntime), `auto` picks `on` on CUDA and `off` on the CPU, where the host
-    cache is no copy and the extra scatter run would cost (bench/results/engine/engine.md)."""
+    cache is no copy and the extra scatter run would cost (bench/results/engine-io-binding/engine.md)."""
     if backend == "torchscript":
         return TorchScriptRuntime(spec, slots, device, threads)
     if backend != "onnx":
