@@ -147,6 +147,14 @@ export-audio:
 bench-audio: install
 	$(PY) -m bench.spoken_digits_wav --model-dir $(SD_ZOO) --out $(SD_RESULTS)
 
+# On a machine with an NVIDIA GPU and access to the package registries: installs the `gpu` extra
+# into the venv, runs the CUDA parity tests, `anytime bench engine --device cuda` and 60 s load
+# tests at 1x and 2x capacity; results and a one-screen summary in bench/results/gpu/ (README,
+# "GPU check"). Stops at the first failing step and names it. Flags: GPU_CHECK_FLAGS="--steps ...".
+.PHONY: gpu-check
+gpu-check: install
+	$(PY) -m bench.gpu_check $(GPU_CHECK_FLAGS)
+
 # Container images without a Docker engine (buildah, chroot isolation, vfs storage); see
 # docs/deployment.md. Not part of `make test`: it builds and runs the CPU image (minutes).
 DOCKER_TOOLS := buildah podman debootstrap curl

@@ -15,6 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL)
     e.add_argument("--prior", type=Path, default=None, help="prior checkpoint, to time eager PyTorch too")
     e.add_argument("--out", type=Path, default=Path("bench/results/engine"))
+    e.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where both backends run")
 
     for name, text in (("load", "open-loop load against one server"), ("sweep", "policies x offered loads"),
                        ("overhead", "HTTP + scheduling overhead on an idle server"),
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "engine":
         from .engine_bench import run
 
-        run(args.model_dir, args.out, args.prior)
+        run(args.model_dir, args.out, args.prior, device=args.device)
         print((args.out / "engine.md").read_text())
         return 0
     flags = ["--model-dirs", str(args.model_dir), "--backend", args.backend, *args.server_flag]

@@ -1,5 +1,6 @@
 """Engine micro-benchmark: prior step latency vs batch per backend next to the FLOP-bound
-time from this machine's measured peak matmul throughput; decode latency vs batch."""
+time from the device's measured peak matmul throughput; decode latency vs batch; the ONNX
+KV cache in host memory vs device memory (I/O binding) in the same run."""
 from __future__ import annotations
 
 import json
@@ -15,18 +16,21 @@ from service.core.latency import median_time
 from .machine import header
 
 
-def peak_matmul_gflops(sizes=(512, 1024, 2048), repeats: int = 10) -> dict:
-    """Best fp32 GEMM throughput of torch on this machine (the roofline's compute roof)."""
+def peak_matmul_gflops(sizes=(512, 1024, 2048), repeats: int = 10, device: str = "cpu") -> dict:
+    """Best fp32 GEMM throughput of torch on the device (the roofline's compute roof)."""
     import torch
 
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     out = {}
     for n in sizes:
-        a, b = torch.randn(n, n), torch.randn(n, n)
+        a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
         for _ in range(3):
             a @ b
+        sync()
         t = time.perf_counter()
         for _ in range(repeats):
             a @ b
+        sync()
         out[n] = 2 * n**3 * repeats / (time.perf_counter() - t) / 1e9
     return out
 
@@ -83,17 +87,23 @@ def other_load(result: dict):
 
 
 def run(model_dir: Path, out: Path, prior_checkpoint: Path | None = None, batches=(1, 8, 32, 64, 128),
-        repeats: int = 50) -> dict:
+        repeats: int = 50, device: str = "cpu") -> dict:
+    """device: where both backends and the GEMM roof run (`cuda` under make gpu-check)."""
     manifest = json.loads((model_dir / "manifest.json").read_text())
     D = manifest["D"]
-    peak = peak_matmul_gflops()
+    peak = peak_matmul_gflops(device=device)
     best_peak = max(peak.values())
     rows = {b: {"flop_bound_ms": step_flops(manifest, b) / (best_peak * 1e9) * 1000} for b in batches}
     decode = {b: {} for b in batches}
     spin = {b: {} for b in batches}
-    result = {"model": manifest["name"], "peak_gflops": peak, "step": rows, "decode": decode, "onnx_spin": spin}
+    binding = {b: {} for b in batches}
+    result = {"model": manifest["name"], "device": device, "peak_gflops": peak, "step": rows, "decode": decode,
+              "onnx_spin": spin, "onnx_io_binding": binding}
     with other_load(result):
-        _measure(model_dir, D, batches, repeats, prior_checkpoint, rows, decode, spin)
+        _measure(model_dir, D, batches, repeats, prior_checkpoint, rows, decode, spin, device)
+        _measure_io_binding(model_dir, batches, repeats, binding, device)
+    if device != "cpu":
+        del result["onnx_spin"]  # how idle CPU threads wait: a CPU question
     out.mkdir(parents=True, exist_ok=True)
     (out / "engine.json").write_text(json.dumps(result, indent=1))
     plot(result, out / "engine.png")
@@ -101,13 +111,15 @@ def run(model_dir: Path, out: Path, prior_checkpoint: Path | None = None, batche
     return result
 
 
-def _measure(model_dir, D, batches, repeats, prior_checkpoint, rows, decode, spin) -> None:
+def _measure(model_dir, D, batches, repeats, prior_checkpoint, rows, decode, spin, device) -> None:
     from service.core.model_dir import load_model_dir
     from service.core.runtime import make_runtime
 
     for backend in ("torchscript", "onnx"):
         spec = load_model_dir(model_dir, backend)
-        rt = make_runtime(spec, backend, max(batches))
+        rt = make_runtime(spec, backend, max(batches), device)
+        if rt.device != device:
+            raise RuntimeError(f"{backend} runs on {rt.device}, not {device}")
         for b in batches:
             tokens = np.full(b, spec.unconditional_token, dtype=np.int64)
             positions = (np.arange(b, dtype=np.int64) * 7) % D
@@ -116,7 +128,7 @@ def _measure(model_dir, D, batches, repeats, prior_checkpoint, rows, decode, spi
             lengths = np.full(b, D, dtype=np.int64)
             decode[b][backend] = median_ms(lambda: rt.decode(codes, lengths), max(5, repeats // 5))
     spec = load_model_dir(model_dir, "onnx")
-    for mode in SPIN_MODES:
+    for mode in SPIN_MODES if device == "cpu" else ():
         with env("ANYTIME_ORT_SPIN", mode):
             rt = make_runtime(spec, "onnx", max(batches))
         for b in batches:
@@ -139,11 +151,37 @@ def _measure(model_dir, D, batches, repeats, prior_checkpoint, rows, decode, spi
                 rows[b]["eager"] = median_ms(lambda: prior.step(t, p, kc, vc), repeats)
 
 
+IO_BINDING_MODES = ("off", "on")  # ort_io_binding: KV cache in host memory / in device memory
+
+
+def _measure_io_binding(model_dir, batches, repeats, result, device) -> None:
+    """Step latency and bytes across the runtime's boundary per step, ONNX KV cache in host
+    memory (`off`) and in device memory (`on`). Both runtimes live side by side and take turns
+    per batch size, three times, keeping each one's best median: drift on a shared machine hits both."""
+    from service.core.model_dir import load_model_dir
+    from service.core.runtime import make_runtime
+
+    spec = load_model_dir(model_dir, "onnx")
+    rts = {m: make_runtime(spec, "onnx", max(batches), device, ort_io_binding=m) for m in IO_BINDING_MODES}
+    for b in batches:
+        tokens = np.full(b, spec.unconditional_token, dtype=np.int64)
+        positions = (np.arange(b, dtype=np.int64) * 7) % spec.D
+        for _ in range(3):
+            for m, rt in rts.items():
+                ms = median_ms(lambda: rt.step(tokens, positions), repeats)
+                result[b][m] = min(ms, result[b].get(m, ms))
+        for m, rt in rts.items():
+            rt.transfers.reset()
+            rt.step(tokens, positions)
+            result[b][m + "_bytes"] = rt.transfers.total
+
+
 def markdown(result: dict) -> str:
     peak = result["peak_gflops"]
     backends = [b for b in ("eager", "torchscript", "onnx") if b in next(iter(result["step"].values()))]
-    lines = [header(f"Engine micro-benchmark: {result['model']}"),
-             "Peak fp32 matmul throughput measured in the same run (torch GEMM, n x n): "
+    device = result.get("device", "cpu")
+    lines = [header(f"Engine micro-benchmark: {result['model']} on {device}"),
+             f"Peak fp32 matmul throughput on {device} measured in the same run (torch GEMM, n x n): "
              + ", ".join(f"n={n}: {g:.1f} GFLOP/s" for n, g in peak.items()) + ".",
              "The FLOP-bound time is the step's FLOPs (linear layers, attention over the D cache slots, "
              "output head) divided by the best of these.", "",
@@ -168,6 +206,17 @@ def markdown(result: dict) -> str:
         for b, row in result["onnx_spin"].items():
             lines.append(f"| {b} | " + " | ".join(f"{row[m]:.3f}" for m in SPIN_MODES)
                          + f" | {row['run'] / row['on']:.2f} | {row['off'] / row['on']:.2f} |")
+    if result.get("onnx_io_binding"):
+        lines += ["", f"## ONNX Runtime KV cache: host memory vs device memory (I/O binding), on {device}", "",
+                  "`ort_io_binding` (service/core/runtime.py, service/core/ort_device.py): `off` passes the active "
+                  "rows' cache as feeds and writes new keys/values with numpy; `on` binds device buffers in place "
+                  "and writes new keys/values with a second, scatter run. Median ms per step (best of three "
+                  "interleaved rounds) and bytes handed between host and runtime per step.", "",
+                  "| batch | off (ms) | on (ms) | on / off | off (bytes/step) | on (bytes/step) |",
+                  "|---|---|---|---|---|---|"]
+        for b, row in result["onnx_io_binding"].items():
+            lines.append(f"| {b} | {row['off']:.3f} | {row['on']:.3f} | {row['on'] / row['off']:.2f} | "
+                         f"{row['off_bytes']:,} | {row['on_bytes']:,} |")
     if "other_processes_cpu_share" in result:
         lines += ["", f"Other processes used {result['other_processes_cpu_share']:.1%} of the machine's CPU "
                       "while this benchmark ran."]

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     threads: int = Field(0, description="intra-op threads per runtime (0: all cores)")
     ort_spin: Literal["run", "on", "off"] = Field(
         "run", description="ONNX Runtime idle threads: spin only during a step (run), also after it (on), never (off)")
+    ort_io_binding: Literal["auto", "on", "off"] = Field(
+        "auto", description="ONNX Runtime KV cache in device memory via I/O binding (on), in host memory (off); "
+        "auto: on with CUDA, off on the CPU")
     workers: int = Field(default_factory=default_workers, ge=0, le=64, description="HTTP worker processes; "
                          "0 runs the engine core inside the one HTTP process (default: cores - 1, at least 1)")
     policy: Policy = "anytime"

@@ -42,7 +42,7 @@ class EngineCore:
             if spec.name in self.engines:
                 continue
             config = SchedulerConfig.from_settings(s)
-            runtime = make_runtime(spec, s.backend, config.slots(), s.device, s.threads, s.ort_spin)
+            runtime = make_runtime(spec, s.backend, config.slots(), s.device, s.threads, s.ort_spin, s.ort_io_binding)
             spec.device = runtime.device
             engine = Engine(spec, runtime, config)
             if s.test_step_delay_ms:

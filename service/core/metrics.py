@@ -8,6 +8,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from .device_metrics import nvml_collector
 from .engine import DecodeStats, StepStats
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0,
@@ -68,6 +69,9 @@ class Metrics:
         self._engine_children: dict = {}
         self.ready = Gauge("anytime_ready", "1 when models are loaded and warmed up and admission is open",
                            registry=r)
+        devices = nvml_collector()  # anytime_device_*: only where NVML sees a GPU
+        if devices is not None:
+            r.register(devices)
 
     def watch_engine(self, engine) -> None:
         """Gauges read live from an engine at scrape time."""

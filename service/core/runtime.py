@@ -4,20 +4,27 @@ A runtime owns the physical KV cache: per layer, one [slots, H, D, hd] tensor of
 of values. The engine keeps its active sequences in rows 0..B-1 (compacting on finish), so
 every step hands the graph each layer's contiguous prefix [:B] without a copy, and writes the
 step's new keys/values back at each row's position (docs/model-format.md).
+
+Where the cache lives: TorchScript keeps it on its device; ONNX Runtime in host memory on the
+CPU (OnnxRuntime) and in device memory through I/O binding on CUDA (OnnxDeviceRuntime,
+service/core/ort_device.py), so that per step only tokens, positions and logits cross.
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
 from .model_dir import ModelSpec
+from .staging import HostStaging
 
 
 class Runtime(Protocol):
     backend: str
     device: str
+    transfers: "Transfers"  # bytes between host memory and the runtime, counted at its boundary
 
     def step(self, tokens: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """Rows 0..B-1: tokens [B] int64, positions [B] int64 -> logits [B, K] float32;
@@ -28,6 +35,21 @@ class Runtime(Protocol):
 
     def decode(self, codes: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """codes [B, D] int64, lengths [B] int64 -> samples [B, ...] float32 in [0, 1]."""
+
+
+@dataclass
+class Transfers:
+    """Bytes handed between host memory and a runtime, counted where they cross its boundary
+    (what a GPU runtime copies between host and device; on the CPU, what a copy would cost)."""
+    to_device: int = 0
+    to_host: int = 0
+
+    def reset(self) -> None:
+        self.to_device = self.to_host = 0
+
+    @property
+    def total(self) -> int:
+        return self.to_device + self.to_host
 
 
 def _threads(threads: int = 0) -> int:
@@ -65,6 +87,8 @@ class TorchScriptRuntime:
         self.torch = torch
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self._spec, self._slots, self._threads = spec, slots, threads
+        self.transfers = Transfers()
+        self.staging = HostStaging(torch, self.device, self.transfers)
         self.step_fn = None  # loaded by the first call, on the thread that will step (_load)
 
     def _load(self) -> None:
@@ -86,14 +110,14 @@ class TorchScriptRuntime:
         torch = self.torch
         B, L = len(tokens), len(self.k)
         with torch.inference_mode():
-            t = torch.from_numpy(tokens).to(self.device)
-            p = torch.from_numpy(positions).to(self.device)
+            t = self.staging.to_device("tokens", tokens)
+            p = self.staging.to_device("positions", positions)
             out = self.step_fn(t, p, *[k[:B] for k in self.k], *[v[:B] for v in self.v])
             rows = self.rows[:B]
-            for i in range(L):  # new key/value [B, H, hd] at each row's position
+            for i in range(L):  # new key/value [B, H, hd] at each row's position, on the device
                 self.k[i][rows, :, p] = out[1 + i]
                 self.v[i][rows, :, p] = out[1 + L + i]
-            return out[0].float().cpu().numpy()
+            return self.staging.to_host("logits", out[0])
 
     def move_row(self, src: int, dst: int) -> None:
         for c in self.k + self.v:
@@ -104,34 +128,55 @@ class TorchScriptRuntime:
             self._load()
         torch = self.torch
         with torch.inference_mode():
-            out = self.decode_fn(torch.from_numpy(codes).to(self.device), torch.from_numpy(lengths).to(self.device))
-            return out.float().cpu().numpy()
+            out = self.decode_fn(self.staging.to_device("codes", codes), self.staging.to_device("lengths", lengths))
+            return self.staging.to_host("samples", out)
+
+
+def ort_device(device: str | None) -> str:
+    """The device ONNX Runtime will run on: cuda when asked for or by default when
+    onnxruntime-gpu sees a GPU, else cpu."""
+    import onnxruntime as ort
+
+    cuda = device in (None, "cuda") and "CUDAExecutionProvider" in ort.get_available_providers()
+    return "cuda" if cuda else "cpu"
+
+
+def ort_sessions(spec: ModelSpec, device: str | None, threads: int, ort_spin: str | None):
+    """(device, step session, decode session) on ort_device(device)."""
+    import onnxruntime as ort
+
+    want_cuda = ort_device(device) == "cuda"
+    providers = (["CUDAExecutionProvider"] if want_cuda else []) + ["CPUExecutionProvider"]
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = _threads(threads)
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    _ort_spinning(opts, ort_spin)
+    step = ort.InferenceSession(str(spec.file("prior_step_onnx")), opts, providers=providers)
+    decode = ort.InferenceSession(str(spec.file("decoder_onnx")), opts, providers=providers)
+    return ("cuda" if want_cuda else "cpu"), step, decode
 
 
 class OnnxRuntime:
+    """ONNX Runtime with the KV cache in host memory: every step passes the active rows' cache
+    as feeds (no copy on the CPU provider, a full host-to-device copy on CUDA) and writes the new
+    keys/values with numpy. The CPU path; on CUDA see OnnxDeviceRuntime (service/core/ort_device.py)."""
     backend = "onnx"
+    io_binding = False
 
     def __init__(self, spec: ModelSpec, slots: int, device: str | None = None, threads: int = 0,
                  ort_spin: str | None = None):
-        import onnxruntime as ort
-
-        available = ort.get_available_providers()
-        want_cuda = device in (None, "cuda") and "CUDAExecutionProvider" in available
-        providers = (["CUDAExecutionProvider"] if want_cuda else []) + ["CPUExecutionProvider"]
-        self.device = "cuda" if want_cuda else "cpu"
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = _threads(threads)
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        _ort_spinning(opts, ort_spin)
-        self.step_sess = ort.InferenceSession(str(spec.file("prior_step_onnx")), opts, providers=providers)
-        self.decode_sess = ort.InferenceSession(str(spec.file("decoder_onnx")), opts, providers=providers)
+        self.device, self.step_sess, self.decode_sess = ort_sessions(spec, device, threads, ort_spin)
         shape = (slots, spec.n_head, spec.D, spec.head_dim)
         # Host cache; ORT reads each layer's contiguous prefix [:B] in place on the CPU provider.
         self.k = [np.zeros(shape, dtype=np.float32) for _ in range(spec.n_layer)]
         self.v = [np.zeros(shape, dtype=np.float32) for _ in range(spec.n_layer)]
         self.k_names, self.v_names = _step_names(spec.n_layer)
         self.rows = np.arange(slots)
+        self.transfers = Transfers()
+        # per row: tokens, positions and the row's whole cache in; logits and new keys/values out
+        self._in_row_bytes = 16 + 2 * spec.n_layer * spec.n_head * spec.D * spec.head_dim * 4
+        self._out_row_bytes = (spec.K + 2 * spec.n_layer * spec.n_head * spec.head_dim) * 4
 
     def step(self, tokens: np.ndarray, positions: np.ndarray) -> np.ndarray:
         B, L = len(tokens), len(self.k)
@@ -140,6 +185,8 @@ class OnnxRuntime:
             feeds[self.k_names[i]] = self.k[i][:B]
             feeds[self.v_names[i]] = self.v[i][:B]
         out = self.step_sess.run(None, feeds)
+        self.transfers.to_device += B * self._in_row_bytes
+        self.transfers.to_host += B * self._out_row_bytes
         rows = self.rows[:B]
         for i in range(L):  # new key/value [B, H, hd] at each row's position
             self.k[i][rows, :, positions] = out[1 + i]
@@ -151,14 +198,29 @@ class OnnxRuntime:
             c[dst] = c[src]
 
     def decode(self, codes: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        return self.decode_sess.run(None, {"codes": codes, "lengths": lengths})[0]
+        self.transfers.to_device += codes.nbytes + lengths.nbytes
+        out = self.decode_sess.run(None, {"codes": codes, "lengths": lengths})[0]
+        self.transfers.to_host += out.nbytes
+        return out
 
 
 def make_runtime(spec: ModelSpec, backend: str, slots: int, device: str | None = None, threads: int = 0,
-                 ort_spin: str | None = None) -> Runtime:
-    """threads 0 and ort_spin None: ANYTIME_THREADS / ANYTIME_ORT_SPIN, else all cores and `run`."""
+                 ort_spin: str | None = None, ort_io_binding: str = "auto") -> Runtime:
+    """threads 0 and ort_spin None: ANYTIME_THREADS / ANYTIME_ORT_SPIN, else all cores and `run`.
+    ort_io_binding: `on` keeps the ONNX KV cache in device memory (OnnxDeviceRuntime), `off` in
+    host memory (OnnxRuntime), `auto` picks `on` on CUDA and `off` on the CPU, where the host
+    cache is no copy and the extra scatter run would cost (bench/results/engine-io-binding/engine.md)."""
     if backend == "torchscript":
         return TorchScriptRuntime(spec, slots, device, threads)
-    if backend == "onnx":
-        return OnnxRuntime(spec, slots, device, threads, ort_spin)
-    raise ValueError(f"unknown backend {backend!r}; choose torchscript or onnx")
+    if backend != "onnx":
+        raise ValueError(f"unknown backend {backend!r}; choose torchscript or onnx")
+    if ort_io_binding not in ("auto", "on", "off"):
+        raise ValueError(f"ort_io_binding={ort_io_binding!r}; choose auto, on or off")
+    if ort_io_binding == "on" or (ort_io_binding == "auto" and ort_device(device) == "cuda"):
+        try:
+            from .ort_device import OnnxDeviceRuntime
+        except ModuleNotFoundError as e:  # the CPU image leaves out onnx, which builds the cache graphs
+            raise RuntimeError(f"ort_io_binding=on needs the {e.name!r} package (in the GPU image and the "
+                               "dev install); on the CPU the host-memory cache (off) is the faster one") from e
+        return OnnxDeviceRuntime(spec, slots, device, threads, ort_spin)
+    return OnnxRuntime(spec, slots, device, threads, ort_spin)
