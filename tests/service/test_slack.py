@@ -182,9 +182,10 @@ def test_previews_keep_their_interval_and_their_share():
 
 
 # ---- on the real engine ----------------------------------------------------------------------
-@pytest.fixture(params=["onnx", "torchscript"])
+@pytest.fixture(params=["onnx", "onnx-device-cache", "torchscript"])
 def small_engine(request, tiny_model_dir):
-    engine = make_engine(tiny_model_dir, request.param, max_batch=2)
+    backend, _, device_cache = request.param.partition("-")
+    engine = make_engine(tiny_model_dir, backend, max_batch=2, ort_io_binding="on" if device_cache else "off")
     yield engine
     engine.stop()
 

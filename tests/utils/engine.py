@@ -11,10 +11,10 @@ from service.core.runtime import make_runtime
 from service.core.scheduler import SchedulerConfig
 
 
-def make_engine(model_dir, backend="onnx", policy="anytime", max_batch=16, **kw) -> Engine:
+def make_engine(model_dir, backend="onnx", policy="anytime", max_batch=16, ort_io_binding="auto", **kw) -> Engine:
     spec = load_model_dir(model_dir, backend)
     config = SchedulerConfig(policy=policy, max_batch=max_batch, **kw)
-    engine = Engine(spec, make_runtime(spec, backend, config.slots()), config)
+    engine = Engine(spec, make_runtime(spec, backend, config.slots(), ort_io_binding=ort_io_binding), config)
     engine.start()
     return engine
 
