@@ -20,7 +20,7 @@ from tests.utils.server import running_server
 
 
 def test_in_flight_limit_and_queue_limit_reject_fast(tiny_model_dir):
-    with running_server(model_dirs=str(tiny_model_dir), max_inflight=2, max_queue=4, max_batch=4,
+    with running_server(model_dirs=str(tiny_model_dir), max_inflight=2, max_queue=4, max_batch=8,
                         test_step_delay_ms=30) as (base, core):
         engine = core.engines["tiny"]
         results = []

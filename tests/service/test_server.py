@@ -84,7 +84,8 @@ def test_binary_formats(base):
     ({"deadline_ms": 100, "label": "seven"}, 404, "unknown label"),
     ({"deadline_ms": 100, "label": 3}, 404, "out of range"),
     ({"deadline_ms": 1}, 503, "cannot be met"),
-    ({"deadline_ms": 2, "min_tokens": 8, "n": 64}, 503, "min_tokens=8"),
+    ({"deadline_ms": 2, "min_tokens": 8, "n": 16}, 503, "min_tokens=8"),
+    ({"deadline_ms": 2000, "n": 64}, 422, "exceeds this server's max_batch=32"),
 ])
 def test_errors_are_json_with_a_clear_message(base, body, status, text):
     t = time.perf_counter()
