@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..settings import POLICIES, Settings
+from .admission import Admission, AdmissionState, LoadSnapshot
 from .latency import LatencyModel
 from .request import FinishReason, Request, Sequence, Status
 from .rows import RowTable
@@ -84,15 +85,6 @@ class SchedulerConfig:
 
 
 @dataclass
-class Admission:
-    ok: bool
-    planned_tokens: int = 0
-    reason: str = ""  # for rejections: deadline | queue_full | fair_share | too_large (422)
-    message: str = ""
-    retry_after_s: float = 0.0
-
-
-@dataclass
 class IterationPlan:
     start: list[Request] = field(default_factory=list)
     finish: list[tuple[Request, FinishReason]] = field(default_factory=list)
@@ -105,62 +97,6 @@ class IterationPlan:
     quiet_until: float = -math.inf
     quiet_step_cost: float = 0.0
     quiet_margin: float = 0.0
-
-
-@dataclass(frozen=True)
-class LoadSnapshot:
-    """The batch as the last plan left it, for admission on another thread."""
-
-    running_rows: int = 0
-    deadlines: tuple[float, ...] = ()  # running and waiting requests, earliest first
-    rows_before: tuple[int, ...] = (0,)  # rows_before[i]: rows of the requests before deadlines[i]
-    urgent_at: tuple[float, ...] = ()  # slack: when each live request turns urgent, earliest first
-    urgent_rows_before: tuple[int, ...] = (0,)
-    # slack: the work promised before each deadline, in row-steps (a row's step at a full batch)
-    row_step_s: float = 0.0  # seconds per row-step at a full batch
-    demand_before: tuple[int, ...] = (0,)  # demand_before[i]: row-steps due by deadlines[i] (exclusive)
-    spare_after: tuple[float, ...] = (math.inf,)  # min over j >= i of deadlines[j] / row_step_s - demand through j
-
-    def promised_steps(self, n: int, deadline: float, now: float, pending: int = 0) -> float:
-        """Slack: the most steps a request of n rows due at `deadline` can be promised without
-        the work already promised missing a deadline (earlier ones, or later ones it would push
-        out), at a full batch's throughput; `pending`: row-steps admitted but not yet published."""
-        i = bisect.bisect_left(self.deadlines, deadline)
-        here = (deadline - now) / self.row_step_s - self.demand_before[i] - pending
-        later = self.spare_after[i] - now / self.row_step_s - pending
-        return min(here, later) / n
-
-    def rows_ahead_of(self, deadline: float) -> int:
-        return self.rows_before[bisect.bisect_left(self.deadlines, deadline)]
-
-    def rows_sharing(self, deadline: float) -> int:
-        """Slack: rows that step beside a request due at `deadline` (urgent before it)."""
-        return self.urgent_rows_before[bisect.bisect_left(self.urgent_at, deadline)]
-
-
-class AdmissionState:
-    """What admission learns: written only by the admitting thread, read by the engine thread.
-    The pressure EMA and its time are one tuple, so a reader never sees half an update."""
-
-    HALF_LIFE_S = 2.0
-
-    def __init__(self, D: int):
-        self._pressure = (0.0, time.monotonic())  # EMA share of admissions whose tokens load took away
-        self.mean_planned = float(D)
-
-    @property
-    def pressure(self) -> float:
-        """The EMA, decayed by the time since the last admission (an idle server has none)."""
-        value, at = self._pressure
-        return value * 0.5 ** ((time.monotonic() - at) / self.HALF_LIFE_S)
-
-    @pressure.setter
-    def pressure(self, value: float) -> None:
-        self._pressure = (value, time.monotonic())
-
-    def observe_pressure(self, lost: float, alpha: float) -> None:
-        p = self.pressure
-        self.pressure = p + alpha * (lost - p)
 
 
 @dataclass
