@@ -164,7 +164,7 @@ class Engine:
         ahead = load.rows_ahead_of(req.deadline) + sum(n for _, d, n in pending if d < req.deadline)
         adm = self.scheduler.admit(req, time.monotonic(), load.running_rows, self.queued_sequences, ahead)
         if adm.ok:
-            req.planned_tokens = adm.planned_tokens
+            req.planned_tokens = req.admitted_tokens = adm.planned_tokens
             self._admitted_rows += req.n
             pending.append((req.id, req.deadline, req.n))
             self.inbox.put(req)  # from here on the request belongs to the engine thread

@@ -61,6 +61,7 @@ class EngineCore:
         gc.freeze()
         self.ready = True
         self.metrics.ready.set(1)
+        self.metrics.core_start.set(time.time())
 
     def info(self) -> dict:
         """What a frontend needs to know of the served models."""
@@ -88,6 +89,8 @@ class EngineCore:
 
         def done(r: Request) -> None:
             _count_unanswered(metrics, r)
+            if r.finish_reason is FinishReason.ERROR and r.error_status == 503:  # expired: load took the rest
+                metrics.admission(msg.model, r.n, 0, r.admitted_tokens, "expired")
             on_output(ipc.Output(rid, True, r.tokens, finish_reason=r.finish_reason.value, error=r.error,
                                  error_status=r.error_status, started=r.started, finished=r.finished,
                                  compute_s=r.compute_s), r.samples)
@@ -96,6 +99,7 @@ class EngineCore:
         if msg.preview_every:
             req.on_preview = lambda r, k, samples: on_output(ipc.Output(rid, False, k), samples)
         adm = engine.admit(req)
+        metrics.admission(msg.model, msg.n, adm.idle_tokens, adm.load_lost_tokens, adm.reason)
         if not adm.ok:
             metrics.rejected(msg.model, adm.reason)
             return ipc.Admitted(rid, False, reason=adm.reason, message=adm.message,
@@ -113,6 +117,14 @@ class EngineCore:
         engine.observe_respond(msg.respond_s)
         self.metrics.answered(msg.model, msg.latency_s, msg.deadline_s, msg.tokens, engine.spec.D, msg.quality,
                               msg.n, msg.reason, msg.respond_s)
+
+    def rejected(self, model: str, reason: str) -> None:
+        """A frontend refused a request itself (too many in flight): a load refusal, counted as
+        the model's whole D (the request's own budget never reached the scheduler)."""
+        self.metrics.rejected(model, reason)
+        engine = self.engines.get(model)
+        if engine is not None:
+            self.metrics.admission(model, 1, engine.spec.D, engine.spec.D, reason)
 
     def metrics_text(self) -> bytes:
         return self.metrics.exposition()[0]

@@ -59,6 +59,16 @@ class Metrics:
         self.respond = Histogram("anytime_respond_latency_seconds", "From a request's end in the engine to its "
                                  "encoded response (the HTTP side's share; the scheduler keeps this much time)",
                                  ["model"], buckets=STEP_BUCKETS, registry=r)
+        self.idle_tokens = Counter("anytime_idle_tokens", "Tokens an idle replica would have planned for the "
+                                   "requests decided at admission (admitted or refused; per sample)", ["model"],
+                                   registry=r)
+        self.load_lost_tokens = Counter("anytime_load_lost_tokens", "Of anytime_idle_tokens, those load took away: "
+                                        "a smaller budget, or the whole idle budget of a load refusal", ["model"],
+                                        registry=r)
+        self.load_refusals = Counter("anytime_load_refusals", "Refusals an idle replica would have admitted",
+                                     ["model", "reason"], registry=r)
+        self.core_start = Gauge("anytime_engine_core_start_time_seconds", "Unix time the engine core started "
+                                "serving (a change is a restart)", registry=r)
         self._engine_children: dict = {}
         self.ready = Gauge("anytime_ready", "1 when models are loaded and warmed up and admission is open",
                            registry=r)
@@ -107,6 +117,16 @@ class Metrics:
     def rejected(self, model: str, reason: str) -> None:
         self.requests.labels(model, "rejected").inc()
         self.rejections.labels(model, reason).inc()
+
+    def admission(self, model: str, n: int, idle_tokens: int, lost_tokens: int, reason: str = "") -> None:
+        """What load took from one admission decision: the autoscaling signal's two counters
+        (and a load refusal, when a refusal with a reason lost the idle budget)."""
+        if idle_tokens:
+            self.idle_tokens.labels(model).inc(n * idle_tokens)
+        if lost_tokens:
+            self.load_lost_tokens.labels(model).inc(n * lost_tokens)
+            if reason:
+                self.load_refusals.labels(model, reason).inc()
 
     def outcome(self, model: str, outcome: str, n: int = 1, reason: str | None = None) -> None:
         self.requests.labels(model, outcome).inc()

@@ -67,6 +67,14 @@ class Admission:
     reason: str = ""  # for rejections: deadline | queue_full
     message: str = ""
     retry_after_s: float = 0.0
+    # tokens per sample an idle replica would have planned (0: the deadline itself leaves too
+    # few): with planned_tokens, what load took from this request (the autoscaling signal)
+    idle_tokens: int = 0
+
+    @property
+    def load_lost_tokens(self) -> int:
+        """Tokens per sample that load took away: all of the idle budget for a refusal."""
+        return self.idle_tokens - (self.planned_tokens if self.ok else 0)
 
 
 @dataclass
@@ -217,35 +225,42 @@ class Scheduler:
         ahead: rows running or waiting with an earlier deadline (decoded before it), if known."""
         c = self.config
         cap = min(req.max_tokens, self.D)
+        floor = max(1, req.min_tokens)
+        # what an idle replica would plan: the deadline alone decides (fixed plans cap anyway)
+        idle_fit = cap if c.policy == "fixed" else self.deadline_tokens(req, now, req.n, self.latency.step(1), 0)
+        idle_k = min(cap, idle_fit) if idle_fit >= floor else 0
+        if c.policy == "drop" and idle_fit < cap:
+            idle_k = 0  # drop refuses what cannot have every token, idle or not
         if waiting + req.n > c.max_queue:
-            return Admission(False, reason="queue_full", message="the queue is full", retry_after_s=self._retry_after(running))
+            return Admission(False, reason="queue_full", message="the queue is full",
+                             retry_after_s=self._retry_after(running), idle_tokens=idle_k)
         if c.policy == "fixed":
-            return self._accept(cap)
+            return self._accept(cap, idle_k)
         wait = self._wait_estimate(running, waiting, req.n)
         batch = min(running + waiting + req.n, c.max_batch)
         if c.policy == "static":
             idle = self.latency.step.profiled(1) * c.safety
             k = math.floor((req.deadline_s - self.latency.decode.profiled(req.n) - c.respond_margin_s) / idle)
             k = min(cap, k)
+            idle_k = min(idle_k, max(k, 0))  # static ignores load: it never loses to it
         else:
             fit = self.deadline_tokens(req, now, batch, wait, ahead)
             if c.policy == "drop":
                 k = cap if fit >= cap else -1
             else:
                 # pressure: did load (not the deadline itself) take tokens from this request?
-                idle_fit = self.deadline_tokens(req, now, req.n, self.latency.step(1), 0)
                 self.admission.observe_pressure(float(fit < min(cap, idle_fit)), c.pressure_alpha)
                 k = min(cap, fit, max(req.min_tokens, self.quality_cap()))
-        if k < max(1, req.min_tokens):
-            need = "all tokens" if c.policy == "drop" else f"min_tokens={max(1, req.min_tokens)}"
+        if k < floor:
+            need = "all tokens" if c.policy == "drop" else f"min_tokens={floor}"
             return Admission(False, reason="deadline", retry_after_s=self._retry_after(running),
                              message=f"deadline_ms={round(req.deadline_s * 1000)} cannot be met with {need} "
-                                     f"at the current load")
-        return self._accept(k)
+                                     f"at the current load", idle_tokens=idle_k)
+        return self._accept(k, max(idle_k, k))
 
-    def _accept(self, k: int) -> Admission:
+    def _accept(self, k: int, idle_k: int) -> Admission:
         self.admission.mean_planned += 0.05 * (k - self.admission.mean_planned)
-        return Admission(True, planned_tokens=k)
+        return Admission(True, planned_tokens=k, idle_tokens=idle_k)
 
     def _retry_after(self, running: int) -> float:
         return max(1.0, self.latency.step(max(1, running)) * self.mean_planned)
