@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 HERE = Path(__file__).resolve().parent
-RUNBOOK = "docs/deployment.md#{}"  # --runbook-base: where your copy of docs/deployment.md is served
+RUNBOOK = "docs/deployment.md#{}"  # the runbooks: one heading per alert
 # (long window, short window, burn rate, severity): the Google SRE workbook's multiwindow,
 # multi-burn-rate alerts (chapter 5, table 5-8) for a 30-day SLO period
 BURN_WINDOWS = [("1h", "5m", 14.4, "critical"), ("6h", "30m", 6, "critical"),
@@ -69,7 +69,7 @@ def alerting_rules(objective: float, loss_target: float, hpa: str, refusal_ratio
                            "description": "{{ $labels.namespace }}: admitted requests answered late, failed or "
                                           "expired in the queue, burning the 30-day error budget at "
                                           + " or ".join(f"{r}x" for _, _, r in pairs) + ".",
-                           "runbook_url": RUNBOOK.format("anytimedeadlineslo-burn")}})
+                           "runbook_url": RUNBOOK.format(name.lower())}})
     alerts.append({"alert": "AnytimeLoadLossAtMaxReplicas", "expr": (
         f"anytime:load_lost_tokens:ratio_rate5m > {loss_target}\n"
         "and on (namespace)\n"

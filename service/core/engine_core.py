@@ -89,8 +89,8 @@ class EngineCore:
 
         def done(r: Request) -> None:
             _count_unanswered(metrics, r)
-            if r.finish_reason is FinishReason.ERROR and r.error_status == 503:  # expired: load took the rest
-                metrics.admission(msg.model, r.n, 0, r.admitted_tokens, "expired")
+            if lost := _load_lost(r):
+                metrics.admission(msg.model, r.n, 0, lost, "expired" if r.error_status == 503 else "")
             on_output(ipc.Output(rid, True, r.tokens, finish_reason=r.finish_reason.value, error=r.error,
                                  error_status=r.error_status, started=r.started, finished=r.finished,
                                  compute_s=r.compute_s), r.samples)
@@ -99,7 +99,8 @@ class EngineCore:
         if msg.preview_every:
             req.on_preview = lambda r, k, samples: on_output(ipc.Output(rid, False, k), samples)
         adm = engine.admit(req)
-        metrics.admission(msg.model, msg.n, adm.idle_tokens, adm.load_lost_tokens, adm.reason)
+        # an admitted request's loss is counted when it ends (_load_lost); a refusal loses it all
+        metrics.admission(msg.model, msg.n, adm.idle_tokens, 0 if adm.ok else adm.idle_tokens, adm.reason)
         if not adm.ok:
             metrics.rejected(msg.model, adm.reason)
             return ipc.Admitted(rid, False, reason=adm.reason, message=adm.message,
@@ -128,6 +129,15 @@ class EngineCore:
 
     def metrics_text(self) -> bytes:
         return self.metrics.exposition()[0]
+
+
+def _load_lost(r: Request) -> int:
+    """Tokens per sample that load took from a finished request: what an idle replica would
+    have planned minus what it got (a smaller budget, the quality knee under pressure, the
+    deadline guard), all of it when it expired in the queue; none when cancelled or failed."""
+    if r.finish_reason is FinishReason.CANCELLED or (r.finish_reason is FinishReason.ERROR and r.error_status != 503):
+        return 0
+    return max(0, r.idle_tokens - (0 if r.finish_reason is FinishReason.ERROR else r.tokens))
 
 
 def _count_unanswered(metrics: Metrics, r: Request) -> None:

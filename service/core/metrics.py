@@ -63,7 +63,7 @@ class Metrics:
                                    "requests decided at admission (admitted or refused; per sample)", ["model"],
                                    registry=r)
         self.load_lost_tokens = Counter("anytime_load_lost_tokens", "Of anytime_idle_tokens, those load took away: "
-                                        "a smaller budget, or the whole idle budget of a load refusal", ["model"],
+                                        "fewer tokens than idle, or all of them for a load refusal", ["model"],
                                         registry=r)
         self.load_refusals = Counter("anytime_load_refusals", "Refusals an idle replica would have admitted",
                                      ["model", "reason"], registry=r)

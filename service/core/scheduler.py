@@ -68,13 +68,8 @@ class Admission:
     message: str = ""
     retry_after_s: float = 0.0
     # tokens per sample an idle replica would have planned (0: the deadline itself leaves too
-    # few): with planned_tokens, what load took from this request (the autoscaling signal)
+    # few); what load took is measured against it (the autoscaling signal, EngineCore)
     idle_tokens: int = 0
-
-    @property
-    def load_lost_tokens(self) -> int:
-        """Tokens per sample that load took away: all of the idle budget for a refusal."""
-        return self.idle_tokens - (self.planned_tokens if self.ok else 0)
 
 
 @dataclass
