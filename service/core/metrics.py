@@ -17,6 +17,7 @@ SLACK_BUCKETS = (-1.0, -0.1, -0.01, -0.005, -0.001, 0.0, 0.001, 0.002, 0.005, 0.
 STEP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 FRACTION_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 TOKEN_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 40, 48, 56, 64, 96, 128, 256, 512, 1024)
+LOAD_REFUSAL_REASONS = ("deadline", "queue_full", "expired", "overloaded")
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256, 512)
 
 
@@ -82,6 +83,11 @@ class Metrics:
         self.load_factor.labels(name, "decode").set_function(
             lambda: engine.latency.decode.factor if engine.latency else 1)
         self.pressure.labels(name).set_function(lambda: engine.scheduler.pressure if engine.scheduler else 0)
+        # the autoscaling signal's series exist (at 0) before the first loss: a rate, not "no data"
+        self.idle_tokens.labels(name)
+        self.load_lost_tokens.labels(name)
+        for reason in LOAD_REFUSAL_REASONS:
+            self.load_refusals.labels(name, reason)
         engine.observers.append(self.observe)
 
     def observe(self, stats) -> None:
