@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import threading
 import time
 from contextlib import ExitStack
@@ -139,10 +140,11 @@ def run(flags: list[str], out: Path, rounds: int = 8, per_block: int = 100) -> d
                "OTEL_BSP_SCHEDULE_DELAY": "500"}
     rows = {c: [] for c in CONFIGS}
     cpu = {c: 0.0 for c in CONFIGS}
+    logs = Path(tempfile.mkdtemp(prefix="anytime-bench-tracing-"))  # access logs: large, not results
     with ExitStack() as stack:
         servers = {}
         for c in CONFIGS:
-            url = stack.enter_context(serve(*flags, log_path=out / f"server-{c.replace(' ', '-')}.log",
+            url = stack.enter_context(serve(*flags, log_path=logs / f"server-{c.replace(' ', '-')}.log",
                                             env=otel_on if c == "on" else otel_off))
             servers[c] = (stack.enter_context(httpx.Client(base_url=url, timeout=10)), serve.last_pid)
         for c, (client, _) in servers.items():
