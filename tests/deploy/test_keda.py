@@ -38,8 +38,8 @@ TOLERANCE = 0.1  # the HPA's default --horizontal-pod-autoscaler-tolerance
 POD_SELECTOR = 'pod=~"anytime-[^-]+-[^-]+"'
 # two "pods" of the Deployment (names as a ReplicaSet gives them, so the trigger's selector matches)
 TIGHT, LOADED = "anytime-7c9d8-tight", "anytime-7c9d8-loaded"
-STEP_DELAY_MS, MAX_BATCH, D = 5, 2, 8  # the tiny model's D; steps sleep, so capacity is known
-TIGHT_DEADLINE_MS = 70  # an idle replica fits only a few of the D tokens
+STEP_DELAY_MS, MAX_BATCH, D = 20, 2, 8  # the tiny model's D; steps sleep (they dominate), so capacity is known
+TIGHT_DEADLINE_MS = 100  # an idle replica fits only a few of the D tokens
 TRAFFIC_S = 10.0
 
 
