@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, text in (("load", "open-loop load against one server"), ("sweep", "policies x offered loads"),
                        ("overhead", "HTTP + scheduling overhead on an idle server"),
+                       ("tracing", "idle overhead and CPU per request with OpenTelemetry tracing off and on"),
                        ("soak", "minutes at a multiple of capacity: memory, health, attainment"),
                        ("threads", "ONNX Runtime thread modes (spinning, count) under the same load"),
                        ("split", "in-process vs engine-core process + frontend workers: throughput ratios, overhead"),
@@ -76,6 +77,12 @@ def main(argv: list[str] | None = None) -> int:
         with serve(*flags, log_path=args.out / "server.log") as url:
             run(url, args.out, title=f"HTTP + scheduling overhead on an idle server ({args.backend})")
         print((args.out / "overhead.md").read_text())
+        return 0
+    if args.what == "tracing":
+        from .tracing import run
+
+        run(flags, args.out)
+        print((args.out / "tracing.md").read_text())
         return 0
     if args.what == "soak":
         import asyncio

@@ -51,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     from .logs import configure
 
     configure(settings.log_level)
+    from .frontend.tracing import TracingConfigError, check
+
+    try:
+        check()
+    except TracingConfigError as e:
+        return _cannot_start(str(e))
     return serve_inprocess(settings) if settings.workers == 0 else Supervisor(settings).run()
 
 

@@ -64,7 +64,7 @@ class InprocClient(EngineClient):
         self.core.answered(msg)
 
     def rejected(self, model: str, reason: str) -> None:
-        self.core.metrics.rejected(model, reason)
+        self.core.rejected(model, reason)
 
     async def metrics(self) -> bytes:
         return self.core.metrics_text()

@@ -16,6 +16,9 @@ class Admission:
     reason: str = ""  # for rejections: deadline | queue_full | fair_share | too_large (422)
     message: str = ""
     retry_after_s: float = 0.0
+    # tokens per sample an idle replica would have planned (0: the deadline itself leaves too
+    # few); what load took is measured against it (the autoscaling signal, EngineCore)
+    idle_tokens: int = 0
 
 
 @dataclass(frozen=True)

@@ -108,7 +108,7 @@ class Engine:
     def _warm_loop(self) -> None:
         """Run a few full generations through the loop before readiness, so the first real
         request does not pay for cold code paths; then forget what they taught the online model."""
-        for n in (1, 4):
+        for n in sorted({1, min(4, self.config.max_batch)}):  # a request wider than the batch never starts
             done = threading.Event()
             req = self.new_request(n=n, seed=n, label=None, deadline_s=60.0, arrival=time.monotonic(),
                                    min_tokens=1, max_tokens=self.spec.D, sampling=SamplingParams())
@@ -193,7 +193,7 @@ class Engine:
         adm = self.scheduler.admit(req, time.monotonic(), load.running_rows, self.queued_sequences, ahead, sharing,
                                    pending_steps)
         if adm.ok:
-            req.planned_tokens = adm.planned_tokens
+            req.planned_tokens, req.idle_tokens = adm.planned_tokens, adm.idle_tokens
             self._admitted_rows += req.n
             pending.append((req.id, req.deadline, req.n, adm.planned_tokens))
             self.inbox.put(req)  # from here on the request belongs to the engine thread

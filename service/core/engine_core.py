@@ -62,6 +62,7 @@ class EngineCore:
         gc.freeze()
         self.ready = True
         self.metrics.ready.set(1)
+        self.metrics.core_start.set(time.time())
 
     def info(self) -> dict:
         """What a frontend needs to know of the served models."""
@@ -90,6 +91,8 @@ class EngineCore:
 
         def done(r: Request) -> None:
             _count_unanswered(metrics, r)
+            if lost := _load_lost(r):
+                metrics.admission(msg.model, r.n, 0, lost, "expired" if r.error_status == 503 else "")
             on_output(ipc.Output(rid, True, r.tokens, finish_reason=r.finish_reason.value, error=r.error,
                                  error_status=r.error_status, started=r.started, finished=r.finished,
                                  compute_s=r.compute_s), r.samples)
@@ -98,6 +101,8 @@ class EngineCore:
         if msg.preview_every:
             req.on_preview = lambda r, k, samples: on_output(ipc.Output(rid, False, k), samples)
         adm = engine.admit(req)
+        # an admitted request's loss is counted when it ends (_load_lost); a refusal loses it all
+        metrics.admission(msg.model, msg.n, adm.idle_tokens, 0 if adm.ok else adm.idle_tokens, adm.reason)
         if not adm.ok:
             metrics.rejected(msg.model, adm.reason, msg.priority)
             return ipc.Admitted(rid, False, reason=adm.reason, message=adm.message,
@@ -116,8 +121,25 @@ class EngineCore:
         self.metrics.answered(msg.model, msg.latency_s, msg.deadline_s, msg.tokens, engine.spec.D, msg.quality,
                               msg.n, msg.reason, msg.respond_s)
 
+    def rejected(self, model: str, reason: str) -> None:
+        """A frontend refused a request itself (too many in flight): a load refusal, counted as
+        the model's whole D (the request's own budget never reached the scheduler)."""
+        self.metrics.rejected(model, reason)
+        engine = self.engines.get(model)
+        if engine is not None:
+            self.metrics.admission(model, 1, engine.spec.D, engine.spec.D, reason)
+
     def metrics_text(self) -> bytes:
         return self.metrics.exposition()[0]
+
+
+def _load_lost(r: Request) -> int:
+    """Tokens per sample that load took from a finished request: what an idle replica would
+    have planned minus what it got (a smaller budget, the quality knee under pressure, the
+    deadline guard), all of it when it expired in the queue; none when cancelled or failed."""
+    if r.finish_reason is FinishReason.CANCELLED or (r.finish_reason is FinishReason.ERROR and r.error_status != 503):
+        return 0
+    return max(0, r.idle_tokens - (0 if r.finish_reason is FinishReason.ERROR else r.tokens))
 
 
 def _count_unanswered(metrics: Metrics, r: Request) -> None:

@@ -18,6 +18,7 @@ SLACK_BUCKETS = (-1.0, -0.1, -0.01, -0.005, -0.001, 0.0, 0.001, 0.002, 0.005, 0.
 STEP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 FRACTION_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 TOKEN_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 40, 48, 56, 64, 96, 128, 256, 512, 1024)
+LOAD_REFUSAL_REASONS = ("deadline", "queue_full", "expired", "overloaded")
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256, 512)
 
 
@@ -66,6 +67,16 @@ class Metrics:
         self.respond = Histogram("anytime_respond_latency_seconds", "From a request's end in the engine to its "
                                  "encoded response (the HTTP side's share; the scheduler keeps this much time)",
                                  ["model"], buckets=STEP_BUCKETS, registry=r)
+        self.idle_tokens = Counter("anytime_idle_tokens", "Tokens an idle replica would have planned for the "
+                                   "requests decided at admission (admitted or refused; per sample)", ["model"],
+                                   registry=r)
+        self.load_lost_tokens = Counter("anytime_load_lost_tokens", "Of anytime_idle_tokens, those load took away: "
+                                        "fewer tokens than idle, or all of them for a load refusal", ["model"],
+                                        registry=r)
+        self.load_refusals = Counter("anytime_load_refusals", "Refusals an idle replica would have admitted",
+                                     ["model", "reason"], registry=r)
+        self.core_start = Gauge("anytime_engine_core_start_time_seconds", "Unix time the engine core started "
+                                "serving (a change is a restart)", registry=r)
         self._engine_children: dict = {}
         self.ready = Gauge("anytime_ready", "1 when models are loaded and warmed up and admission is open",
                            registry=r)
@@ -84,6 +95,11 @@ class Metrics:
         self.load_factor.labels(name, "decode").set_function(
             lambda: engine.latency.decode.factor if engine.latency else 1)
         self.pressure.labels(name).set_function(lambda: engine.scheduler.pressure if engine.scheduler else 0)
+        # the autoscaling signal's series exist (at 0) before the first loss: a rate, not "no data"
+        self.idle_tokens.labels(name)
+        self.load_lost_tokens.labels(name)
+        for reason in LOAD_REFUSAL_REASONS:
+            self.load_refusals.labels(name, reason)
         engine.observers.append(self.observe)
 
     def observe(self, stats) -> None:
@@ -122,6 +138,16 @@ class Metrics:
     def rejected(self, model: str, reason: str, priority: str = "normal") -> None:
         self.requests.labels(model, "rejected").inc()
         self.rejections.labels(model, reason, priority).inc()
+
+    def admission(self, model: str, n: int, idle_tokens: int, lost_tokens: int, reason: str = "") -> None:
+        """What load took from one admission decision: the autoscaling signal's two counters
+        (and a load refusal, when a refusal with a reason lost the idle budget)."""
+        if idle_tokens:
+            self.idle_tokens.labels(model).inc(n * idle_tokens)
+        if lost_tokens:
+            self.load_lost_tokens.labels(model).inc(n * lost_tokens)
+            if reason:
+                self.load_refusals.labels(model, reason).inc()
 
     def outcome(self, model: str, outcome: str, n: int = 1, reason: str | None = None) -> None:
         self.requests.labels(model, outcome).inc()

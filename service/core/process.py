@@ -123,7 +123,7 @@ class CoreServer:
             core.answered(ipc.decode(kind, rest[0]))
         elif kind == ipc.REJECTED:
             msg = ipc.decode(kind, rest[0])
-            core.metrics.rejected(msg.model, msg.reason)
+            core.rejected(msg.model, msg.reason)
         elif kind == ipc.METRICS:
             self.router.send_multipart([frontend, ipc.METRICS_TEXT, core.metrics_text()])
         elif kind == ipc.INFO:

@@ -63,7 +63,8 @@ class Request:
     arrival: float  # time.monotonic() at arrival at the server
     min_tokens: int
     max_tokens: int  # cap (<= D)
-    planned_tokens: int = 0  # budget the scheduler gave at admission
+    planned_tokens: int = 0  # budget the scheduler gave at admission (planning may lower it)
+    idle_tokens: int = 0  # the budget an idle replica would have given (what load took is measured against it)
     sampling: SamplingParams = field(default_factory=SamplingParams)
     id: int = field(default_factory=lambda: next(_ids))
     request_id: str = ""

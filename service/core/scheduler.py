@@ -214,13 +214,20 @@ class Scheduler:
         cap = min(req.max_tokens, self.D)
         if req.n > c.max_batch:  # its sequences step together: it could never start
             return Admission(False, reason="too_large", message=f"n={req.n} exceeds this server's max_batch={c.max_batch}")
+        floor = max(1, req.min_tokens)
+        # what an idle replica would plan: the deadline alone decides (fixed plans cap anyway)
+        idle_fit = cap if c.policy == "fixed" else self.deadline_tokens(req, now, req.n, self.latency.step(1), 0)
+        idle_k = min(cap, idle_fit) if idle_fit >= floor else 0
+        if c.policy == "drop" and idle_fit < cap:
+            idle_k = 0  # drop refuses what cannot have every token, idle or not
         if waiting + req.n > c.max_queue:
-            return Admission(False, reason="queue_full", message="the queue is full", retry_after_s=self._retry_after(running))
+            return Admission(False, reason="queue_full", message="the queue is full",
+                             retry_after_s=self._retry_after(running), idle_tokens=idle_k)
         if c.policy == "fixed":
-            return self._accept(cap)
+            return self._accept(cap, idle_k)
         if c.slack_aware and sharing is not None:
             if self.pressure > FAIR_PRESSURE and req.n > c.fair_share * c.max_batch:
-                return Admission(False, reason="fair_share", retry_after_s=self._retry_after(running),
+                return Admission(False, reason="fair_share", retry_after_s=self._retry_after(running), idle_tokens=idle_k,
                                  message=f"n={req.n} is more than {c.fair_share:.0%} of the batch while the server "
                                          f"is under load; send smaller requests")
             excess = sharing + req.n - c.max_batch
@@ -234,6 +241,7 @@ class Scheduler:
             idle = self.latency.step.profiled(1) * c.safety
             k = math.floor((req.deadline_s - self.latency.decode.profiled(req.n) - c.respond_margin_s) / idle)
             k = min(cap, k)
+            idle_k = min(idle_k, max(k, 0))  # static ignores load: it never loses to it
         else:
             fit = self.deadline_tokens(req, now, batch, wait, ahead)
             if c.slack_aware and sharing is not None and self.load.row_step_s > 0:
@@ -245,21 +253,20 @@ class Scheduler:
                 k = cap if fit >= cap else -1
             else:
                 # pressure: did load (not the deadline itself) take tokens from this request?
-                idle_fit = self.deadline_tokens(req, now, req.n, self.latency.step(1), 0)
                 self.admission.observe_pressure(float(fit < min(cap, idle_fit)), c.pressure_alpha)
                 # slack scheduling plans what the deadline allows and guarantees the knee (slack.py)
                 knee = self.D if c.slack_aware else max(req.min_tokens, self.quality_cap(req.priority))
                 k = min(cap, fit, knee)
-        if k < max(1, req.min_tokens):
-            need = "all tokens" if c.policy == "drop" else f"min_tokens={max(1, req.min_tokens)}"
+        if k < floor:
+            need = "all tokens" if c.policy == "drop" else f"min_tokens={floor}"
             return Admission(False, reason="deadline", retry_after_s=self._retry_after(running),
                              message=f"deadline_ms={round(req.deadline_s * 1000)} cannot be met with {need} "
-                                     f"at the current load")
-        return self._accept(k)
+                                     f"at the current load", idle_tokens=idle_k)
+        return self._accept(k, max(idle_k, k))
 
-    def _accept(self, k: int) -> Admission:
+    def _accept(self, k: int, idle_k: int) -> Admission:
         self.admission.mean_planned += 0.05 * (k - self.admission.mean_planned)
-        return Admission(True, planned_tokens=k)
+        return Admission(True, planned_tokens=k, idle_tokens=idle_k)
 
     def _retry_after(self, running: int) -> float:
         return max(1.0, self.latency.step(max(1, running)) * self.mean_planned)

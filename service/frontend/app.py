@@ -14,20 +14,26 @@ from .middleware import ArrivalAndLimits
 from .oip import router as oip_router
 from .routes import router
 from .state import FrontendState
+from .tracing import TracingMiddleware, setup as setup_tracing
 
 
 def create_app(settings: Settings, client: EngineClient) -> FastAPI:
     """Build the app over an engine client; it connects (and the models are ready) in the
     lifespan, before readiness."""
     state = FrontendState(settings, client)
+    tracing = setup_tracing()  # None unless OTEL_* variables turn it on
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await state.start()
         yield
         await client.close()
+        if tracing:
+            tracing.shutdown()
 
+    # FastAPI's own OpenTelemetry spans stay off: TracingMiddleware makes the one span per request
     app = FastAPI(title="Anytime", version="0.1.0", lifespan=lifespan,
+                  telemetry={"tracing": False, "metrics": False, "logs": False},
                   description="Deadline-aware serving of anytime generative models: the server turns each "
                               "request's deadline into a number of tokens, and always answers on time.")
     app.state.frontend = state
@@ -42,4 +48,6 @@ def create_app(settings: Settings, client: EngineClient) -> FastAPI:
                            allow_headers=["Authorization", "Content-Type"])
     # added last = outermost: every request gets its arrival time and id before anything else
     app.add_middleware(ArrivalAndLimits, max_body_bytes=settings.max_body_bytes)
+    if tracing:  # outermost of all: the span covers everything the request meets here
+        app.add_middleware(TracingMiddleware, tracer=tracing.tracer)
     return app

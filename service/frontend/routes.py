@@ -39,6 +39,7 @@ async def generate(body: GenerateRequest, request: Request, state: StateDep):
     result = await state.generate(body, arrival, request.state.request_id, request.receive)
     if result is None:  # client went away; nobody reads this
         return Response(status_code=499)
+    request.state.result = result  # for the trace span (service/frontend/tracing.py)
     return _encode(body, result, arrival, state)
 
 
@@ -122,6 +123,7 @@ async def _stream(body: GenerateRequest, request: Request, state: FrontendState)
                     yield _sse("error", {"error": {"code": e.status, "message": e.message}})
                     return
                 if result is not None:
+                    request.state.result = result
                     yield _sse("final", _json_payload(body, result, arrival, state))
                 return
         finally:

@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from service.settings import Settings
-from tests.deploy.tools import ADAPTER_RULES, DASHBOARD, K8S, KUSTOMIZATIONS, SCRAPE_CONFIG, tool
+from tests.deploy.crd_schemas import PROMETHEUS_RULE_SCHEMA, scaled_object_schema
+from tests.deploy.tools import ADAPTER_RULES, ALERT_RULES, DASHBOARD, K8S, KUSTOMIZATIONS, SCRAPE_CONFIG, tool
 
 # Oldest and newest Kubernetes versions the manifests must be valid for (HPA autoscaling/v2
 # and PDB policy/v1 are GA since 1.23 and 1.21).
@@ -72,8 +73,10 @@ def one(docs: list[dict], kind: str) -> dict:
 
 
 def validate(doc: dict, where: str) -> None:
-    if doc["kind"] == "ServiceMonitor":
-        jsonschema.validate(doc, SERVICE_MONITOR_SCHEMA)
+    custom = {"ServiceMonitor": lambda: SERVICE_MONITOR_SCHEMA, "PrometheusRule": lambda: PROMETHEUS_RULE_SCHEMA,
+              "ScaledObject": scaled_object_schema}
+    if doc["kind"] in custom:
+        jsonschema.validate(doc, custom[doc["kind"]]())
         return
     for version in K8S_VERSIONS:
         error = None
@@ -103,7 +106,7 @@ def test_every_manifest_file_validates():
     for path in sorted(K8S.rglob("*.yaml")):
         if path.name in ("kustomization.yaml", "kustomizeconfig.yaml") or path.resolve() in patches:
             continue
-        if path in (ADAPTER_RULES, SCRAPE_CONFIG):  # not Kubernetes objects; see their own tests
+        if path in (ADAPTER_RULES, SCRAPE_CONFIG, ALERT_RULES):  # not Kubernetes objects; see their own tests
             continue
         for doc in yaml.safe_load_all(path.read_text()):
             if doc:

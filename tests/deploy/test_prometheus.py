@@ -3,7 +3,8 @@
 included (file-based discovery stands in for the Kubernetes API and hands out the same
 __meta_kubernetes_* labels), while one server is under load and the other idle. Then every PromQL expression of the
 Grafana dashboard and of the prometheus-adapter rules is evaluated through the HTTP API and
-must return data: real metric names, real label values, real results."""
+must return data: real metric names, real label values, real results. The alerting rules
+(k8s/monitoring/anytime-rules.yaml) load and evaluate without errors on the real series."""
 from __future__ import annotations
 
 import json
@@ -19,7 +20,7 @@ import pytest
 import yaml
 
 from bench.server_proc import free_port, serve
-from tests.deploy.tools import ADAPTER_RULES, DASHBOARD, SCRAPE_CONFIG, tool
+from tests.deploy.tools import ADAPTER_RULES, ALERT_RULES, DASHBOARD, SCRAPE_CONFIG, tool
 
 NAMESPACE = "anytime"
 BUSY, IDLE = "anytime-cpu-0", "anytime-cpu-1"
@@ -47,6 +48,8 @@ def prometheus_config(tmp_path, targets: list[dict]) -> str:
     job["file_sd_configs"] = [{"files": [str(sd)]}]
     job["scrape_interval"] = job["scrape_timeout"] = "1s"
     config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    assert config["rule_files"] == [ALERT_RULES.name]  # beside the scrape config; here from the repository
+    config["rule_files"] = [str(ALERT_RULES)]
     path = tmp_path / "prometheus.yml"
     path.write_text(yaml.safe_dump(config))
     proc = subprocess.run([tool("promtool"), "check", "config", str(path)], capture_output=True, text=True,
@@ -250,3 +253,24 @@ def test_adapter_rule_gives_every_pod_a_value(scraped, rule):
     if rule["name"]["as"] == "anytime_token_fraction_deficit":
         # 1 in 5 requests is rejected (k = 0), so the busy pod's deficit is clearly above 0
         assert 0.05 < values[BUSY] <= 1, values
+
+
+def test_alerting_rules_load_and_evaluate(scraped):
+    """Prometheus loaded every rule of the plain rules file and evaluates each without error;
+    the recording rules give the busy namespace a value."""
+    prom, _ = scraped
+    names = {r.get("alert") or r["record"] for g in yaml.safe_load(ALERT_RULES.read_text())["groups"] for r in g["rules"]}
+
+    def evaluated():
+        rules = [r for g in prom.api("rules")["groups"] for r in g["rules"]]
+        assert {r["name"] for r in rules} == names
+        assert all(r["health"] == "ok" for r in rules), [(r["name"], r.get("lastError")) for r in rules]
+        return rules
+
+    eventually(evaluated, timeout=20)
+    for record in ("anytime:deadline_slo_errors:ratio_rate5m", "anytime:load_lost_tokens:ratio_rate5m"):
+        def has_value():
+            values = [v for m, v in prom.query(record) if m.get("namespace") == NAMESPACE]
+            assert values and all(math.isfinite(v) for v in values), f"{record}: {values}"
+
+        eventually(has_value, timeout=20)

@@ -14,7 +14,12 @@ DOCKER = ROOT / "docker"
 DASHBOARD = K8S / "grafana" / "anytime-dashboard.json"
 ADAPTER_RULES = K8S / "monitoring" / "prometheus-adapter.yaml"
 SCRAPE_CONFIG = K8S / "monitoring" / "prometheus-scrape.yaml"
-KUSTOMIZATIONS = ["base", "overlays/cpu", "overlays/gpu", "grafana", "monitoring"]
+ALERT_RULES = K8S / "monitoring" / "anytime-rules.yaml"
+PROMETHEUS_RULE = K8S / "monitoring" / "prometheusrule.yaml"
+ALERTS_SCRIPT = K8S / "monitoring" / "alerts.py"
+SCALED_OBJECT = K8S / "overlays" / "keda" / "scaledobject.yaml"
+SCHEMAS = Path(__file__).resolve().parent / "schemas"
+KUSTOMIZATIONS = ["base", "overlays/cpu", "overlays/gpu", "overlays/keda", "grafana", "monitoring"]
 
 
 def tool(name: str) -> str:
