@@ -69,7 +69,7 @@ V2_RUNS ?= runs/fashion-mnist-v2
 V2_RESULTS ?= bench/results/fashion-mnist-v2
 V2_NICE ?= nice -n 19 env OMP_NUM_THREADS=1
 V2_DECODER_EPOCHS ?= 6
-V2_PRIOR_EPOCHS ?= 3
+V2_PRIOR_EPOCHS ?= 2
 V2_ZOO ?= $(V2_RUNS)/export/fashion-mnist
 V2_DECODER := $(V2_NICE) $(ANYTIME) train vqvae --preset fashion-mnist-v2 --stage decoder --init $(V2_RUNS)/v1_vqvae.pt
 .PHONY: zoo-v2 zoo-v2-ordered zoo-v2-decoder zoo-v2-prior zoo-v2-plain evaluate-v2 export-v2
