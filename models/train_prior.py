@@ -40,8 +40,11 @@ def lr_at(step: int, total: int, base: float, warmup: int) -> float:
 
 def train(train_ds: Dataset, vqvae_path: Path, out: Path, preset: str = "fashion-mnist", epochs: int = 5,
           lr: float = 2e-3, batch_size: int = 256, label_dropout: float = 0.1, seed: int = 0,
-          val_fraction: float = 0.05, resume: bool = True, init: Path | None = None, meta: dict | None = None) -> Prior:
-    """Fit the prior to the OVQ-VAE's codes; checkpoints every epoch and resumes from `out`.
+          val_fraction: float = 0.05, resume: bool = True, init: Path | None = None, meta: dict | None = None,
+          checkpoint_every: int = 25) -> Prior:
+    """Fit the prior to the OVQ-VAE's codes; checkpoints every `checkpoint_every` steps and at the end
+    of every epoch, and resumes from `out` at the step it reached (a run paused or killed on a
+    shared machine loses at most `checkpoint_every` steps).
     `init`: start from that prior's weights (a fresh optimizer and schedule), e.g. to train a
     prior further on the same tokens."""
     dev = checkpoint.device()
@@ -66,20 +69,33 @@ def train(train_ds: Dataset, vqvae_path: Path, out: Path, preset: str = "fashion
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "pos" not in n and "tok" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=lr, betas=(0.9, 0.98))
-    start_epoch, history = 0, []
+    start_epoch, history, partial = 0, [], None
     if state:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        start_epoch, history = state["epoch"], state["history"]
+        start_epoch, history, partial = state["epoch"], state["history"], state.get("partial")
     steps_per_epoch = (len(tr_idx) + batch_size - 1) // batch_size
     total, warmup = epochs * steps_per_epoch, min(500, steps_per_epoch)
     gen = torch.Generator().manual_seed(seed + 1 + start_epoch)
+
+    def save(epoch_done: int, partial: dict | None) -> None:
+        checkpoint.save(out, kind="prior", config=config.to_dict(), model=model.state_dict(), optimizer=opt.state_dict(),
+                        epoch=epoch_done, history=history, vqvae=str(vqvae_path), meta=meta or {}, partial=partial)
+
     for epoch in range(start_epoch, epochs):
         model.train()
+        if partial:  # the epoch a previous run stopped in: the same order, from the step it reached
+            gen.set_state(partial["epoch_rng"])
+        epoch_rng = gen.get_state()
         order = tr_idx[torch.randperm(len(tr_idx), generator=gen)]
-        bar = tqdm(range(0, len(order), batch_size), desc=f"prior {epoch + 1}/{epochs}")
-        run_loss = 0.0
-        for i, j in enumerate(bar):
+        first, run_loss = 0, 0.0
+        if partial:
+            gen.set_state(partial["rng"])
+            torch.set_rng_state(partial["torch_rng"])
+            first, run_loss, partial = partial["step"], partial["run_loss"], None
+        bar = tqdm(range(first * batch_size, len(order), batch_size), desc=f"prior {epoch + 1}/{epochs}",
+                   initial=first, total=steps_per_epoch)
+        for i, j in enumerate(bar, start=first):
             step = epoch * steps_per_epoch + i
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, total, lr, warmup)
@@ -94,11 +110,13 @@ def train(train_ds: Dataset, vqvae_path: Path, out: Path, preset: str = "fashion
             run_loss = 0.98 * run_loss + 0.02 * loss.item() if i else loss.item()
             if i % 10 == 0:
                 bar.set_postfix(loss=f"{run_loss:.3f}")
+            if checkpoint_every and (i + 1) % checkpoint_every == 0 and i + 1 < steps_per_epoch:
+                save(epoch, {"step": i + 1, "run_loss": run_loss, "epoch_rng": epoch_rng, "rng": gen.get_state(),
+                             "torch_rng": torch.get_rng_state()})
         val = validation_loss(model, codes[val_idx], labels[val_idx])
         print(f"prior epoch {epoch + 1}: train {run_loss:.4f} val {val:.4f} nats/token")
         history.append({"epoch": epoch + 1, "train_loss": run_loss, "val_loss": val})
-        checkpoint.save(out, kind="prior", config=config.to_dict(), model=model.state_dict(), optimizer=opt.state_dict(),
-                        epoch=epoch + 1, history=history, vqvae=str(vqvae_path), meta=meta or {})
+        save(epoch + 1, None)
     return model.eval()
 
 

@@ -42,8 +42,9 @@ def reconstruction_mse(model: OVQVAE, ds: Dataset, lengths: list[int], batch_siz
 
 def train(train_ds: Dataset, out: Path, config: OVQVAEConfig | None = None, stage: str = "plain", epochs: int = 10,
           init: Path | None = None, lr: float = 1e-3, batch_size: int = 128, seed: int = 0, min_cut: int = 1,
-          resume: bool = True, meta: dict | None = None) -> OVQVAE:
-    """Train (or fine-tune from `init`) and checkpoint after every epoch; resumes from `out`."""
+          resume: bool = True, meta: dict | None = None, checkpoint_every: int = 50) -> OVQVAE:
+    """Train (or fine-tune from `init`); checkpoints every `checkpoint_every` steps and after every
+    epoch, and resumes from `out` at the step it reached."""
     if stage not in ("plain", "ordered", "decoder"):
         raise ValueError("stage must be 'plain', 'ordered' or 'decoder'")
     if stage == "decoder" and init is None and not (resume and out.exists()):
@@ -66,13 +67,13 @@ def train(train_ds: Dataset, out: Path, config: OVQVAEConfig | None = None, stag
         for p in [*model.encoder.parameters(), *model.quantizer.parameters()]:
             p.requires_grad_(False)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-    start_epoch, history = 0, []
+    start_epoch, history, partial = 0, [], None
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         for g in opt.param_groups:  # this run's lr, e.g. lower for the last epochs of a resumed run
             g["lr"] = lr
-        start_epoch, history = state["epoch"], state["history"]
+        start_epoch, history, partial = state["epoch"], state["history"], state.get("partial")
     elif init is not None:
         weights = checkpoint.load(init)["model"]
         if stage == "decoder":
@@ -80,15 +81,31 @@ def train(train_ds: Dataset, out: Path, config: OVQVAEConfig | None = None, stag
         missing, _ = model.load_state_dict(weights, strict=stage != "decoder")
         assert all(k.startswith("decoder.") for k in missing), missing
     gen = torch.Generator().manual_seed(seed + start_epoch)
+
+    def save(epoch_done: int, partial: dict | None) -> None:
+        checkpoint.save(out, kind="ovqvae", config=config.to_dict(), model=model.state_dict(), optimizer=opt.state_dict(),
+                        epoch=epoch_done, history=history, stage=stage, meta=meta or {}, partial=partial)
+
     for epoch in range(start_epoch, epochs):
         model.train()
         if stage == "decoder":
             model.encoder.eval()
             model.quantizer.eval()
-        bar = tqdm(list(batches(train_ds, batch_size, shuffle=True, generator=gen)), desc=f"ovqvae/{stage} {epoch + 1}/{epochs}")
+        if partial:  # the epoch a previous run stopped in: the same batches, from the step it reached
+            gen.set_state(partial["epoch_rng"])
+        epoch_rng = gen.get_state()
+        epoch_batches = list(batches(train_ds, batch_size, shuffle=True, generator=gen))
         used = torch.zeros(config.K, dtype=torch.bool)
-        tot_rec = tot_spec = tot_n = 0.0
-        for i, (x, _) in enumerate(bar):
+        first, tot_rec, tot_spec, tot_n = 0, 0.0, 0.0, 0.0
+        if partial:
+            gen.set_state(partial["rng"])
+            torch.set_rng_state(partial["torch_rng"])
+            used = partial["used"].clone()
+            first, tot_rec, tot_spec, tot_n = partial["step"], partial["tot_rec"], partial["tot_spec"], partial["tot_n"]
+            partial = None
+        bar = tqdm(epoch_batches[first:], desc=f"ovqvae/{stage} {epoch + 1}/{epochs}", initial=first,
+                   total=len(epoch_batches))
+        for i, (x, _) in enumerate(bar, start=first):
             x = x.to(dev)
             lengths = sample_cuts(x.shape[0], config.D, min_cut, gen).to(dev) if stage != "plain" else None
             rec, vq_loss, ids = model(x, lengths)
@@ -113,8 +130,10 @@ def train(train_ds: Dataset, out: Path, config: OVQVAEConfig | None = None, stag
             if i % 20 == 0:
                 bar.set_postfix(rec=f"{tot_rec / tot_n:.4f}", vq=f"{vq_loss.item():.4f}", codes=int(used.sum()),
                                 **({"spec": f"{tot_spec / tot_n:.4f}"} if config.spectral_weight else {}))
+            if checkpoint_every and (i + 1) % checkpoint_every == 0 and i + 1 < len(epoch_batches):
+                save(epoch, {"step": i + 1, "tot_rec": tot_rec, "tot_spec": tot_spec, "tot_n": tot_n, "used": used,
+                             "epoch_rng": epoch_rng, "rng": gen.get_state(), "torch_rng": torch.get_rng_state()})
         history.append({"epoch": epoch + 1, "stage": stage, "rec_loss": tot_rec / tot_n, "codes_used": int(used.sum()),
                         **({"spectral_loss": tot_spec / tot_n} if config.spectral_weight else {})})
-        checkpoint.save(out, kind="ovqvae", config=config.to_dict(), model=model.state_dict(), optimizer=opt.state_dict(),
-                        epoch=epoch + 1, history=history, stage=stage, meta=meta or {})
+        save(epoch + 1, None)
     return model.eval()
