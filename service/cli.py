@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 
-from .settings import Settings
+from .settings import SUPERVISOR_PID, Settings
 
 log = logging.getLogger("anytime.serve")
 
@@ -87,7 +87,8 @@ class Supervisor:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.env = {**os.environ, "ANYTIME_PROCESS_SETTINGS": settings.model_dump_json()}
+        self.env = {**os.environ, "ANYTIME_PROCESS_SETTINGS": settings.model_dump_json(),
+                    SUPERVISOR_PID: str(os.getpid())}
         self.core: subprocess.Popen | None = None
         self.workers: list[subprocess.Popen] = []
         self.signals = 0

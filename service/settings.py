@@ -13,15 +13,24 @@ Policy = Literal["anytime", "fixed", "drop", "static"]
 POLICIES = get_args(Policy)  # the one list of scheduling policies (service/core/scheduler.py)
 
 
+SUPERVISOR_PID = "ANYTIME_SUPERVISOR_PID"  # set by the supervisor for the processes it starts
+
+
 def die_with_parent() -> None:
     """Linux: this process gets SIGKILL when the supervisor that started it dies, however it
-    dies (a SIGKILLed supervisor cannot stop its children itself); elsewhere, nothing."""
+    dies (a SIGKILLed supervisor cannot stop its children itself); elsewhere, nothing.
+
+    A supervisor that died before this call (while this process was still importing) sends no
+    signal any more: then this process has been re-parented, and it exits at once."""
     try:
         import ctypes
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
     except (OSError, AttributeError):
         pass
+    expected = os.environ.get(SUPERVISOR_PID)
+    if expected and os.getppid() != int(expected):
+        os._exit(1)
 
 
 def default_workers() -> int:

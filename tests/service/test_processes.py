@@ -194,3 +194,13 @@ def test_a_killed_supervisor_takes_its_children_with_it(tiny_model_dir, tmp_path
             states = {k: Path(f"/proc/{k}/status").read_text().splitlines()[2] for k in kids if alive(k)}
             assert time.monotonic() < end, f"children outlived the supervisor: {states}"
             time.sleep(0.05)
+
+
+def test_a_child_whose_supervisor_died_while_it_started_exits_at_once():
+    """The parent-death signal covers only a parent that dies after it was set: a child that
+    finds itself re-parented by then (its supervisor pid is not its parent) exits itself."""
+    code = "from service.settings import die_with_parent; die_with_parent(); print('alive')"
+    for supervisor, expected in ((os.getpid(), (0, "alive")), (1, (1, ""))):
+        env = {**os.environ, "ANYTIME_SUPERVISOR_PID": str(supervisor)}
+        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+        assert (r.returncode, r.stdout.strip()) == expected, r.stderr
