@@ -355,9 +355,7 @@ class Scheduler:
                 break
             if c.policy == "anytime":  # it starts after this iteration's decode
                 ahead = ahead_rows[bisect.bisect_left(deadlines, r.deadline)] + started_rows
-                fit = self.deadline_tokens(r, now, rows + r.n, c.safety * dec_now, ahead)
-                r.planned_tokens = min(r.planned_tokens, max(fit, 0))
-                if r.planned_tokens < max(1, r.min_tokens):
+                if not self._still_fits(r, now, rows + r.n, dec_now, ahead):
                     plan.expire.append(r)
                     continue
             plan.start.append(r)
@@ -373,10 +371,10 @@ class Scheduler:
         """Slack scheduling's step 3: pause, resume and start from SlackPolicy.select; a waiting
         request starts with the tokens that still fit (or expires, as in step 3 below)."""
         c = self.config
-        hopeless = [r for r in waiting  # not even alone in the batch: no row for it
-                    if self.deadline_tokens(r, now, r.n, c.safety * dec_now, 0) < max(1, r.min_tokens)]
-        plan.expire += hopeless
-        waiting = [r for r in waiting if r not in hopeless]
+        hopeless = {id(r) for r in waiting  # not even alone in the batch: no row for it
+                    if self.deadline_tokens(r, now, r.n, c.safety * dec_now, 0) < max(1, r.min_tokens)}
+        plan.expire += [r for r in waiting if id(r) in hopeless]
+        waiting = [r for r in waiting if id(r) not in hopeless]
         running = [r for r in continuing if id(r) not in paused_ids]
         paused = [r for r in continuing if id(r) in paused_ids]
         chosen = self.slack.select(now, running, paused, waiting, dec_now, margin, free_slots)
@@ -388,13 +386,18 @@ class Scheduler:
         waiting_ids = set(map(id, waiting))
         for r in sorted((r for r in chosen if id(r) in waiting_ids), key=_deadline):
             ahead = ahead_rows[bisect.bisect_left(deadlines, r.deadline)] + started_rows
-            fit = self.deadline_tokens(r, now, rows, c.safety * dec_now, ahead)
-            r.planned_tokens = min(r.planned_tokens, max(fit, 0))
-            if r.planned_tokens < max(1, r.min_tokens):
+            if not self._still_fits(r, now, rows, dec_now, ahead):
                 plan.expire.append(r)
                 continue
             plan.start.append(r)
             started_rows += r.n
+
+    def _still_fits(self, r: Request, now: float, batch: int, dec_now: float, ahead: int) -> bool:
+        """A waiting request about to start: its plan shrinks to the steps that still fit after
+        this iteration's decode; False when not even min_tokens do (it expires)."""
+        fit = self.deadline_tokens(r, now, batch, self.config.safety * dec_now, ahead)
+        r.planned_tokens = min(r.planned_tokens, max(fit, 0))
+        return r.planned_tokens >= max(1, r.min_tokens)
 
     def _quiet(self, plan: IterationPlan, continuing: list[Request], rows: int, caps: dict[str, int],
                margin: float) -> None:
