@@ -122,8 +122,7 @@ async def run_mixed(url: str, plan: list[tuple[float, str, dict]]) -> list[Mixed
 
 
 def class_summary(records: list[MixedRecord], duration: float) -> dict:
-    refused = np.array([r.client_ms for r in records if r.status == 503]) if any(
-        r.status == 503 for r in records) else np.zeros(0)
+    refused = np.array([r.client_ms for r in records if r.status == 503], dtype=float)
     ok = [r for r in records if r.status == 200]
     s = summarize(records, duration)
     return s | {"refusal_p50_ms": float(np.percentile(refused, 50)) if refused.size else None,
