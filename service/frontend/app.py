@@ -13,6 +13,7 @@ from .core_client import EngineClient
 from .middleware import ArrivalAndLimits
 from .oip import router as oip_router
 from .routes import router
+from .shedding import LoadShedding, LoopLag
 from .state import FrontendState
 from .tracing import TracingMiddleware, setup as setup_tracing
 
@@ -22,11 +23,14 @@ def create_app(settings: Settings, client: EngineClient) -> FastAPI:
     lifespan, before readiness."""
     state = FrontendState(settings, client)
     tracing = setup_tracing()  # None unless OTEL_* variables turn it on
+    lag = LoopLag()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await state.start()
+        lag.start()
         yield
+        lag.stop()
         await client.close()
         if tracing:
             tracing.shutdown()
@@ -46,6 +50,8 @@ def create_app(settings: Settings, client: EngineClient) -> FastAPI:
     if origins:  # off by default: a browser page elsewhere cannot call the API unless allowed here
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
+    # before the body is read or the key checked: shedding must cost less than what it saves
+    app.add_middleware(LoadShedding, lag=lag, max_lag_s=settings.shed_lag_ms / 1000, on_shed=state.shed)
     # added last = outermost: every request gets its arrival time and id before anything else
     app.add_middleware(ArrivalAndLimits, max_body_bytes=settings.max_body_bytes)
     if tracing:  # outermost of all: the span covers everything the request meets here

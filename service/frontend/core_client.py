@@ -146,26 +146,37 @@ class MPClient(EngineClient):
     async def _read(self) -> None:
         sock = self._sock
         while True:
-            frames = await sock.recv_multipart()
-            kind = frames[0]
-            if kind == ipc.OUTPUT:
-                out = ipc.decode(kind, frames[1])
-                stream = self._streams.get(out.id)
-                if stream is None:  # cancelled meanwhile
-                    continue
-                if out.final:
-                    del self._streams[out.id]
-                out.received = time.monotonic()
-                stream.events.put_nowait((out, ipc.samples_from(out, frames[2] if len(frames) > 2 else None)))
-            elif kind == ipc.ADMITTED:
-                adm = ipc.decode(kind, frames[1])
-                fut = self._admissions.pop(adm.id, None)
-                if fut is not None and not fut.done():
-                    fut.set_result(adm)
-            elif kind == ipc.METRICS_TEXT:
-                self._resolve(kind, frames[1])
-            elif kind == ipc.INFO_REPLY:
-                self._resolve(kind, ipc.decode(kind, frames[1]))
+            self._dispatch(await sock.recv_multipart())
+            # then everything else already here, in this loop iteration: one await per message
+            # would leave answers queued in the socket behind new HTTP requests, where the
+            # loop-lag probe (shedding.py) cannot see them
+            while True:
+                try:
+                    frames = sock.recv_multipart(zmq.NOBLOCK).result()
+                except zmq.Again:
+                    break
+                self._dispatch(frames)
+
+    def _dispatch(self, frames: list[bytes]) -> None:
+        kind = frames[0]
+        if kind == ipc.OUTPUT:
+            out = ipc.decode(kind, frames[1])
+            stream = self._streams.get(out.id)
+            if stream is None:  # cancelled meanwhile
+                return
+            if out.final:
+                del self._streams[out.id]
+            out.received = time.monotonic()
+            stream.events.put_nowait((out, ipc.samples_from(out, frames[2] if len(frames) > 2 else None)))
+        elif kind == ipc.ADMITTED:
+            adm = ipc.decode(kind, frames[1])
+            fut = self._admissions.pop(adm.id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(adm)
+        elif kind == ipc.METRICS_TEXT:
+            self._resolve(kind, frames[1])
+        elif kind == ipc.INFO_REPLY:
+            self._resolve(kind, ipc.decode(kind, frames[1]))
 
     def _resolve(self, kind: bytes, value) -> None:
         fut = self._replies.get(kind)

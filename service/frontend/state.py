@@ -108,6 +108,12 @@ class FrontendState:
             raise ApiError(status, adm.message, headers)
         return stream
 
+    def shed(self) -> None:
+        """A generation request refused unread because this worker runs behind (the model is
+        the default one: the body that names it was not parsed)."""
+        if self.client.default_model is not None:
+            self.client.rejected(self.client.default_model, "overloaded")
+
     def release(self) -> None:
         self._inflight -= 1
 

@@ -1,0 +1,72 @@
+"""Load shedding at the door. When this worker's event loop runs behind, every request it takes
+on makes the answers it already owes later: past its capacity, a frontend that parses,
+validates and admits everything builds a backlog that no respond margin covers, and admitted
+requests miss their deadlines (bench/results/split-sweep, n=1 at 2x). So while the loop is more
+than `shed_lag_ms` behind, new generation requests get a 503 before their body is parsed (the
+cheapest answer there is), and the answers already owed go out first."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from .errors import error_body
+
+PROBE_S = 0.005  # how often the probe asks to run; its lateness is the loop's lag
+
+
+class LoopLag:
+    """How far behind the event loop runs: a callback due every PROBE_S measures how late it
+    fires. behind() also sees a loop that is stuck now (its probe overdue), not only the last
+    lateness measured."""
+
+    def __init__(self):
+        self.last_s = 0.0
+        self._due = 0.0
+        self._handle: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._due = time.monotonic() + PROBE_S
+        self._handle = loop.call_at(loop.time() + PROBE_S, self._probe)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _probe(self) -> None:
+        now = time.monotonic()
+        self.last_s = max(0.0, now - self._due)
+        self._due = now + PROBE_S
+        loop = asyncio.get_running_loop()
+        self._handle = loop.call_at(loop.time() + PROBE_S, self._probe)
+
+    def behind(self, now: float) -> float:
+        return max(self.last_s, now - self._due)
+
+
+def is_generation(scope) -> bool:
+    path = scope["path"]
+    return scope["method"] == "POST" and (path == "/generate" or (path.startswith("/v2/models/")
+                                                                  and path.endswith("/infer")))
+
+
+class LoadShedding:
+    """ASGI middleware: 503 `overloaded` for generation requests while the loop lags more than
+    max_lag_s (0: never). `on_shed` counts each one (the engine core's metrics)."""
+
+    def __init__(self, app, lag: LoopLag, max_lag_s: float, on_shed):
+        self.app, self.lag, self.max_lag_s, self.on_shed = app, lag, max_lag_s, on_shed
+
+    async def __call__(self, scope, receive, send):
+        if (scope["type"] != "http" or not self.max_lag_s or not is_generation(scope)
+                or (behind := self.lag.behind(time.monotonic())) <= self.max_lag_s):
+            return await self.app(scope, receive, send)
+        self.on_shed()
+        message = f"overloaded: this worker is {behind * 1000:.0f} ms behind; retry shortly"
+        body = json.dumps(error_body(scope["path"], 503, message)).encode()
+        await send({"type": "http.response.start", "status": 503,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"retry-after", b"1")]})
+        await send({"type": "http.response.body", "body": body})

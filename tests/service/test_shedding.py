@@ -1,0 +1,87 @@
+"""A worker whose event loop runs behind refuses new generation requests unread (503
+overloaded, Retry-After), lets everything else through, recovers as soon as the loop does, and
+counts what it shed in the engine core's metrics."""
+import asyncio
+import time
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.core.engine_core import EngineCore
+from service.frontend.shedding import LoadShedding, LoopLag
+from service.frontend.state import FrontendState
+from service.inproc import InprocClient
+from service.settings import Settings
+
+
+async def _inner(scope, receive, send):
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": b"served"})
+
+
+def test_a_loop_behind_sheds_generation_requests_until_it_catches_up():
+    shed = []
+
+    async def go():
+        lag = LoopLag()
+        lag.start()
+        app = LoadShedding(_inner, lag, max_lag_s=0.04, on_shed=lambda: shed.append(1))
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            await asyncio.sleep(0.02)
+            assert (await c.post("/generate", json={})).text == "served"  # an idle loop: served
+            time.sleep(0.1)  # the loop is stuck: its probe is overdue
+            assert lag.behind(time.monotonic()) >= 0.1 - 0.006  # due within PROBE_S of the sleep
+            refused = await c.post("/generate", json={"deadline_ms": 100})
+            oip = await c.post("/v2/models/m/infer", json={})
+            # everything but generation goes through: health, readiness, metrics, other routes
+            health = await c.get("/healthz")
+            other = await c.post("/v2/models/m/ready")
+            recovered_after = None
+            t = time.monotonic()
+            while time.monotonic() - t < 2:
+                await asyncio.sleep(0.01)
+                if (await c.post("/generate", json={})).text == "served":
+                    recovered_after = time.monotonic() - t
+                    break
+        lag.stop()
+        return refused, oip, health, other, recovered_after
+
+    refused, oip, health, other, recovered_after = asyncio.run(go())
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    message = refused.json()["error"]["message"]
+    assert message.startswith("overloaded: this worker is") and "ms behind" in message
+    assert oip.status_code == 503 and oip.json()["error"].startswith("overloaded")  # the OIP error shape
+    assert health.text == other.text == "served"
+    assert len(shed) == 2
+    assert recovered_after is not None and recovered_after < 1.0
+
+
+def test_shedding_off_serves_however_far_behind():
+    async def go():
+        lag = LoopLag()
+        lag.start()
+        app = LoadShedding(_inner, lag, max_lag_s=0, on_shed=lambda: None)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            time.sleep(0.05)
+            r = await c.post("/generate", json={})
+        lag.stop()
+        return r
+
+    assert asyncio.run(go()).text == "served"
+
+
+def test_shed_requests_count_as_overloaded_refusals_of_the_default_model(tiny_model_dir):
+    core = EngineCore(Settings(model_dirs=str(tiny_model_dir)))
+    core.load()
+    try:
+        state = FrontendState(Settings(model_dirs=str(tiny_model_dir)), InprocClient(core))
+        asyncio.run(state.start())
+        state.shed()
+        state.shed()
+        values = {(s.name, s.labels.get("reason")): s.value
+                  for f in text_string_to_metric_families(core.metrics_text().decode()) for s in f.samples
+                  if s.labels.get("model") == "tiny"}
+        assert values[("anytime_rejections_total", "overloaded")] == 2
+        assert values[("anytime_load_refusals_total", "overloaded")] == 2  # the autoscaling signal sees it
+    finally:
+        core.shutdown()
