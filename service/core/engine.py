@@ -387,6 +387,12 @@ class Engine:
                 r.on_done(r)
             except Exception:
                 log.exception("on_done callback failed")
+        # Break the request <-> sequence cycle, so that reference counting frees a finished
+        # request as soon as nobody holds it. Left to the cyclic garbage collector, finished
+        # requests pile up until a full pass, and that pass stalls the engine thread and the
+        # IPC thread together (35 ms measured in the engine core at 2x load).
+        for s in r.sequences:
+            s.request = None
 
     def _emit(self, stats) -> None:
         for o in self.observers:

@@ -39,7 +39,7 @@ class Sequence:
     """One sample being generated. `slot` is its row in the runtime's KV cache; `start_token`
     is the first input of the prior (the class, or the unconditional token)."""
 
-    request: "Request"
+    request: "Request | None"  # None once the request has finished (Engine._done)
     index: int
     rng: np.random.Generator
     start_token: int = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from dataclasses import dataclass
@@ -44,6 +45,11 @@ class FrontendState:
         # first use of the encoders (imports, codec set-up) happens here, not in a request
         encoding.png(np.zeros((1, 8, 8), np.float32))
         encoding.npy(np.zeros((1, 8), np.float32))
+        # What exists now (the app, the imported libraries) lives as long as the process: keep it
+        # out of the garbage collector's full passes, which would otherwise stall every answer
+        # this worker owes (93 ms measured at 2x load without this).
+        gc.collect()
+        gc.freeze()
         self.started = True
 
     def unavailable(self) -> str | None:

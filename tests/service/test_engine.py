@@ -184,3 +184,26 @@ def test_a_failing_start_up_profile_is_raised_by_start(tiny_model_dir):
     with pytest.raises(RuntimeError, match="graph failed to load"):
         engine.start()
     assert not engine.ready.is_set()
+
+
+def test_finished_requests_leave_no_cyclic_garbage(engine):
+    """Reference counting frees a finished request: a collector pass would stall the engine."""
+    import gc
+
+    run(engine, seed=1)  # warm
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        done = [run(engine, seed=s, n=2, max_tokens=4) for s in range(5)]
+        cancelled, _ = submit(engine, seed=9, deadline_ms=5000)
+        engine.cancel(cancelled)
+        time.sleep(0.2)
+        del done, cancelled
+        gc.collect()
+        leaked = [type(o).__name__ for o in gc.garbage if type(o).__name__ in ("Request", "Sequence", "Generator")]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert leaked == []
