@@ -44,7 +44,7 @@ class InprocClient(EngineClient):
     async def add(self, msg: ipc.AddRequest) -> tuple[ipc.Admitted, Stream | None]:
         loop = asyncio.get_running_loop()
         stream = InprocStream(msg.id)
-        put = stream.events.put_nowait
+        put = stream.put
 
         def on_output(out: ipc.Output, samples) -> None:  # on an engine thread
             out.received = time.monotonic()

@@ -25,11 +25,32 @@ ENGINE_DEAD = "the engine core is not running"
 
 @dataclass
 class Stream:
-    """An admitted request as the frontend sees it: its outputs arrive on `events` as
-    (ipc.Output, samples); the last has `final` set."""
+    """An admitted request as the frontend sees it: its outputs arrive as (ipc.Output,
+    samples), the last with `final` set; on `events`, or on the future first() gave."""
 
     id: int
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    _waiter: asyncio.Future | None = None
+
+    def put(self, item) -> None:
+        """Deliver an output (on the event loop): straight to a first() future, which wakes its
+        request in the next loop iteration (a queue read raced against a disconnect through
+        asyncio.wait takes three, each as long as a busy loop's iteration), else queued."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(item)
+        else:
+            self.events.put_nowait(item)
+
+    def first(self) -> asyncio.Future:
+        """A future for the next output (a non-streaming request gets exactly one); resolving
+        it with None elsewhere stops the wait."""
+        fut = asyncio.get_running_loop().create_future()
+        if self.events.empty():
+            self._waiter = fut
+        else:
+            fut.set_result(self.events.get_nowait())
+        return fut
 
 
 class EngineClient:
@@ -167,7 +188,7 @@ class MPClient(EngineClient):
             if out.final:
                 del self._streams[out.id]
             out.received = time.monotonic()
-            stream.events.put_nowait((out, ipc.samples_from(out, frames[2] if len(frames) > 2 else None)))
+            stream.put((out, ipc.samples_from(out, frames[2] if len(frames) > 2 else None)))
         elif kind == ipc.ADMITTED:
             adm = ipc.decode(kind, frames[1])
             fut = self._admissions.pop(adm.id, None)
@@ -215,7 +236,7 @@ class MPClient(EngineClient):
                 fut.set_result(ipc.Admitted(0, False, reason="engine_dead", message=ENGINE_DEAD, retry_after_s=1))
         self._admissions.clear()
         for stream in self._streams.values():
-            stream.events.put_nowait((ipc.Output(stream.id, True, 0, finish_reason="error", error=ENGINE_DEAD,
+            stream.put((ipc.Output(stream.id, True, 0, finish_reason="error", error=ENGINE_DEAD,
                                                  error_status=503), None))
         self._streams.clear()
         for fut in self._replies.values():

@@ -140,19 +140,18 @@ class FrontendState:
         when the client disconnects, so waiting on it costs nothing (no polling)."""
         card, msg = self.prepare(body, arrival, request_id, seeds, labels)
         stream = await self.admit(card, msg)
-        done = asyncio.ensure_future(stream.events.get())  # a non-streaming request gets one event
+        first = stream.first()  # a non-streaming request gets one output
         gone = asyncio.ensure_future(_disconnected(receive))
+        gone.add_done_callback(lambda _: first.done() or first.set_result(None))
         try:
-            await asyncio.wait({done, gone}, return_when=asyncio.FIRST_COMPLETED)
-            if not done.done():
-                done.cancel()
+            item = await first
+            if item is None:  # the client went away first
                 self.client.cancel(stream)  # the engine core frees its rows
                 return None
-            out, samples = done.result()
+            out, samples = item
             return self.outcome(card, msg, out, samples)
         finally:
             gone.cancel()
-            done.cancel()
             self.release()
 
     def record(self, result: Result, latency_s: float) -> None:
