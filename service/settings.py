@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     max_queue: int = Field(4096, ge=0, description="sequences admitted and waiting for a batch row (with slack "
                            "scheduling, bulk work with seconds to spare waits here by design)")
     max_inflight: int = Field(4096, ge=1, description="HTTP requests in flight; beyond: 503 at once")
-    shed_lag_ms: float = Field(25.0, ge=0, description="a worker whose event loop runs this far behind answers "
+    shed_lag_ms: float = Field(10.0, ge=0, description="a worker whose event loop runs this far behind answers "
                                "new generation requests 503 overloaded before parsing them (0: off)")
     max_body_bytes: int = Field(65536, ge=1024, description="larger request bodies get 413 before parsing")
     respond_margin_ms: float = Field(6.0, ge=0, description="time kept for encoding and responding")
