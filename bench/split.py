@@ -102,6 +102,7 @@ def run(flags: list[str], model_dir: Path, out: Path, rounds: int = 2) -> dict:
     for name, workers in CONFIGS:
         with serve(*flags, "--workers", workers, log_path=out / f"server-{workers}.log") as url:
             res = ratios(url, D, rounds)
+            time.sleep(2)  # idle overhead on an idle server: the closed-loop clients' backlog drains first
             res["overhead"] = overhead(url, out / f"overhead-{workers}", requests=300,
                                        title=f"Idle overhead, {name}")
             results[name] = res

@@ -39,6 +39,7 @@ class ArrivalAndLimits:
             if body_too_large(None, len(body), self.max_body):
                 return await _reject(send, scope["path"], rid, self.max_body)
             more = msg.get("more_body", False)
+        state["body"] = body  # for load shedding's look at the deadline (shedding.py)
         replayed = False
 
         async def replay_receive():

@@ -2,17 +2,31 @@
 on makes the answers it already owes later: past its capacity, a frontend that parses,
 validates and admits everything builds a backlog that no respond margin covers, and admitted
 requests miss their deadlines (bench/results/split-sweep, n=1 at 2x). So while the loop is more
-than `shed_lag_ms` behind, new generation requests get a 503 before their body is parsed (the
-cheapest answer there is), and the answers already owed go out first."""
+than `shed_lag_ms` behind, a new generation request whose deadline that lag would eat into
+(more than LAG_SHARE of it) gets a 503 before its body is parsed: the cheapest answer there
+is, and the answers already owed go out first. A request with seconds to spare is still taken
+(a busy worker with a bounded backlog serves it fine); as the backlog grows, so does the
+deadline a request needs to get in, until everything is shed."""
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 
 from .errors import error_body
 
 PROBE_S = 0.005  # how often the probe asks to run; its lateness is the loop's lag
+LAG_SHARE = 0.1  # the most of a request's deadline the loop's lag may take (an answer waits a few iterations)
+# /generate's field and the Open Inference Protocol's parameter have the same name
+DEADLINE = re.compile(rb'"deadline_ms"\s*:\s*([0-9]+(?:\.[0-9]*)?)')
+
+
+def peek_deadline_s(body: bytes) -> float | None:
+    """The request's deadline without parsing the body (None when absent or odd: validation
+    will say why)."""
+    m = DEADLINE.search(body)
+    return float(m.group(1)) / 1000 if m else None
 
 
 class LoopLag:
@@ -53,8 +67,10 @@ def is_generation(scope) -> bool:
 
 
 class LoadShedding:
-    """ASGI middleware: 503 `overloaded` for generation requests while the loop lags more than
-    max_lag_s (0: never). `on_shed` counts each one (the engine core's metrics)."""
+    """ASGI middleware: 503 `overloaded` for a generation request while the loop lags more than
+    max_lag_s (0: never) and more than LAG_SHARE of the request's deadline. Runs inside
+    ArrivalAndLimits, which has read the body. `on_shed` counts each one (the engine core's
+    metrics)."""
 
     def __init__(self, app, lag: LoopLag, max_lag_s: float, on_shed):
         self.app, self.lag, self.max_lag_s, self.on_shed = app, lag, max_lag_s, on_shed
@@ -62,6 +78,9 @@ class LoadShedding:
     async def __call__(self, scope, receive, send):
         if (scope["type"] != "http" or not self.max_lag_s or not is_generation(scope)
                 or (behind := self.lag.behind(time.monotonic())) <= self.max_lag_s):
+            return await self.app(scope, receive, send)
+        deadline = peek_deadline_s(scope.get("state", {}).get("body", b""))
+        if deadline is not None and behind <= LAG_SHARE * deadline:
             return await self.app(scope, receive, send)
         self.on_shed()
         message = f"overloaded: this worker is {behind * 1000:.0f} ms behind; retry shortly"

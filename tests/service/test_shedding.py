@@ -1,6 +1,7 @@
-"""A worker whose event loop runs behind refuses new generation requests unread (503
-overloaded, Retry-After), lets everything else through, recovers as soon as the loop does, and
-counts what it shed in the engine core's metrics."""
+"""A worker whose event loop runs behind refuses new generation requests whose deadline the lag
+would eat into, unparsed (503 overloaded, Retry-After); lets through those with time to spare
+and everything else; recovers as soon as the loop does; and counts what it shed in the engine
+core's metrics."""
 import asyncio
 import time
 
@@ -8,6 +9,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.core.engine_core import EngineCore
+from service.frontend.middleware import ArrivalAndLimits
 from service.frontend.shedding import LoadShedding, LoopLag
 from service.frontend.state import FrontendState
 from service.inproc import InprocClient
@@ -25,14 +27,17 @@ def test_a_loop_behind_sheds_generation_requests_until_it_catches_up():
     async def go():
         lag = LoopLag()
         lag.start()
-        app = LoadShedding(_inner, lag, max_lag_s=0.04, on_shed=lambda: shed.append(1))
+        # as in the app: ArrivalAndLimits reads the body the shedding looks at
+        app = ArrivalAndLimits(LoadShedding(_inner, lag, max_lag_s=0.04, on_shed=lambda: shed.append(1)), 65536)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
             await asyncio.sleep(0.02)
             assert (await c.post("/generate", json={})).text == "served"  # an idle loop: served
             time.sleep(0.1)  # the loop is stuck: its probe is overdue
             assert lag.behind(time.monotonic()) >= 0.1 - 0.006  # due within PROBE_S of the sleep
             refused = await c.post("/generate", json={"deadline_ms": 100})
-            oip = await c.post("/v2/models/m/infer", json={})
+            oip = await c.post("/v2/models/m/infer", json={"parameters": {"deadline_ms": 200}})
+            unknown = await c.post("/generate", json={"n": 1})  # no deadline to weigh: shed
+            patient = await c.post("/generate", json={"deadline_ms": 60000, "n": 1})  # seconds to spare
             # everything but generation goes through: health, readiness, metrics, other routes
             health = await c.get("/healthz")
             other = await c.post("/v2/models/m/ready")
@@ -44,15 +49,16 @@ def test_a_loop_behind_sheds_generation_requests_until_it_catches_up():
                     recovered_after = time.monotonic() - t
                     break
         lag.stop()
-        return refused, oip, health, other, recovered_after
+        return refused, oip, unknown, patient, health, other, recovered_after
 
-    refused, oip, health, other, recovered_after = asyncio.run(go())
+    refused, oip, unknown, patient, health, other, recovered_after = asyncio.run(go())
     assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
     message = refused.json()["error"]["message"]
     assert message.startswith("overloaded: this worker is") and "ms behind" in message
     assert oip.status_code == 503 and oip.json()["error"].startswith("overloaded")  # the OIP error shape
-    assert health.text == other.text == "served"
-    assert len(shed) == 2
+    assert unknown.status_code == 503
+    assert health.text == other.text == patient.text == "served"
+    assert len(shed) == 3
     assert recovered_after is not None and recovered_after < 1.0
 
 
