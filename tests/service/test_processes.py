@@ -135,7 +135,7 @@ def test_a_frontend_busy_encoding_previews_leaves_short_requests_on_time(tiny_mo
         assert refusal_ms[int(len(refusal_ms) * 0.9)] < 100, refusal_ms
 
 
-def test_the_engine_core_survives_malformed_messages(tiny_model_dir, tmp_path):
+def test_the_engine_core_survives_malformed_messages_and_its_answers_leave_no_garbage(tiny_model_dir, tmp_path):
     import asyncio
 
     import zmq
@@ -164,11 +164,29 @@ def test_the_engine_core_survives_malformed_messages(tiny_model_dir, tmp_path):
             msg = ipc.AddRequest(client.next_id(), "tiny", 2, 5, None, 5.0, time.monotonic(), 1, 8, 1.0, 0, 1.0, 0, "")
             adm, stream = await client.add(msg)
             out, samples = await stream.events.get()
+            # then answers arriving together, as under load: the reader drains them without
+            # leaving cyclic garbage behind (a collector pass would stall every answer owed)
+            import gc
+            gc.collect()
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            try:
+                async def one(seed):
+                    m = ipc.AddRequest(client.next_id(), "tiny", 1, seed, None, 5.0, time.monotonic(), 1, 4, 1.0, 0,
+                                       1.0, 0, "")
+                    return await (await client.add(m))[1].first()
+                burst = await asyncio.gather(*(one(s) for s in range(20)))
+                gc.collect()
+                garbage = [type(o).__name__ for o in gc.garbage]
+            finally:
+                gc.set_debug(0)
+                gc.garbage.clear()
             await client.close()
-            return adm, out, samples
+            return adm, out, samples, burst, garbage
 
-        adm, out, samples = asyncio.run(go())
+        adm, out, samples, burst, garbage = asyncio.run(go())
         assert adm.ok and out.final and out.tokens == 8 and samples.shape[0] == 2
+        assert all(o.final and o.tokens == 4 for o, _ in burst)
+        assert garbage == []
         assert core.poll() is None
     finally:
         core.terminate()
