@@ -10,6 +10,8 @@ APT_PACKAGES ?= dataset-fashion-mnist espeak-ng chromium chromium-driver prometh
 RUNS ?= runs/fashion-mnist
 ZOO := models/zoo/fashion-mnist
 RESULTS := bench/results/fashion-mnist
+# v1 (`make zoo`): the first default model; zoo v2 (`make zoo-v2`, the shipped one) starts from it
+V1_RESULTS := bench/results/fashion-mnist-v1
 
 .PHONY: install apt test serve zoo evaluate export bench clean
 
@@ -36,7 +38,8 @@ test: install apt
 serve: install
 	$(ANYTIME) serve --host $(HOST) --port $(PORT) --backend $(BACKEND)
 
-# The default model's whole pipeline (about an hour on 2 CPU cores). Every step resumes.
+# v1, the default model's first pipeline (about an hour on 2 CPU cores). Every step resumes. The
+# shipped zoo is v1's OVQ-VAE with its prior trained further: `make zoo-v2` below.
 zoo: install apt
 	$(ANYTIME) train vqvae --stage plain --epochs 8 --out $(RUNS)/vqvae_stage1.pt
 	$(ANYTIME) train vqvae --stage ordered --init $(RUNS)/vqvae_stage1.pt --epochs 12 --out $(RUNS)/vqvae_ordered.pt
@@ -47,13 +50,13 @@ zoo: install apt
 	$(MAKE) evaluate export
 
 evaluate:
-	$(ANYTIME) evaluate --classifier $(RUNS)/classifier.pt --out $(RESULTS) \
+	$(ANYTIME) evaluate --classifier $(RUNS)/classifier.pt --out $(V1_RESULTS) \
 		--pipeline ordered $(RUNS)/vqvae_ordered.pt $(RUNS)/prior_ordered.pt \
 		--pipeline plain $(RUNS)/vqvae_plain.pt $(RUNS)/prior_plain.pt
 
 export:
 	$(ANYTIME) export --name fashion-mnist --vqvae $(RUNS)/vqvae_ordered.pt --prior $(RUNS)/prior_ordered.pt \
-		--evaluation $(RESULTS)/evaluation.json --classifier $(RUNS)/classifier.pt --out $(ZOO)
+		--evaluation $(V1_RESULTS)/evaluation.json --classifier $(RUNS)/classifier.pt --out $(ZOO)
 
 # Zoo v2 (issue 16). v1's OVQ-VAE and prior come back from the v1 zoo's own graphs (`anytime
 # recover`) and v1's prior is trained V2_PRIOR_EPOCHS more epochs on v1's tokens. V2_DECODER picks
@@ -71,17 +74,22 @@ export:
 # are not redone.) Everything at nice 19, one thread per branch; the branches run side by side.
 # Every step checkpoints part-way through an epoch and resumes where it stopped.
 V2_RUNS ?= runs/fashion-mnist-v2
-V2_RESULTS ?= bench/results/fashion-mnist-v2
+# v1's zoo as committed before zoo v2 replaced it: the graphs `anytime recover` starts from
+V1_ZOO_REV ?= 876f8d2
+V1_ZOO := $(V2_RUNS)/v1-zoo
 V2_NICE ?= nice -n 19 env OMP_NUM_THREADS=1
 V2_DECODER ?= v1
-V2_PRIOR_EPOCHS ?= 5
-V2_ZOO ?= $(V2_RUNS)/export/fashion-mnist
+V2_PRIOR_EPOCHS ?= 4
 ifeq ($(V2_DECODER),wide)
+V2_RESULTS ?= bench/results/fashion-mnist-v2
+V2_ZOO ?= $(V2_RUNS)/export/fashion-mnist
 V2_DECODER_EPOCHS ?= 6
 V2_PRESET := fashion-mnist-v2
 V2_VQVAE := $(V2_RUNS)/vqvae_ordered.pt
 V2_PLAIN := $(V2_RUNS)/vqvae_plain.pt
 else ifeq ($(V2_DECODER),v1)
+V2_RESULTS ?= $(RESULTS)
+V2_ZOO ?= $(ZOO)
 V2_DECODER_EPOCHS ?= 19
 V2_PRESET := fashion-mnist
 V2_VQVAE := $(V2_RUNS)/v1_vqvae.pt
@@ -94,8 +102,11 @@ V2_TRAIN_DECODER := $(V2_NICE) $(ANYTIME) train vqvae --preset $(V2_PRESET) --st
 # make deletes an interrupted target; the checkpoints resume, so keep them
 .PRECIOUS: $(V2_RUNS)/v1_vqvae.pt
 
-$(V2_RUNS)/v1_vqvae.pt:
-	$(ANYTIME) recover $(ZOO) --vqvae $@ --prior $(V2_RUNS)/v1_prior.pt
+$(V1_ZOO)/manifest.json:
+	mkdir -p $(V1_ZOO) && git archive $(V1_ZOO_REV) $(ZOO) | tar -x --strip-components=3 -C $(V1_ZOO)
+
+$(V2_RUNS)/v1_vqvae.pt: $(V1_ZOO)/manifest.json
+	$(ANYTIME) recover $(V1_ZOO) --vqvae $@ --prior $(V2_RUNS)/v1_prior.pt
 
 # flock: a second make of the same branch waits, then finds its checkpoints complete
 # the decoders and the prior need only v1's tokens, so they train side by side
@@ -115,28 +126,29 @@ zoo-v2-plain: $(V2_RUNS)/v1_vqvae.pt
 	flock $(V2_RUNS)/plain.lock $(V2_TRAIN_DECODER) --min-cut 64 --epochs $$(($(V2_DECODER_EPOCHS) + 1)) --lr 3e-4 \
 		--out $(V2_PLAIN)
 
-# Evaluated with the classifier shipped in the v1 zoo, so FD values compare with v1's; the plain
-# pipeline when its decoder exists (else bench/zoo_targets.py compares with v1's plain numbers).
+# Evaluated with the classifier shipped in the v1 zoo (zoo v2 ships the same one), so FD values
+# compare with v1's; the plain pipeline when its decoder exists (else bench/zoo_targets.py compares
+# with v1's plain numbers).
 # The pipelines are evaluated side by side, one core each, and merged: each one's samples come
 # from its own seeded generators, so the rows are those of one joint `anytime evaluate`.
 .PHONY: evaluate-v2-ordered evaluate-v2-plain
-evaluate-v2-ordered:
-	$(V2_NICE) $(ANYTIME) evaluate --classifier $(ZOO)/classifier.pt --out $(V2_RUNS)/eval-ordered \
+evaluate-v2-ordered: $(V1_ZOO)/manifest.json
+	$(V2_NICE) $(ANYTIME) evaluate --classifier $(V1_ZOO)/classifier.pt --out $(V2_RUNS)/eval-ordered \
 		--pipeline ordered $(V2_VQVAE) $(V2_RUNS)/prior_ordered.pt
 
-evaluate-v2-plain:
-	$(V2_NICE) $(ANYTIME) evaluate --classifier $(ZOO)/classifier.pt --out $(V2_RUNS)/eval-plain \
+evaluate-v2-plain: $(V1_ZOO)/manifest.json
+	$(V2_NICE) $(ANYTIME) evaluate --classifier $(V1_ZOO)/classifier.pt --out $(V2_RUNS)/eval-plain \
 		--pipeline plain $(V2_PLAIN) $(V2_RUNS)/prior_ordered.pt
 
 evaluate-v2:
 	$(MAKE) -j2 evaluate-v2-ordered $(if $(wildcard $(V2_PLAIN)),evaluate-v2-plain)
 	$(PY) -m bench.evaluation_merge --out $(V2_RESULTS) $(V2_RUNS)/eval-ordered \
 		$(if $(wildcard $(V2_PLAIN)),$(V2_RUNS)/eval-plain)
-	$(PY) -m bench.zoo_targets --new $(V2_RESULTS) --old $(RESULTS) --out $(V2_RESULTS)/targets.md
+	$(PY) -m bench.zoo_targets --new $(V2_RESULTS) --old $(V1_RESULTS) --out $(V2_RESULTS)/targets.md
 
-export-v2:
+export-v2: $(V1_ZOO)/manifest.json
 	$(ANYTIME) export --name fashion-mnist --vqvae $(V2_VQVAE) --prior $(V2_RUNS)/prior_ordered.pt \
-		--evaluation $(V2_RESULTS)/evaluation.json --classifier $(ZOO)/classifier.pt --out $(V2_ZOO)
+		--evaluation $(V2_RESULTS)/evaluation.json --classifier $(V1_ZOO)/classifier.pt --out $(V2_ZOO)
 	$(ANYTIME) check $(V2_ZOO)
 
 zoo-v2: install
