@@ -10,6 +10,8 @@ APT_PACKAGES ?= dataset-fashion-mnist espeak-ng chromium chromium-driver prometh
 RUNS ?= runs/fashion-mnist
 ZOO := models/zoo/fashion-mnist
 RESULTS := bench/results/fashion-mnist
+# v1 (`make zoo`): the first default model; zoo v2 (`make zoo-v2`, the shipped one) starts from it
+V1_RESULTS := bench/results/fashion-mnist-v1
 
 .PHONY: install apt test serve zoo evaluate export bench clean
 
@@ -36,7 +38,8 @@ test: install apt
 serve: install
 	$(ANYTIME) serve --host $(HOST) --port $(PORT) --backend $(BACKEND)
 
-# The default model's whole pipeline (about an hour on 2 CPU cores). Every step resumes.
+# v1, the default model's first pipeline (about an hour on 2 CPU cores). Every step resumes. The
+# shipped zoo is v1's OVQ-VAE with its prior trained further: `make zoo-v2` below.
 zoo: install apt
 	$(ANYTIME) train vqvae --stage plain --epochs 8 --out $(RUNS)/vqvae_stage1.pt
 	$(ANYTIME) train vqvae --stage ordered --init $(RUNS)/vqvae_stage1.pt --epochs 12 --out $(RUNS)/vqvae_ordered.pt
@@ -47,45 +50,71 @@ zoo: install apt
 	$(MAKE) evaluate export
 
 evaluate:
-	$(ANYTIME) evaluate --classifier $(RUNS)/classifier.pt --out $(RESULTS) \
+	$(ANYTIME) evaluate --classifier $(RUNS)/classifier.pt --out $(V1_RESULTS) \
 		--pipeline ordered $(RUNS)/vqvae_ordered.pt $(RUNS)/prior_ordered.pt \
 		--pipeline plain $(RUNS)/vqvae_plain.pt $(RUNS)/prior_plain.pt
 
 export:
 	$(ANYTIME) export --name fashion-mnist --vqvae $(RUNS)/vqvae_ordered.pt --prior $(RUNS)/prior_ordered.pt \
-		--evaluation $(RESULTS)/evaluation.json --classifier $(RUNS)/classifier.pt --out $(ZOO)
+		--evaluation $(V1_RESULTS)/evaluation.json --classifier $(RUNS)/classifier.pt --out $(ZOO)
 
 # Zoo v2 (issue 16). v1's OVQ-VAE and prior come back from the v1 zoo's own graphs (`anytime
-# recover`); a decoder twice as wide is trained with nested dropout on v1's frozen encoder and
-# codebook (the same tokens), and v1's prior is trained V2_PRIOR_EPOCHS more epochs on them. Each
-# decoder trains V2_DECODER_EPOCHS epochs at lr 1e-3, then one at 3e-4. The plain baseline is the
-# same wide decoder with the same epochs on the same tokens, trained without nested dropout
-# (--min-cut 64: always all D channels), sampled by the same prior: the difference between the
-# two pipelines is the ordering's cost to the decoder. (A plain pipeline from scratch, its own
-# encoder and prior, did not fit the shared machine; v1's 20 OVQ-VAE epochs are not redone.)
-# Everything at nice 19, one thread per branch; the branches run side by side (`make -j3`).
+# recover`) and v1's prior is trained V2_PRIOR_EPOCHS more epochs on v1's tokens. V2_DECODER picks
+# the decoder the zoo ships:
+# - v1 (default, the shipped zoo v2): v1's own decoder, unchanged: the same decode time and
+#   graphs, every CPU hour in the prior, which caps FD and label accuracy (ceiling.md);
+# - wide: a decoder twice as wide (preset fashion-mnist-v2) trained with nested dropout on v1's
+#   frozen encoder and codebook (the same tokens): half an FD point at most, 3x the decode time.
+# Each trained decoder gets V2_DECODER_EPOCHS epochs at lr 1e-3, then one at 3e-4 (with v1's
+# decoder only the plain baseline trains: 20 epochs in all, as many as v1's decoder had, 8 plain and
+# 12 ordered). The plain baseline is a decoder of the chosen width with the same epochs on the same
+# tokens, trained without nested dropout (--min-cut 64: always all D channels), sampled by the same prior: the
+# difference between the two pipelines is the ordering's cost to the decoder. (A plain pipeline
+# from scratch, its own encoder and prior, did not fit the shared machine; v1's 20 OVQ-VAE epochs
+# are not redone.) Everything at nice 19, one thread per branch; the branches run side by side.
 # Every step checkpoints part-way through an epoch and resumes where it stopped.
 V2_RUNS ?= runs/fashion-mnist-v2
-V2_RESULTS ?= bench/results/fashion-mnist-v2
+# v1's zoo as committed before zoo v2 replaced it: the graphs `anytime recover` starts from
+V1_ZOO_REV ?= 876f8d2
+V1_ZOO := $(V2_RUNS)/v1-zoo
 V2_NICE ?= nice -n 19 env OMP_NUM_THREADS=1
-V2_DECODER_EPOCHS ?= 6
-V2_PRIOR_EPOCHS ?= 2
+V2_DECODER ?= v1
+V2_PRIOR_EPOCHS ?= 4
+ifeq ($(V2_DECODER),wide)
+V2_RESULTS ?= bench/results/fashion-mnist-v2
 V2_ZOO ?= $(V2_RUNS)/export/fashion-mnist
-V2_DECODER := $(V2_NICE) $(ANYTIME) train vqvae --preset fashion-mnist-v2 --stage decoder --init $(V2_RUNS)/v1_vqvae.pt
+V2_DECODER_EPOCHS ?= 6
+V2_PRESET := fashion-mnist-v2
+V2_VQVAE := $(V2_RUNS)/vqvae_ordered.pt
+V2_PLAIN := $(V2_RUNS)/vqvae_plain.pt
+else ifeq ($(V2_DECODER),v1)
+V2_RESULTS ?= $(RESULTS)
+V2_ZOO ?= $(ZOO)
+V2_DECODER_EPOCHS ?= 19
+V2_PRESET := fashion-mnist
+V2_VQVAE := $(V2_RUNS)/v1_vqvae.pt
+V2_PLAIN := $(V2_RUNS)/vqvae_plain_v1width.pt
+else
+$(error V2_DECODER is v1 or wide, not $(V2_DECODER))
+endif
+V2_TRAIN_DECODER := $(V2_NICE) $(ANYTIME) train vqvae --preset $(V2_PRESET) --stage decoder --init $(V2_RUNS)/v1_vqvae.pt
 .PHONY: zoo-v2 zoo-v2-ordered zoo-v2-decoder zoo-v2-prior zoo-v2-plain evaluate-v2 export-v2
 # make deletes an interrupted target; the checkpoints resume, so keep them
 .PRECIOUS: $(V2_RUNS)/v1_vqvae.pt
 
-$(V2_RUNS)/v1_vqvae.pt:
-	$(ANYTIME) recover $(ZOO) --vqvae $@ --prior $(V2_RUNS)/v1_prior.pt
+$(V1_ZOO)/manifest.json:
+	mkdir -p $(V1_ZOO) && git archive $(V1_ZOO_REV) $(ZOO) | tar -x --strip-components=3 -C $(V1_ZOO)
+
+$(V2_RUNS)/v1_vqvae.pt: $(V1_ZOO)/manifest.json
+	$(ANYTIME) recover $(V1_ZOO) --vqvae $@ --prior $(V2_RUNS)/v1_prior.pt
 
 # flock: a second make of the same branch waits, then finds its checkpoints complete
 # the decoders and the prior need only v1's tokens, so they train side by side
-zoo-v2-ordered: zoo-v2-decoder zoo-v2-prior
+zoo-v2-ordered: $(if $(filter wide,$(V2_DECODER)),zoo-v2-decoder) zoo-v2-prior
 
 zoo-v2-decoder: $(V2_RUNS)/v1_vqvae.pt
-	flock $(V2_RUNS)/ordered.lock $(V2_DECODER) --epochs $(V2_DECODER_EPOCHS) --out $(V2_RUNS)/vqvae_ordered.pt
-	flock $(V2_RUNS)/ordered.lock $(V2_DECODER) --epochs $$(($(V2_DECODER_EPOCHS) + 1)) --lr 3e-4 \
+	flock $(V2_RUNS)/ordered.lock $(V2_TRAIN_DECODER) --epochs $(V2_DECODER_EPOCHS) --out $(V2_RUNS)/vqvae_ordered.pt
+	flock $(V2_RUNS)/ordered.lock $(V2_TRAIN_DECODER) --epochs $$(($(V2_DECODER_EPOCHS) + 1)) --lr 3e-4 \
 		--out $(V2_RUNS)/vqvae_ordered.pt
 
 zoo-v2-prior: $(V2_RUNS)/v1_vqvae.pt
@@ -93,25 +122,37 @@ zoo-v2-prior: $(V2_RUNS)/v1_vqvae.pt
 		--vqvae $< --epochs $(V2_PRIOR_EPOCHS) --out $(V2_RUNS)/prior_ordered.pt
 
 zoo-v2-plain: $(V2_RUNS)/v1_vqvae.pt
-	flock $(V2_RUNS)/plain.lock $(V2_DECODER) --min-cut 64 --epochs $(V2_DECODER_EPOCHS) --out $(V2_RUNS)/vqvae_plain.pt
-	flock $(V2_RUNS)/plain.lock $(V2_DECODER) --min-cut 64 --epochs $$(($(V2_DECODER_EPOCHS) + 1)) --lr 3e-4 \
-		--out $(V2_RUNS)/vqvae_plain.pt
+	flock $(V2_RUNS)/plain.lock $(V2_TRAIN_DECODER) --min-cut 64 --epochs $(V2_DECODER_EPOCHS) --out $(V2_PLAIN)
+	flock $(V2_RUNS)/plain.lock $(V2_TRAIN_DECODER) --min-cut 64 --epochs $$(($(V2_DECODER_EPOCHS) + 1)) --lr 3e-4 \
+		--out $(V2_PLAIN)
 
-# Evaluated with the classifier shipped in the v1 zoo, so FD values compare with v1's; the plain
-# pipeline when its decoder exists (else bench/zoo_targets.py compares with v1's plain numbers).
+# Evaluated with the classifier shipped in the v1 zoo (zoo v2 ships the same one), so FD values
+# compare with v1's; the plain pipeline when its decoder exists (else bench/zoo_targets.py compares
+# with v1's plain numbers).
+# The pipelines are evaluated side by side, one core each, and merged: each one's samples come
+# from its own seeded generators, so the rows are those of one joint `anytime evaluate`.
+.PHONY: evaluate-v2-ordered evaluate-v2-plain
+evaluate-v2-ordered: $(V1_ZOO)/manifest.json
+	$(V2_NICE) $(ANYTIME) evaluate --classifier $(V1_ZOO)/classifier.pt --out $(V2_RUNS)/eval-ordered \
+		--pipeline ordered $(V2_VQVAE) $(V2_RUNS)/prior_ordered.pt
+
+evaluate-v2-plain: $(V1_ZOO)/manifest.json
+	$(V2_NICE) $(ANYTIME) evaluate --classifier $(V1_ZOO)/classifier.pt --out $(V2_RUNS)/eval-plain \
+		--pipeline plain $(V2_PLAIN) $(V2_RUNS)/prior_ordered.pt
+
 evaluate-v2:
-	nice -n 19 $(ANYTIME) evaluate --classifier $(ZOO)/classifier.pt --out $(V2_RESULTS) \
-		--pipeline ordered $(V2_RUNS)/vqvae_ordered.pt $(V2_RUNS)/prior_ordered.pt \
-		$(if $(wildcard $(V2_RUNS)/vqvae_plain.pt),--pipeline plain $(V2_RUNS)/vqvae_plain.pt $(V2_RUNS)/prior_ordered.pt)
-	$(PY) -m bench.zoo_targets --new $(V2_RESULTS) --old $(RESULTS) --out $(V2_RESULTS)/targets.md
+	$(MAKE) -j2 evaluate-v2-ordered $(if $(wildcard $(V2_PLAIN)),evaluate-v2-plain)
+	$(PY) -m bench.evaluation_merge --out $(V2_RESULTS) $(V2_RUNS)/eval-ordered \
+		$(if $(wildcard $(V2_PLAIN)),$(V2_RUNS)/eval-plain)
+	$(PY) -m bench.zoo_targets --new $(V2_RESULTS) --old $(V1_RESULTS) --out $(V2_RESULTS)/targets.md
 
-export-v2:
-	$(ANYTIME) export --name fashion-mnist --vqvae $(V2_RUNS)/vqvae_ordered.pt --prior $(V2_RUNS)/prior_ordered.pt \
-		--evaluation $(V2_RESULTS)/evaluation.json --classifier $(ZOO)/classifier.pt --out $(V2_ZOO)
+export-v2: $(V1_ZOO)/manifest.json
+	$(ANYTIME) export --name fashion-mnist --vqvae $(V2_VQVAE) --prior $(V2_RUNS)/prior_ordered.pt \
+		--evaluation $(V2_RESULTS)/evaluation.json --classifier $(V1_ZOO)/classifier.pt --out $(V2_ZOO)
 	$(ANYTIME) check $(V2_ZOO)
 
 zoo-v2: install
-	$(MAKE) -j3 zoo-v2-decoder zoo-v2-prior zoo-v2-plain
+	$(MAKE) -j3 $(if $(filter wide,$(V2_DECODER)),zoo-v2-decoder) zoo-v2-prior zoo-v2-plain
 	$(MAKE) evaluate-v2 export-v2
 
 clean:

@@ -3,9 +3,11 @@
 The v1 fashion-mnist zoo was exported while the decoder graph still held the whole OVQ-VAE
 (`model.encoder`, `model.decoder`, `model.quantizer`), so its encoder and codebook, and the
 prior (from the step graph, attention scale unfolded), come back exactly. Zoo v2 trains on them
-(a wider decoder on the same codes, the same prior trained further): the v1 runs/ folder is gone.
+(the same prior trained further; optionally a wider decoder on the same codes): the v1 runs/
+folder is gone. Zoo v2's own decoder graph holds only the decoder, so `make zoo-v2` recovers from
+v1's zoo as committed (the Makefile's V1_ZOO_REV, extracted to runs/fashion-mnist-v2/v1-zoo):
 
-    anytime recover models/zoo/fashion-mnist --vqvae runs/fashion-mnist-v2/v1_vqvae.pt \
+    anytime recover runs/fashion-mnist-v2/v1-zoo --vqvae runs/fashion-mnist-v2/v1_vqvae.pt \
         --prior runs/fashion-mnist-v2/v1_prior.pt
 """
 from __future__ import annotations
