@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--loads", default="0.25,0.5,1,2,4")
     sub.choices["split-sweep"].add_argument("--loads", default="0.25,0.5,1,2,4")
     sub.choices["mixed"].add_argument("--loads", default="1,2")
-    sweep.add_argument("--policies", default="anytime,fixed,drop,static")
+    sweep.add_argument("--policies", default="anytime,fixed,drop,static",
+                       help="comma-separated; a policy may carry serve switches after + (anytime+no-slack)")
     return ap
 
 

@@ -30,7 +30,7 @@ def run(server_flags: list[str], loads: list[float], policies: list[str], durati
     for load in loads:
         rate = load * capacity / mean_n
         for policy in policies:
-            with serve(*server_flags, "--policy", policy, log_path=out / f"server-{policy}-{load}.log") as url:
+            with serve(*server_flags, *policy_flags(policy), log_path=out / f"server-{policy}-{load}.log") as url:
                 records = asyncio.run(run_load(url, rate, duration, deadlines, n_mix, seed=seed))
             s = summarize(records, duration)
             s.update({"policy": policy, "load": load, "rate": rate})
@@ -40,6 +40,13 @@ def run(server_flags: list[str], loads: list[float], policies: list[str], durati
     plot(results, out / "sweep.png")
     (out / "sweep.md").write_text(markdown(results))
     return results
+
+
+def policy_flags(policy: str) -> list[str]:
+    """`anytime serve` flags of a sweep entry: a policy, optionally with serve switches after
+    `+` (`anytime+no-slack`: the anytime policy without slack scheduling)."""
+    name, *switches = policy.split("+")
+    return ["--policy", name, *(f"--{s}" for s in switches)]
 
 
 def markdown(res: dict) -> str:
