@@ -67,7 +67,10 @@ class Settings(BaseSettings):
     respond_margin_ms: float = Field(6.0, ge=0, description="time kept for encoding and responding")
     safety: float = Field(1.25, ge=1.0, description="multiplies predicted costs in deadline decisions")
     quality_price: float = Field(1.0, ge=0, description="how hard steps are rationed by the quality curve under load")
-    slack: bool = Field(True, description="slack-aware scheduling (policy anytime): requests with slack pause, "
+    # off by default: on short-deadline traffic alone it refuses more and gives less quality-goodput
+    # (bench/results/slack-sweep); it pays off when bulk work with seconds of slack shares the engine
+    # with interactive requests (bench/results/mixed)
+    slack: bool = Field(False, description="slack-aware scheduling (policy anytime): requests with slack pause, "
                         "keeping their KV cache, while tighter ones step; previews are best effort")
     park_rows: int = Field(128, ge=0, le=4096, description="KV-cache slots beyond max_batch for paused rows (slack)")
     preview_interval_ms: float = Field(50.0, ge=0, description="least time between two previews of one stream (slack)")

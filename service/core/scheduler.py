@@ -18,7 +18,7 @@ threads use it and each writes only its own part:
 - drop:    always max_tokens, reject at admission when that is predicted to miss (Clockwork).
 - static:  k from the deadline alone against the idle profile, ignoring load.
 
-With `slack` on (the default), the anytime policy also decides who steps each iteration:
+With `slack` on (`--slack`), the anytime policy also decides who steps each iteration:
 requests with slack pause (KV cache kept) or wait while tighter ones step, previews are best
 effort, and admission plans against the rows that will share a request's steps
 (service/core/slack.py).

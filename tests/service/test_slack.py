@@ -18,7 +18,7 @@ QUALITY = np.concatenate([[0.0], 1 - (1 - np.arange(1, D + 1) / D) ** 3])
 
 
 def scheduler(**kw) -> Scheduler:
-    cfg = SchedulerConfig(respond_margin_s=0.002, safety=1.0, **kw)
+    cfg = SchedulerConfig(respond_margin_s=0.002, safety=1.0, **{"slack": True, **kw})
     return Scheduler(cfg, LatencyModel(STEP, DECODE), D, QUALITY)
 
 
@@ -185,7 +185,8 @@ def test_previews_keep_their_interval_and_their_share():
 @pytest.fixture(params=["onnx", "onnx-device-cache", "torchscript"])
 def small_engine(request, tiny_model_dir):
     backend, _, device_cache = request.param.partition("-")
-    engine = make_engine(tiny_model_dir, backend, max_batch=2, ort_io_binding="on" if device_cache else "off")
+    engine = make_engine(tiny_model_dir, backend, max_batch=2, ort_io_binding="on" if device_cache else "off",
+                         slack=True)
     yield engine
     engine.stop()
 

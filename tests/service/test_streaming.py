@@ -92,19 +92,17 @@ def test_disconnect_mid_stream_frees_the_sequences(server):
         engine.fault_hook = None
 
 
-def test_previews_keep_their_minimum_interval_and_the_final_always_comes(server):
-    base, state = server
-    engine = state.engines["tiny"]
-    engine.config.preview_interval_s, engine.fault_hook = 0.05, (lambda B: time.sleep(0.015))
-    try:
+def test_previews_keep_their_minimum_interval_and_the_final_always_comes(tiny_model_dir):
+    # best-effort previews are part of slack scheduling (--slack)
+    with running_server(model_dirs=str(tiny_model_dir), backend="onnx", max_batch=32, slack=True,
+                        preview_interval_ms=50) as (base, core):
+        core.engines["tiny"].fault_hook = lambda B: time.sleep(0.015)
         events = stream(base, deadline_ms=5000, seed=5, preview_every=1)
-    finally:
-        engine.config.preview_interval_s, engine.fault_hook = 0.0, None
+        skipped = core.metrics.previews_skipped.labels("tiny")._value.get()
     previews = [d for e, d in events if e == "preview"]
     assert events[-1][0] == "final" and events[-1][1]["tokens"] == 8
     # 8 steps of >= 15 ms: a preview per token would be 7; at least 50 ms apart leaves at most 3
     assert 1 <= len(previews) <= 3
     gaps = [b["elapsed_ms"] - a["elapsed_ms"] for a, b in zip(previews, previews[1:])]
     assert all(g >= 40 for g in gaps), gaps
-    skipped = state.metrics.previews_skipped.labels("tiny")._value.get()
     assert skipped >= 7 - len(previews) - 1
