@@ -21,6 +21,7 @@ from .loadgen import Record, _error_message, _session
 from .machine import header
 from .server_proc import serve
 from .summary import summarize
+from .tables import cell, runs_table
 
 SCHEDULERS = (("today", ["--no-slack"]), ("slack-aware", ["--slack"]))
 
@@ -148,7 +149,7 @@ def run(flags: list[str], loads: list[float], duration: float, out: Path, seed: 
                 s = class_summary([r for r in records if r.cls == c.name], duration)
                 res["runs"].append(s | {"scheduler": name, "load": load, "class": c.name})
                 print(f"{load}x {name:12s} {c.name:12s} " + ", ".join(
-                    f"{label} {_fmt(s[k], fmt)}" for k, label, fmt in COLUMNS), flush=True)
+                    f"{label} {cell(s[k], fmt)}" for k, label, fmt in COLUMNS), flush=True)
     (out / "mixed.json").write_text(json.dumps(res, indent=1))
     (out / "mixed.md").write_text(_markdown(res))
     _plot(res, out / "mixed.png")
@@ -162,10 +163,6 @@ COLUMNS = [("requests", "requests", "{}"), ("attainment_admitted", "on time (adm
            ("latency_p50_ms", "p50 ms", "{:.0f}"), ("mean_previews", "previews", "{:.1f}")]
 
 
-def _fmt(v, fmt: str) -> str:
-    return "–" if v is None else fmt.format(v)
-
-
 def _markdown(res: dict) -> str:
     classes = "; ".join(f"**{c['name']}** n∈{list(c['n'])}, deadlines {c['deadline_ms'][0]:.0f}–"
                         f"{c['deadline_ms'][1]:.0f} ms ({'log-uniform' if c['log_deadline'] else 'uniform'})"
@@ -176,11 +173,7 @@ def _markdown(res: dict) -> str:
              f"samples/s**. Poisson arrivals for {res['duration_s']:.0f} s per cell; the same arrivals for both "
              f"schedulers at each load, one server at a time. Classes: {classes}. Server flags: "
              f"`{' '.join(res['flags']) or '(defaults)'}` + `--no-slack` (today) or `--slack`.", "",
-             "| load | scheduler | class | " + " | ".join(label for _, label, _ in COLUMNS) + " |",
-             "|---|---|---|" + "---|" * len(COLUMNS)]
-    for s in res["runs"]:
-        lines.append(f"| {s['load']}x | {s['scheduler']} | {s['class']} | "
-                     + " | ".join(_fmt(s[k], fmt) for k, _, fmt in COLUMNS) + " |")
+             *runs_table(res["runs"], [("scheduler", "scheduler"), ("class", "class")], COLUMNS)]
     lines += ["", "On time (admitted): answers the server itself reported within their deadline, over answers. "
               "Refusal latency: client-observed, from sending to the 503. Quality-goodput: summed quality estimate "
               "of on-time samples per second of arrivals.", "", "![mixed](mixed.png)", ""]

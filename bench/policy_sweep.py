@@ -11,6 +11,7 @@ from .loadgen import parse_mix, run_load
 from .machine import header
 from .server_proc import serve
 from .summary import summarize
+from .tables import runs_table
 
 COLUMNS = [("attainment_all", "met (all)", "{:.2%}"), ("attainment_admitted", "met (admitted)", "{:.2%}"),
            ("rejection_rate", "rejected", "{:.1%}"), ("latency_p50_ms", "p50 ms", "{:.0f}"),
@@ -57,10 +58,7 @@ def markdown(res: dict) -> str:
              f"Poisson arrivals for {res['duration_s']:.0f} s per cell, deadlines `{res['deadlines']}` ms, "
              f"samples per request `{res['n_mix']}`. Server flags: `{' '.join(res['server_flags'])}`.", "",
              "quality-goodput = sum over samples answered on time of their quality estimate, per second.", "",
-             "| load | policy | " + " | ".join(label for _, label, _ in COLUMNS) + " |",
-             "|---|---|" + "---|" * len(COLUMNS)]
-    for s in res["runs"]:
-        lines.append(f"| {s['load']}x | {s['policy']} | " + " | ".join(fmt.format(s[k]) for k, _, fmt in COLUMNS) + " |")
+             *runs_table(res["runs"], [("policy", "policy")], COLUMNS)]
     lines += ["", "## Quality-goodput of `anytime` relative to the others", "", "| load | vs fixed | vs drop | vs static |",
               "|---|---|---|---|"]
     for load in sorted({s["load"] for s in res["runs"]}):

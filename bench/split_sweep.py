@@ -13,6 +13,7 @@ from .loadgen import parse_mix, run_load
 from .machine import header
 from .server_proc import serve
 from .summary import summarize
+from .tables import runs_table
 
 SHAPES = (("in-process", ["--workers", "0"]), ("split", []))
 COLUMNS = [("attainment_admitted", "met (admitted)", "{:.2%}"), ("rejection_rate", "rejected", "{:.1%}"),
@@ -50,11 +51,7 @@ def _markdown(res: dict) -> str:
              f"({res['duration_s']:.0f} s per cell, deadlines `{res['deadlines']}` ms, samples per request "
              f"`{res['n_mix']}`, and a last cell with n=1 only at 2x), one server at a time, in this run. "
              f"Server flags: `{' '.join(res['flags'])}` (+ `--workers 0` in-process; split = the default workers).", "",
-             "| load | n | shape | " + " | ".join(label for _, label, _ in COLUMNS) + " |",
-             "|---|---|---|" + "---|" * len(COLUMNS)]
-    for s in res["runs"]:
-        lines.append(f"| {s['load']}x | {s['n_mix']} | {s['shape']} | "
-                     + " | ".join(fmt.format(s[k]) for k, _, fmt in COLUMNS) + " |")
+             *runs_table(res["runs"], [("n", "n_mix"), ("shape", "shape")], COLUMNS)]
     lines += ["", "![split sweep](split-sweep.png)", ""]
     return "\n".join(lines)
 
