@@ -390,7 +390,7 @@ class Engine:
         # Break the request <-> sequence cycle, so that reference counting frees a finished
         # request as soon as nobody holds it. Left to the cyclic garbage collector, finished
         # requests pile up until a full pass, and that pass stalls the engine thread and the
-        # IPC thread together (35 ms measured in the engine core at 2x load).
+        # IPC thread together (tens of milliseconds at 2x load).
         for s in r.sequences:
             s.request = None
 

@@ -47,7 +47,7 @@ class FrontendState:
         encoding.npy(np.zeros((1, 8), np.float32))
         # What exists now (the app, the imported libraries) lives as long as the process: keep it
         # out of the garbage collector's full passes, which would otherwise stall every answer
-        # this worker owes (93 ms measured at 2x load without this).
+        # this worker owes (tens of milliseconds at 2x load without this).
         gc.collect()
         gc.freeze()
         self.started = True
