@@ -31,11 +31,12 @@ def peek_deadline_s(body: bytes) -> float | None:
 
 class LoopLag:
     """How far behind the event loop runs: a callback due every PROBE_S measures how late it
-    fires. behind() also sees a loop that is stuck now (its probe overdue), not only the last
-    lateness measured."""
+    fires. behind() is the lateness of the last two probes both (one late probe is a hiccup, a GC
+    pass or a GIL wait, not a backlog), or how overdue the probe is now (a loop stuck now)."""
 
     def __init__(self):
         self.last_s = 0.0
+        self.sustained_s = 0.0
         self._due = 0.0
         self._handle: asyncio.TimerHandle | None = None
 
@@ -51,13 +52,14 @@ class LoopLag:
 
     def _probe(self) -> None:
         now = time.monotonic()
-        self.last_s = max(0.0, now - self._due)
+        late = max(0.0, now - self._due)
+        self.sustained_s, self.last_s = min(late, self.last_s), late
         self._due = now + PROBE_S
         loop = asyncio.get_running_loop()
         self._handle = loop.call_at(loop.time() + PROBE_S, self._probe)
 
     def behind(self, now: float) -> float:
-        return max(self.last_s, now - self._due)
+        return max(self.sustained_s, now - self._due)
 
 
 def is_generation(scope) -> bool:

@@ -1,4 +1,4 @@
-"""A worker whose event loop runs behind refuses new generation requests whose deadline the lag
+"""A worker whose event loop runs behind (late probe after late probe, or stuck now) refuses new generation requests whose deadline the lag
 would eat into, unparsed (503 overloaded, Retry-After); lets through those with time to spare
 and everything else; recovers as soon as the loop does; and counts what it shed in the engine
 core's metrics."""
@@ -21,19 +21,22 @@ async def _inner(scope, receive, send):
     await send({"type": "http.response.body", "body": b"served"})
 
 
-def test_a_loop_behind_sheds_generation_requests_until_it_catches_up():
+class FixedLag:
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def behind(self, now: float) -> float:
+        return self.seconds
+
+
+def test_a_loop_behind_sheds_generation_requests_whose_deadline_it_would_eat_into():
     shed = []
+    lag = FixedLag(0.1)
 
     async def go():
-        lag = LoopLag()
-        lag.start()
         # as in the app: ArrivalAndLimits reads the body the shedding looks at
         app = ArrivalAndLimits(LoadShedding(_inner, lag, max_lag_s=0.04, on_shed=lambda: shed.append(1)), 65536)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
-            await asyncio.sleep(0.02)
-            assert (await c.post("/generate", json={})).text == "served"  # an idle loop: served
-            time.sleep(0.1)  # the loop is stuck: its probe is overdue
-            assert lag.behind(time.monotonic()) >= 0.1 - 0.006  # due within PROBE_S of the sleep
             refused = await c.post("/generate", json={"deadline_ms": 100})
             oip = await c.post("/v2/models/m/infer", json={"parameters": {"deadline_ms": 200}})
             unknown = await c.post("/generate", json={"n": 1})  # no deadline to weigh: shed
@@ -41,24 +44,50 @@ def test_a_loop_behind_sheds_generation_requests_until_it_catches_up():
             # everything but generation goes through: health, readiness, metrics, other routes
             health = await c.get("/healthz")
             other = await c.post("/v2/models/m/ready")
-            recovered_after = None
-            t = time.monotonic()
-            while time.monotonic() - t < 2:
-                await asyncio.sleep(0.01)
-                if (await c.post("/generate", json={})).text == "served":
-                    recovered_after = time.monotonic() - t
-                    break
-        lag.stop()
-        return refused, oip, unknown, patient, health, other, recovered_after
+            lag.seconds = 0.03  # caught up (below max_lag_s)
+            recovered = await c.post("/generate", json={"deadline_ms": 100})
+        return refused, oip, unknown, patient, health, other, recovered
 
-    refused, oip, unknown, patient, health, other, recovered_after = asyncio.run(go())
+    refused, oip, unknown, patient, health, other, recovered = asyncio.run(go())
     assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
     message = refused.json()["error"]["message"]
-    assert message.startswith("overloaded: this worker is") and "ms behind" in message
+    assert message.startswith("overloaded: this worker is 100 ms behind")
     assert oip.status_code == 503 and oip.json()["error"].startswith("overloaded")  # the OIP error shape
     assert unknown.status_code == 503
-    assert health.text == other.text == patient.text == "served"
+    assert health.text == other.text == patient.text == recovered.text == "served"
     assert len(shed) == 3
+
+
+def test_loop_lag_sees_a_stuck_loop_and_a_backlog_but_not_a_single_hiccup():
+    async def go():
+        lag = LoopLag()
+        lag.start()
+        await asyncio.sleep(0.02)
+        idle = lag.behind(time.monotonic())
+        time.sleep(0.1)  # the loop is stuck: its probe is overdue
+        stuck = lag.behind(time.monotonic())
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # the probe has now run, 0.1 s late, once
+        hiccup = (lag.last_s, lag.behind(time.monotonic()))
+        time.sleep(0.1)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # late twice in a row: a backlog
+        backlog = lag.behind(time.monotonic())
+        recovered_after = None
+        t = time.monotonic()
+        while time.monotonic() - t < 2:
+            await asyncio.sleep(0.01)
+            if lag.behind(time.monotonic()) < 0.04:
+                recovered_after = time.monotonic() - t
+                break
+        lag.stop()
+        return idle, stuck, hiccup, backlog, recovered_after
+
+    idle, stuck, (last, after_hiccup), backlog, recovered_after = asyncio.run(go())
+    assert idle < 0.05
+    assert stuck >= 0.1 - 0.006  # due within PROBE_S of the sleep
+    assert last >= 0.094 and after_hiccup < 0.05
+    assert backlog >= 0.094
     assert recovered_after is not None and recovered_after < 1.0
 
 
