@@ -194,17 +194,23 @@ class _ModelChildren:
     def finish(self, reason: str):
         child = self._finish.get(reason)
         if child is None:
-            child = self._finish[reason] = self._m.finish.labels(self._model, reason)
+            child = self._finish[reason] = self._m.finish.labels(self._model, _label(reason))
         return child
 
     def rejection(self, reason: str, priority: str):
         child = self._rejections.get((reason, priority))
         if child is None:
-            child = self._rejections[(reason, priority)] = self._m.rejections.labels(self._model, reason, priority)
+            child = self._rejections[(reason, priority)] = self._m.rejections.labels(self._model, _label(reason),
+                                                                                    priority)
         return child
 
     def load_refusal(self, reason: str):
         child = self._load_refusals.get(reason)
         if child is None:
-            child = self._load_refusals[reason] = self._m.load_refusals.labels(self._model, reason)
+            child = self._load_refusals[reason] = self._m.load_refusals.labels(self._model, _label(reason))
         return child
+
+
+def _label(value) -> str:
+    """A label value; a str enum (service/refusals.Refusal) by its value, not its repr."""
+    return getattr(value, "value", value)
