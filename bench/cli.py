@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     cost.add_argument("--shapes", default=None, help="comma-separated shape names (default: all)")
     cost.add_argument("--profile", default="", help="comma-separated shape names: py-spy flame graphs of the "
                       "engine core and a frontend worker of each server under that load")
+    cost.add_argument("--ratios", type=int, default=0, metavar="ROUNDS", help="also measure each server's "
+                      "throughput ratios (n=1/n=64, 1-token/healthz) in this many rounds")
     cost.add_argument("--out", type=Path, default=Path("bench/results/cost"))
     sweep = sub.choices["sweep"]
     sweep.add_argument("--loads", default="0.25,0.5,1,2,4")
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                  str(args.workers), *args.server_flag]
         res = run(flags, args.out, args.seconds, args.rounds, args.baseline, args.url, args.pid, args.baseline_url,
                   args.baseline_pid, args.shapes.split(",") if args.shapes else None,
-                  [s for s in args.profile.split(",") if s])
+                  [s for s in args.profile.split(",") if s], args.ratios)
         print(report(res))
         return 0
     flags = ["--model-dirs", str(args.model_dir), "--backend", args.backend, *args.server_flag]

@@ -219,6 +219,31 @@ def profile(server: Server, shape: Shape, seconds: float, tmp: Path, out: Path) 
     return [s for s in svgs if s.exists()]
 
 
+# ---- throughput ratios -----------------------------------------------------------------------
+def throughput_ratios(server: Server, rounds: int, tmp: Path) -> dict:
+    """Two ratios of one server's throughput, from outside with hey, medians of alternating
+    rounds: n=1 full-length requests/s over n=64 samples/s (hey -z 8s, 128 and 4 in flight):
+    what per-request cost takes from batched work; 1-token requests/s over GET /healthz
+    requests/s (5 s, 32 in flight each): the generate path against the framework's floor."""
+    D = server.D
+    full = {"deadline_ms": 60000, "seed": 1, "min_tokens": D}
+    cells = [("n=1 full", Shape("n=1 full", 1, 128, body=full), 8), ("n=64", Shape("n=64", 64, 4, body={**full, "n": 64}), 8),
+             ("healthz", Shape("healthz", 1, 32, "/healthz"), 5),
+             ("1-token", Shape("1-token", 1, 32, body={"deadline_ms": 5000, "seed": 1, "max_tokens": 1}), 5)]
+    r1, r2, raw = [], [], []
+    for _ in range(rounds):
+        rps = {}
+        for name, shape, seconds in cells:
+            text = subprocess.run(["hey", "-z", f"{seconds}s", "-c", str(shape.concurrency), *hey_args(server, shape, tmp)],
+                                  capture_output=True, text=True).stdout
+            rps[name] = parse_hey(text)[0]
+        raw.append(rps)
+        r1.append(rps["n=1 full"] / (rps["n=64"] * 64) if rps["n=64"] else 0.0)
+        r2.append(rps["1-token"] / rps["healthz"] if rps["healthz"] else 0.0)
+        print(f"{server.label}: {rps} -> n=1/n=64 {r1[-1]:.2f}, 1-token/healthz {r2[-1]:.2f}", flush=True)
+    return {"n1_over_n64": statistics.median(r1), "one_token_over_healthz": statistics.median(r2), "rounds": raw}
+
+
 # ---- the run ---------------------------------------------------------------------------------
 def commit_of(checkout: Path) -> str:
     r = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
@@ -229,7 +254,8 @@ def commit_of(checkout: Path) -> str:
 
 def run(flags: list[str], out: Path, seconds: float, rounds: int, baseline: Path | None = None,
         url: str | None = None, pid: int | None = None, baseline_url: str | None = None,
-        baseline_pid: int | None = None, only: list[str] | None = None, profile_shapes: list[str] = ()) -> dict:
+        baseline_pid: int | None = None, only: list[str] | None = None, profile_shapes: list[str] = (),
+        ratio_rounds: int = 0) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     servers: list[Server] = []
     tmp = Path(tempfile.mkdtemp(prefix="anytime-cost-"))
@@ -249,7 +275,7 @@ def run(flags: list[str], out: Path, seconds: float, rounds: int, baseline: Path
             for server in servers:  # warm-up (connections, first-use code paths); it sizes the cells
                 rps = drive(server, shape, "-z 1s", tmp)["rps"]
                 c = shape.concurrency
-                count[server.label] = max(2 * c, int(rps * seconds / c) * c)
+                count[server.label] = max(4 * c, int(rps * seconds / c) * c)
             for i in range(rounds):
                 for server in (servers if i % 2 == 0 else servers[::-1]):
                     load = f"-n {min(count.values())}"  # both servers answer the same requests
@@ -258,6 +284,7 @@ def run(flags: list[str], out: Path, seconds: float, rounds: int, baseline: Path
                     print(f"{shape.name:24s} {server.label:8s} round {i + 1}: "
                           + " ".join(f"{k} {v:.3f}" for k, v in r["cpu_ms_per_request"].items())
                           + f" ms/request, {r['rps']:.0f} req/s, codes {r['codes']}", flush=True)
+        ratios = {s.label: throughput_ratios(s, ratio_rounds, tmp) for s in servers} if ratio_rounds else {}
         flames = []
         for name in profile_shapes:
             shape = next(s for s in shapes(servers[0].D) if s.name == name)
@@ -269,6 +296,7 @@ def run(flags: list[str], out: Path, seconds: float, rounds: int, baseline: Path
         shutil.rmtree(tmp, ignore_errors=True)
     result = summarize(servers, todo, cells, flags, seconds, rounds)
     result["flame_graphs"] = flames
+    result["throughput_ratios"] = ratios
     (out / "cost.json").write_text(json.dumps(result, indent=1))
     plot(result, out / "cost.png")
     (out / "cost.md").write_text(report(result))
@@ -352,6 +380,16 @@ def report(res: dict) -> str:
             t, b = row["this"]["cpu_ms_per_request"], row["baseline"]["cpu_ms_per_request"]
             f = lambda r: f"{t[r] / b[r]:.2f}" if b[r] else "–"  # noqa: E731
             lines.append(f"| {row['shape']} | {f('core')} | {f('frontend')} | {f('total')} |")
+    if res.get("throughput_ratios"):
+        lines += ["", "Throughput ratios (hey from outside, medians of "
+                  f"{len(next(iter(res['throughput_ratios'].values()))['rounds'])} rounds; n=1 full-length req/s at 128 in "
+                  "flight over n=64 samples/s at 4; 1-token req/s over /healthz req/s, 32 in flight each):", "",
+                  "| server | n=1 / n=64 | 1-token / healthz |", "|---|---|---|"]
+        lines += [f"| {label} | {r['n1_over_n64']:.2f} | {r['one_token_over_healthz']:.2f} |"
+                  for label, r in res["throughput_ratios"].items()]
+    if res["flame_graphs"]:
+        lines += ["", "Flame graphs (py-spy, 250 Hz, engine core and frontend worker under load): "
+                  + ", ".join(f"[{f}]({f})" for f in res["flame_graphs"])]
     if res["targets"]:
         lines += ["", "| measure | value | target | met |", "|---|---|---|---|"]
         lines += [f"| {t['measure']} | {t['value']:.2f} | {t['target']} | {'yes' if t['met'] else 'no'} |"

@@ -43,6 +43,7 @@ class InprocClient(EngineClient):
             loop.call_soon_threadsafe(self._deliver, outputs, samples)
 
     async def add(self, msg: ipc.AddRequest) -> tuple[ipc.Admitted, Stream | None]:
+        self._loop = asyncio.get_running_loop()  # outputs go to the loop that waits for them
         stream = Stream(msg.id)
         self._streams[msg.id] = stream  # before admission: the engine may answer at once
         adm = self.core.add(msg)

@@ -9,7 +9,6 @@ import itertools
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 
 import zmq
 import zmq.asyncio
@@ -23,14 +22,23 @@ log = logging.getLogger("anytime.frontend")
 ENGINE_DEAD = "the engine core is not running"
 
 
-@dataclass
 class Stream:
     """An admitted request as the frontend sees it: its outputs arrive as (ipc.Output,
-    samples), the last with `final` set; on `events`, or on the future first() gave."""
+    samples), the last with `final` set; on `events`, or on the future first() gave. The queue
+    is made only for a request that reads it (a stream): most requests take one output."""
 
-    id: int
-    events: asyncio.Queue = field(default_factory=asyncio.Queue)
-    _waiter: asyncio.Future | None = None
+    __slots__ = ("id", "_events", "_waiter")
+
+    def __init__(self, id: int):
+        self.id = id
+        self._events: asyncio.Queue | None = None
+        self._waiter: asyncio.Future | None = None
+
+    @property
+    def events(self) -> asyncio.Queue:
+        if self._events is None:
+            self._events = asyncio.Queue()
+        return self._events
 
     def put(self, item) -> None:
         """Deliver an output (on the event loop): straight to a first() future, which wakes its
@@ -46,10 +54,10 @@ class Stream:
         """A future for the next output (a non-streaming request gets exactly one); resolving
         it with None elsewhere stops the wait."""
         fut = asyncio.get_running_loop().create_future()
-        if self.events.empty():
+        if self._events is None or self._events.empty():
             self._waiter = fut
         else:
-            fut.set_result(self.events.get_nowait())
+            fut.set_result(self._events.get_nowait())
         return fut
 
 
