@@ -309,7 +309,8 @@ def _median(rows: list[dict], key: str, role: str) -> float:
 
 def summarize(servers: list[Server], todo: list[Shape], cells: dict, flags: list[str], seconds: float,
               rounds: int) -> dict:
-    res = {"flags": flags, "seconds_per_cell": seconds, "rounds": rounds,
+    shown = [f.replace(str(ROOT) + "/", "") for f in flags]  # the report names no machine paths
+    res = {"flags": shown, "seconds_per_cell": seconds, "rounds": rounds,
            "servers": {s.label: {"commit": s.commit, "model": s.model, "D": s.D,
                                  "processes": {r: len(p) for r, p in s.pids.items()}} for s in servers},
            "shapes": []}
