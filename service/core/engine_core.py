@@ -12,6 +12,7 @@ from typing import Callable
 import numpy as np
 
 from .. import ipc
+from ..refusals import Refusal
 from ..settings import Settings
 from .engine import Engine
 from .metrics import Metrics
@@ -81,7 +82,7 @@ class EngineCore:
         """Admit or refuse at once; an admitted request's previews and end reach on_output."""
         engine = self.engines.get(msg.model)
         if engine is None:
-            return ipc.Admitted(msg.id, False, reason="unknown_model", message=f"unknown model {msg.model!r}"), None
+            return ipc.Admitted(msg.id, False, reason=Refusal.UNKNOWN_MODEL, message=f"unknown model {msg.model!r}"), None
         req = engine.new_request(n=msg.n, seed=msg.seed, label=msg.label, deadline_s=msg.deadline_s,
                                  arrival=msg.arrival, min_tokens=msg.min_tokens, max_tokens=msg.max_tokens,
                                  sampling=SamplingParams(msg.temperature, msg.top_k, msg.top_p),
@@ -92,7 +93,7 @@ class EngineCore:
         def done(r: Request) -> None:
             _count_unanswered(metrics, r)
             if lost := _load_lost(r):
-                metrics.admission(msg.model, r.n, 0, lost, "expired" if r.error_status == 503 else "")
+                metrics.admission(msg.model, r.n, 0, lost, Refusal.EXPIRED if r.error_status == 503 else "")
             on_output(ipc.Output(rid, True, r.tokens, finish_reason=r.finish_reason.value, error=r.error,
                                  error_status=r.error_status, started=r.started, finished=r.finished,
                                  compute_s=r.compute_s), r.samples)
@@ -147,6 +148,6 @@ def _count_unanswered(metrics: Metrics, r: Request) -> None:
     if r.finish_reason is FinishReason.CANCELLED:
         metrics.outcome(r.model, "cancelled", r.n, "cancelled")
     elif r.finish_reason is FinishReason.ERROR and r.error_status == 503:
-        metrics.rejected(r.model, "expired", r.priority)
+        metrics.rejected(r.model, Refusal.EXPIRED, r.priority)
     elif r.finish_reason is FinishReason.ERROR:
         metrics.outcome(r.model, "error", r.n, "error")

@@ -18,6 +18,7 @@ import threading
 import zmq
 
 from .. import ipc
+from ..refusals import Refusal
 from ..logs import configure
 from ..settings import Settings, die_with_parent
 from .engine_core import EngineCore
@@ -101,14 +102,14 @@ class CoreServer:
                     except Exception:
                         continue
                     self.router.send_multipart([frontend, ipc.ADMITTED, ipc.encode(ipc.Admitted(
-                        rid, False, reason="error", message="the engine core could not take the request"))])
+                        rid, False, reason=Refusal.ERROR, message="the engine core could not take the request"))])
 
     def _handle(self, frontend: bytes, kind: bytes, rest: list[bytes]) -> None:
         core = self.core
         if kind == ipc.ADD:
             msg = ipc.decode(kind, rest[0])
             if self.draining:
-                adm = ipc.Admitted(msg.id, False, reason="draining", message="server is draining",
+                adm = ipc.Admitted(msg.id, False, reason=Refusal.DRAINING, message="server is draining",
                                    retry_after_s=1)
             else:
                 adm, req = core.add(msg, self.on_output(frontend))

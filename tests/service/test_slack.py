@@ -1,5 +1,6 @@
-"""Slack-aware scheduling: requests with slack stand aside for tighter ones, keep their KV
-cache while paused, still make their plan, and give the same samples as when run alone."""
+"""The default (anytime) policy's stepping: requests with slack stand aside for tighter ones
+only when those need the time, keep their KV cache while paused, still make their target,
+and give the same samples as when run alone."""
 import threading
 import time
 
@@ -18,13 +19,13 @@ QUALITY = np.concatenate([[0.0], 1 - (1 - np.arange(1, D + 1) / D) ** 3])
 
 
 def scheduler(**kw) -> Scheduler:
-    cfg = SchedulerConfig(respond_margin_s=0.002, safety=1.0, **{"slack": True, **kw})
+    cfg = SchedulerConfig(respond_margin_s=0.002, safety=1.0, **kw)
     return Scheduler(cfg, LatencyModel(STEP, DECODE), D, QUALITY)
 
 
 def request(deadline_ms, now, n=1, planned=D, preview_every=0) -> Request:
     r = Request(model="m", n=n, seed=0, label=None, deadline_s=deadline_ms / 1000, arrival=now,
-                min_tokens=1, max_tokens=D, planned_tokens=planned, preview_every=preview_every)
+                min_tokens=1, max_tokens=D, planned_tokens=planned, budget=planned, preview_every=preview_every)
     r.sequences = [Sequence(r, i, rng=None) for i in range(n)]
     return r
 
@@ -97,9 +98,9 @@ def test_admission_plans_against_the_rows_that_will_share_the_steps():
     sharing = s.load.rows_sharing(tight.deadline)
     assert sharing == 0  # none of the bulk rows is urgent before 150 ms from now
     slack_k = s.admit(tight, now, running=128, waiting=0, ahead=0, sharing=sharing).planned_tokens
-    s.config.slack = False
-    today_k = s.admit(request(150, now, n=1), now, running=128, waiting=0, ahead=0).planned_tokens
-    assert slack_k == D and today_k < D / 2
+    # were every row to step beside it (sharing unknown), far fewer tokens would fit
+    all_k = s.admit(request(150, now, n=1), now, running=128, waiting=0, ahead=0).planned_tokens
+    assert slack_k == D and all_k < D / 2
 
 
 def test_admission_refuses_what_promised_work_would_force_out():
@@ -129,7 +130,7 @@ def test_past_the_quality_knee_only_spare_steps_and_a_paused_request_finishes_wh
         step(s, now)
         now += 0.002
     assert bulk.status is Status.RUNNING and bulk.tokens == knee + 2  # spare steps: it goes on
-    assert s.slack.urgent_at(bulk, s.slack.full_step(), s.margin()) == float("inf")
+    assert s.policy.stepping.urgent_at(bulk, s.budget.full_step(), s.margin()) == float("inf")
     tight = request(50, now, n=8, planned=10)
     s.add(tight)
     step(s, now)
@@ -185,8 +186,7 @@ def test_previews_keep_their_interval_and_their_share():
 @pytest.fixture(params=["onnx", "onnx-device-cache", "torchscript"])
 def small_engine(request, tiny_model_dir):
     backend, _, device_cache = request.param.partition("-")
-    engine = make_engine(tiny_model_dir, backend, max_batch=2, ort_io_binding="on" if device_cache else "off",
-                         slack=True)
+    engine = make_engine(tiny_model_dir, backend, max_batch=2, ort_io_binding="on" if device_cache else "off")
     yield engine
     engine.stop()
 
