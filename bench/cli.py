@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ("threads", "ONNX Runtime thread modes (spinning, count) under the same load"),
                        ("split", "in-process vs engine-core process + frontend workers: throughput ratios, overhead"),
                        ("split-sweep", "the anytime policy in-process and split at the same offered loads"),
-                       ("mixed", "interactive, bulk and streaming classes: today's scheduler vs the slack-aware one"),
+                       ("mixed", "interactive, bulk and streaming classes: schedulers side by side on the same arrivals"),
                        ("oip", "frontend CPU per request: Open Inference Protocol (JSON, binary) vs /generate"),
                        ("peers", "the same model behind LitServe, Ray Serve and BentoML vs Anytime (extra `peers`)")):
         p = sub.add_parser(name, help=text)
@@ -53,8 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--loads", default="0.25,0.5,1,2,4")
     sub.choices["split-sweep"].add_argument("--loads", default="0.25,0.5,1,2,4")
     sub.choices["mixed"].add_argument("--loads", default="1,2")
+    sub.choices["mixed"].add_argument("--schedulers", default="anytime",
+                                      help="comma-separated sweep entries ([CHECKOUT:]policy[+switch...]) to compare")
     sweep.add_argument("--policies", default="anytime,fixed,drop,static",
-                       help="comma-separated; a policy may carry serve switches after + (anytime+no-slack)")
+                       help="comma-separated; a policy may carry serve switches after + (anytime+no-slack) and "
+                            "name another checkout before : (base:anytime+no-slack, with --checkout base=DIR)")
+    for what in ("sweep", "mixed"):
+        sub.choices[what].add_argument("--checkout", action="append", default=[], metavar="NAME=DIR",
+                                       help="another checkout of this repository (with DIR/.venv) whose server "
+                                            "an entry NAME:... runs (repeat)")
     return ap
 
 
@@ -110,9 +117,11 @@ def main(argv: list[str] | None = None) -> int:
         print((args.out / "split-sweep.md").read_text())
         return 0
     if args.what == "mixed":
+        from .checkouts import parse_checkouts
         from .mixed import run
 
-        run(flags, [float(x) for x in args.loads.split(",")], args.duration, args.out)
+        run(flags, [float(x) for x in args.loads.split(",")], args.duration, args.out,
+            schedulers=args.schedulers.split(","), checkouts=parse_checkouts(args.checkout))
         print((args.out / "mixed.md").read_text())
         return 0
     if args.what == "split":
@@ -163,8 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "sweep":
         from .policy_sweep import run
 
+        from .checkouts import parse_checkouts
+
         run(flags, [float(x) for x in args.loads.split(",")], args.policies.split(","), args.duration,
-            args.deadlines, args.n_mix, args.out)
+            args.deadlines, args.n_mix, args.out, checkouts=parse_checkouts(args.checkout))
         print((args.out / "sweep.md").read_text())
         return 0
     import asyncio
