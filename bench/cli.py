@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ("split", "in-process vs engine-core process + frontend workers: throughput ratios, overhead"),
                        ("split-sweep", "the anytime policy in-process and split at the same offered loads"),
                        ("mixed", "interactive, bulk and streaming classes: schedulers side by side on the same arrivals"),
+                       ("interactive", "30 interactive 150 ms requests beside two bulk n=64 streams, three rounds"),
                        ("oip", "frontend CPU per request: Open Inference Protocol (JSON, binary) vs /generate"),
                        ("peers", "the same model behind LitServe, Ray Serve and BentoML vs Anytime (extra `peers`)")):
         p = sub.add_parser(name, help=text)
@@ -58,7 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--policies", default="anytime,fixed,drop,static",
                        help="comma-separated; a policy may carry serve switches after + (anytime+no-slack) and "
                             "name another checkout before : (base:anytime+no-slack, with --checkout base=DIR)")
-    for what in ("sweep", "mixed"):
+    inter = sub.choices["interactive"]
+    inter.add_argument("--schedulers", default="anytime", help="comma-separated sweep entries to check")
+    inter.add_argument("--repeats", type=int, default=1, help="servers started per scheduler")
+    for what in ("sweep", "mixed", "interactive"):
         sub.choices[what].add_argument("--checkout", action="append", default=[], metavar="NAME=DIR",
                                        help="another checkout of this repository (with DIR/.venv) whose server "
                                             "an entry NAME:... runs (repeat)")
@@ -115,6 +119,13 @@ def main(argv: list[str] | None = None) -> int:
 
         run(flags, [float(x) for x in args.loads.split(",")], args.duration, args.deadlines, args.n_mix, args.out)
         print((args.out / "split-sweep.md").read_text())
+        return 0
+    if args.what == "interactive":
+        from .checkouts import parse_checkouts
+        from .interactive import run
+
+        run(flags, args.out, args.schedulers.split(","), parse_checkouts(args.checkout), args.repeats)
+        print((args.out / "interactive.md").read_text())
         return 0
     if args.what == "mixed":
         from .checkouts import parse_checkouts

@@ -155,12 +155,15 @@ class Anytime(Policy):
         if state.pressure > FAIR_PRESSURE and req.n > c.fair_share * c.max_batch:
             return refuse(Refusal.FAIR_SHARE, f"n={req.n} is more than {c.fair_share:.0%} of the batch while the "
                           f"server is under load; send smaller requests", retry, idle_k)
+        knee = self.guarantee_cap(req, state.pressure)
+        want = min(cap, knee)
         # 1. everything admitted steps beside it (nobody stands aside for it)
         room = c.max_batch if share >= 1 else share * c.max_batch
         fit = self.fit_all(req, view, state) if share >= 1 or view.running + view.waiting + req.n <= room else 0
-        # 2. rows with laxity stand aside while it steps: only those that cannot share its steps,
-        #    within the work already guaranteed (so no admitted request is forced out later)
-        if view.sharing is not None and view.sharing + req.n <= room:
+        # 2. only if that costs it tokens: rows with laxity stand aside while it steps, so count
+        #    just the rows that cannot, within the work already guaranteed to other deadlines
+        #    (so that no admitted request is forced out later)
+        if fit < want and view.sharing is not None and view.sharing + req.n <= room:
             excess = view.sharing + req.n - c.max_batch
             wait = b.latency.iteration_in_flight(view.running) if excess <= 0 else \
                 b.latency.step(c.max_batch) * state.mean_planned * min(1.0, excess / c.max_batch)
@@ -171,9 +174,9 @@ class Anytime(Policy):
                 aside = max(0, math.floor(promised))
             fit = max(fit, aside)
         # pressure: did load (not the deadline itself) take tokens from this request?
-        state.observe_pressure(float(fit < min(cap, idle_k or cap)), c.pressure_alpha)
-        k = min(cap, fit)  # past its guarantee (the knee under pressure) only spare steps
-        if min(k, self.guarantee_cap(req, state.pressure)) < floor:
+        state.observe_pressure(float(fit < idle_k), c.pressure_alpha)
+        k = min(want, fit)
+        if k < floor:
             return self.deadline_refusal(req, view, state, f"min_tokens={floor}", idle_k)
         return self.accept(state, k, idle_k)
 
@@ -188,8 +191,8 @@ class Anytime(Policy):
     def stop(self, r, caps, paused, short_of_slots):
         if r.tokens >= r.budget:
             return FinishReason.BUDGET
-        # past the knee it steps only on spare steps; standing aside there ends it once slots run short
-        if paused and short_of_slots and r.tokens >= max(caps[r.priority], r.min_tokens):
+        # the knee as it is now (pressure may have risen since admission): steps are scarce
+        if r.tokens >= max(caps[r.priority], r.min_tokens):
             return FinishReason.QUALITY
         return None
 
