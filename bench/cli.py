@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ("split-sweep", "the anytime policy in-process and split at the same offered loads"),
                        ("mixed", "interactive, bulk and streaming classes: schedulers side by side on the same arrivals"),
                        ("interactive", "30 interactive 150 ms requests beside two bulk n=64 streams, three rounds"),
+                       ("priority", "high-priority 150 ms requests beside a flood of low-priority ones that cannot shrink"),
                        ("oip", "frontend CPU per request: Open Inference Protocol (JSON, binary) vs /generate"),
                        ("peers", "the same model behind LitServe, Ray Serve and BentoML vs Anytime (extra `peers`)")):
         p = sub.add_parser(name, help=text)
@@ -62,7 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     inter = sub.choices["interactive"]
     inter.add_argument("--schedulers", default="anytime", help="comma-separated sweep entries to check")
     inter.add_argument("--repeats", type=int, default=1, help="servers started per scheduler")
-    for what in ("sweep", "mixed", "interactive"):
+    prio = sub.choices["priority"]
+    prio.add_argument("--schedulers", default="anytime", help="comma-separated sweep entries to compare")
+    prio.add_argument("--load", type=float, default=2.0, help="low-priority offered load, x capacity")
+    for what in ("sweep", "mixed", "interactive", "priority"):
         sub.choices[what].add_argument("--checkout", action="append", default=[], metavar="NAME=DIR",
                                        help="another checkout of this repository (with DIR/.venv) whose server "
                                             "an entry NAME:... runs (repeat)")
@@ -119,6 +123,13 @@ def main(argv: list[str] | None = None) -> int:
 
         run(flags, [float(x) for x in args.loads.split(",")], args.duration, args.deadlines, args.n_mix, args.out)
         print((args.out / "split-sweep.md").read_text())
+        return 0
+    if args.what == "priority":
+        from .checkouts import parse_checkouts
+        from .priority import run
+
+        run(flags, args.out, args.schedulers.split(","), args.load, args.duration, parse_checkouts(args.checkout))
+        print((args.out / "priority.md").read_text())
         return 0
     if args.what == "interactive":
         from .checkouts import parse_checkouts

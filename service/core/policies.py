@@ -28,6 +28,11 @@ FAIR_PRESSURE = 0.2  # above this pressure, one request may not ask for more tha
 # leaves headroom that only normal and high can take, so a flood of low work is refused at the
 # door while high-priority requests still find rows (and takes slack from running low work).
 PRIORITY_SHARE = {"high": 1.0, "normal": 1.0, "low": 0.75}
+# A request whose deadline holds this many full-length generations at a full batch is planned
+# for all the tokens its deadline allows, guaranteed the knee, and steps past the knee only on
+# spare steps (standing aside when others need them). A shorter one stops at the knee: its
+# extra steps would compete with arrivals due in the same window (a paired sweep showed it).
+LONG_GENERATIONS = 4
 
 
 class Policy:
@@ -175,10 +180,15 @@ class Anytime(Policy):
             fit = max(fit, aside)
         # pressure: did load (not the deadline itself) take tokens from this request?
         state.observe_pressure(float(fit < idle_k), c.pressure_alpha)
-        k = min(want, fit)
-        if k < floor:
+        k = min(cap, fit) if self.long(req) else min(want, fit)
+        if min(k, want) < floor:
             return self.deadline_refusal(req, view, state, f"min_tokens={floor}", idle_k)
         return self.accept(state, k, idle_k)
+
+    def long(self, r: Request) -> bool:
+        """Its deadline holds several full-length generations at a full batch: tokens past its
+        knee can wait for spare steps without taking any from requests due sooner."""
+        return r.deadline_s >= LONG_GENERATIONS * self.D * self.budget.full_step()
 
     def guarantee_cap(self, req: Request, pressure: float) -> int:
         return max(req.min_tokens, self.budget.quality_cap(pressure, req.priority))
@@ -192,7 +202,7 @@ class Anytime(Policy):
         if r.tokens >= r.budget:
             return FinishReason.BUDGET
         # the knee as it is now (pressure may have risen since admission): steps are scarce
-        if r.tokens >= max(caps[r.priority], r.min_tokens):
+        if r.tokens >= max(caps[r.priority], r.min_tokens) and (not self.long(r) or (paused and short_of_slots)):
             return FinishReason.QUALITY
         return None
 

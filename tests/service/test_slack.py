@@ -119,12 +119,12 @@ def test_admission_refuses_what_promised_work_would_force_out():
     assert later.ok and later.planned_tokens >= 40  # after the promised work there is room
 
 
-def test_under_pressure_a_request_stops_at_the_knee_and_is_guaranteed_no_more():
+def test_under_pressure_a_short_deadline_request_stops_at_the_knee():
     s = scheduler(max_batch=8, park_rows=4)
     s.pressure = 1.0
     knee = s.quality_cap()
     now = 100.0
-    bulk = request(10_000, now, n=4)
+    bulk = request(400, now, n=4)  # 400 ms hold fewer than 4 full-length generations (64 x 2 ms each)
     s.add(bulk)
     reasons = []
     for i in range(knee + 2):
@@ -133,6 +133,26 @@ def test_under_pressure_a_request_stops_at_the_knee_and_is_guaranteed_no_more():
         reasons += [why for _, why in step(s, now).finish]
         now += 0.002
     assert reasons == [FinishReason.QUALITY] and bulk.tokens == knee
+
+
+def test_past_the_knee_a_long_request_takes_only_spare_steps_and_ends_when_slots_run_short():
+    s = scheduler(max_batch=8, park_rows=4)
+    s.pressure = 1.0
+    knee = s.quality_cap()
+    now = 100.0
+    bulk = request(10_000, now, n=4)  # seconds to spare: every token the deadline allows is planned
+    s.add(bulk)
+    for _ in range(knee + 2):
+        step(s, now)
+        now += 0.002
+    assert bulk.status is Status.RUNNING and bulk.tokens == knee + 2  # nobody needs the steps: it goes on
+    assert s.policy.stepping.urgent_at(bulk, s.budget.full_step(), s.margin()) == float("inf")
+    tight = request(50, now, n=8, planned=10)
+    s.add(tight)
+    step(s, now)
+    assert bulk.status is Status.PAUSED and s.table.free_slots() == 0  # it stood aside; no slot is left
+    out = step(s, now)  # slots are short: the paused one ends at its knee
+    assert (bulk, FinishReason.QUALITY) in out.finish
 
 
 def test_a_request_larger_than_the_batch_is_refused_as_invalid():
