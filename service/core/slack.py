@@ -2,8 +2,8 @@
 
 A request's laxity is the time it can still stand aside and make its *target* by its deadline
 if, from then on, it steps every iteration of a full batch. The target is its budget, or under
-pressure the quality knee (Budget.quality_cap): tokens past the knee are taken only from spare
-steps, never forced. Requests whose laxity is down to a few steps are *urgent* (until they
+pressure the quality knee (Budget.quality_cap): tokens past the knee (planned only for requests
+with seconds to spare, policies.LONG_GENERATIONS) are taken only from spare steps, never forced. Requests whose laxity is down to a few steps are *urgent* (until they
 reach the target: no pause-resume flapping at the boundary) and always step.
 
 When every request fits the batch and the step every one of them can afford, everything steps:

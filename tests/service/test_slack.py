@@ -224,3 +224,29 @@ def test_pausing_does_not_change_a_sample(small_engine):
     assert bulk.finish_reason is FinishReason.BUDGET and bulk.tokens == alone.tokens == engine.spec.D
     assert [s.codes for s in bulk.sequences] == [s.codes for s in alone.sequences]
     np.testing.assert_array_equal(bulk.samples, alone.samples)
+
+
+def test_low_priority_leaves_rows_that_high_and_normal_can_take():
+    s = scheduler(max_batch=128)
+    now = 100.0
+
+    def ask(priority, deadline_ms, n=1, min_tokens=1):
+        r = request(deadline_ms, now, n=n)
+        r.priority, r.min_tokens = priority, min_tokens
+        return s.admit(r, now, running=100, waiting=0, ahead=0, sharing=100)
+
+    low = ask("low", 1000, n=4, min_tokens=48)  # 104 rows would pass low's 75% of the batch
+    assert not low.ok and low.reason == "deadline"
+    assert ask("normal", 1000, n=4, min_tokens=48).ok
+    assert ask("high", 150).ok
+
+
+def test_among_requests_with_laxity_high_priority_steps_first():
+    s = scheduler(max_batch=8)
+    now = 100.0
+    normal, high = request(10_000, now, n=8), request(20_000, now, n=8)
+    high.priority = "high"
+    for r in (normal, high):
+        s.add(r)
+    step(s, now)
+    assert high.status is Status.RUNNING and normal.status is Status.WAITING
