@@ -165,10 +165,10 @@ class Anytime(Policy):
         # 1. everything admitted steps beside it (nobody stands aside for it)
         room = c.max_batch if share >= 1 else share * c.max_batch
         fit = self.fit_all(req, view, state) if share >= 1 or view.running + view.waiting + req.n <= room else 0
-        # 2. only if that costs it tokens: rows with laxity stand aside while it steps, so count
-        #    just the rows that cannot, within the work already guaranteed to other deadlines
-        #    (so that no admitted request is forced out later)
-        if fit < want and view.sharing is not None and view.sharing + req.n <= room:
+        # 2. only if it would be refused that way: rows with laxity stand aside while it steps,
+        #    so count just the rows that cannot, within the work already guaranteed to other
+        #    deadlines (so that no admitted request is forced out later)
+        if fit < floor and view.sharing is not None and view.sharing + req.n <= room:
             excess = view.sharing + req.n - c.max_batch
             wait = b.latency.iteration_in_flight(view.running) if excess <= 0 else \
                 b.latency.step(c.max_batch) * state.mean_planned * min(1.0, excess / c.max_batch)

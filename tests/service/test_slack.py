@@ -95,12 +95,18 @@ def test_admission_plans_against_the_rows_that_will_share_the_steps():
     step(s, now)
     assert len(s.rows) == 128
     tight = request(150, now, n=1)
+    tight.min_tokens = 40  # more than fit if every bulk row stepped beside it
     sharing = s.load.rows_sharing(tight.deadline)
     assert sharing == 0  # none of the bulk rows is urgent before 150 ms from now
-    slack_k = s.admit(tight, now, running=128, waiting=0, ahead=0, sharing=sharing).planned_tokens
-    # were every row to step beside it (sharing unknown), far fewer tokens would fit
-    all_k = s.admit(request(150, now, n=1), now, running=128, waiting=0, ahead=0).planned_tokens
-    assert slack_k == D and all_k < D / 2
+    adm = s.admit(tight, now, running=128, waiting=0, ahead=0, sharing=sharing)
+    assert adm.ok and adm.planned_tokens == D
+    # were every row to step beside it (sharing unknown), it would be refused
+    again = request(150, now, n=1)
+    again.min_tokens = 40
+    assert not s.admit(again, now, running=128, waiting=0, ahead=0).ok
+    # a request that fits beside everything is planned so: nobody needs to stand aside for it
+    easy = s.admit(request(150, now, n=1), now, running=128, waiting=0, ahead=0, sharing=sharing)
+    assert 1 <= easy.planned_tokens < D / 2
 
 
 def test_admission_refuses_what_promised_work_would_force_out():
