@@ -99,6 +99,7 @@ def run(flags: list[str], out: Path, schedulers: list[str], checkouts: dict[str,
                                                 "expired_503", "pass")}), flush=True)
     (out / "interactive.json").write_text(json.dumps(res, indent=1))
     (out / "interactive.md").write_text(scrub(markdown(res), checkouts))
+    plot(res, out / "interactive.png")
     return res
 
 
@@ -123,4 +124,28 @@ def markdown(res: dict) -> str:
                      f"| {_fmt(v['worst_over_deadline_ms'], '{:+.1f}')} | {v['refused']} | {_fmt(v['slowest_503_ms'])} "
                      f"| {v['expired_503']:.0f} | {v['mean_tokens']:.1f} | {v['bulk_served']}/{len(v['bulk_tokens'])} "
                      f"| {sum(v['bulk_previews'])} | {'yes' if v['pass'] else 'no'} |")
-    return "\n".join(lines + [""])
+    return "\n".join(lines + ["", "![interactive](interactive.png)", ""])
+
+
+def plot(res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = res["runs"]
+    x = np.arange(len(runs))
+    labels = [f"{v['scheduler']} #{v['repeat'] + 1}" for v in runs]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    axes[0].bar(x, [v["served_share"] for v in runs])
+    axes[0].axhline(0.9, color="k", ls="--", lw=1)
+    axes[0].set(title="interactive requests served (target >= 90%)", ylim=(0, 1.05))
+    axes[1].bar(x, [v["slowest_503_ms"] or 0 for v in runs])
+    axes[1].axhline(10, color="k", ls="--", lw=1)
+    axes[1].set(title="slowest 503 at the client, ms (target <= 10)")
+    for ax in axes:
+        ax.set_xticks(x, labels, fontsize=8)
+        ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -109,6 +109,7 @@ def run(flags: list[str], out: Path, schedulers: list[str], load: float, duratio
         print(json.dumps(run_), flush=True)
     (out / "priority.json").write_text(json.dumps(res, indent=1))
     (out / "priority.md").write_text(scrub(markdown(res), checkouts))
+    plot(res, out / "priority.png")
     return res
 
 
@@ -130,4 +131,25 @@ def markdown(res: dict) -> str:
         lines.append(f"| {r['scheduler']} | {h['served_on_time']:.2%} of {h['requests']} | {h['refused']:.1%} | {h['late']} "
                      f"| {p99} | {lo['served_on_time']:.2%} of {lo['requests']} | {lo['refused']:.1%} | {lo['late']} "
                      f"| {lo['mean_tokens']:.1f} | `{json.dumps(r['refusals_by_priority'])}` |")
-    return "\n".join(lines + [""])
+    return "\n".join(lines + ["", "![priority](priority.png)", ""])
+
+
+def plot(res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["scheduler"] for r in res["runs"]]
+    x = np.arange(len(names))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, key, title in ((axes[0], "served_on_time", "served on time"), (axes[1], "refused", "refused")):
+        ax.bar(x - 0.2, [r["high"][key] for r in res["runs"]], 0.4, label="high (150 ms)")
+        ax.bar(x + 0.2, [r["low"][key] for r in res["runs"]], 0.4, label="low (min_tokens 3/4 D)")
+        ax.set_xticks(x, names, fontsize=8)
+        ax.set(title=title, ylim=(0, 1.05))
+        ax.grid(alpha=0.3, axis="y")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
