@@ -24,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
                        ("threads", "ONNX Runtime thread modes (spinning, count) under the same load"),
                        ("split", "in-process vs engine-core process + frontend workers: throughput ratios, overhead"),
                        ("split-sweep", "the anytime policy in-process and split at the same offered loads"),
-                       ("mixed", "interactive, bulk and streaming classes: today's scheduler vs the slack-aware one"),
+                       ("mixed", "interactive, bulk and streaming classes: schedulers side by side on the same arrivals"),
+                       ("interactive", "30 interactive 150 ms requests beside two bulk n=64 streams, three rounds"),
+                       ("priority", "high-priority 150 ms requests beside a flood of low-priority ones that cannot shrink"),
                        ("oip", "frontend CPU per request: Open Inference Protocol (JSON, binary) vs /generate"),
                        ("peers", "the same model behind LitServe, Ray Serve and BentoML vs Anytime (extra `peers`)")):
         p = sub.add_parser(name, help=text)
@@ -72,8 +74,21 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--loads", default="0.25,0.5,1,2,4")
     sub.choices["split-sweep"].add_argument("--loads", default="0.25,0.5,1,2,4")
     sub.choices["mixed"].add_argument("--loads", default="1,2")
+    sub.choices["mixed"].add_argument("--schedulers", default="anytime",
+                                      help="comma-separated sweep entries ([CHECKOUT:]policy[+switch...]) to compare")
     sweep.add_argument("--policies", default="anytime,fixed,drop,static",
-                       help="comma-separated; a policy may carry serve switches after + (anytime+no-slack)")
+                       help="comma-separated; a policy may carry serve switches after + (anytime+no-slack) and "
+                            "name another checkout before : (base:anytime+no-slack, with --checkout base=DIR)")
+    inter = sub.choices["interactive"]
+    inter.add_argument("--schedulers", default="anytime", help="comma-separated sweep entries to check")
+    inter.add_argument("--repeats", type=int, default=1, help="servers started per scheduler")
+    prio = sub.choices["priority"]
+    prio.add_argument("--schedulers", default="anytime", help="comma-separated sweep entries to compare")
+    prio.add_argument("--load", type=float, default=2.0, help="low-priority offered load, x capacity")
+    for what in ("sweep", "mixed", "interactive", "priority"):
+        sub.choices[what].add_argument("--checkout", action="append", default=[], metavar="NAME=DIR",
+                                       help="another checkout of this repository (with DIR/.venv) whose server "
+                                            "an entry NAME:... runs (repeat)")
     return ap
 
 
@@ -140,10 +155,26 @@ def main(argv: list[str] | None = None) -> int:
         run(flags, [float(x) for x in args.loads.split(",")], args.duration, args.deadlines, args.n_mix, args.out)
         print((args.out / "split-sweep.md").read_text())
         return 0
+    if args.what == "priority":
+        from .checkouts import parse_checkouts
+        from .priority import run
+
+        run(flags, args.out, args.schedulers.split(","), args.load, args.duration, parse_checkouts(args.checkout))
+        print((args.out / "priority.md").read_text())
+        return 0
+    if args.what == "interactive":
+        from .checkouts import parse_checkouts
+        from .interactive import run
+
+        run(flags, args.out, args.schedulers.split(","), parse_checkouts(args.checkout), args.repeats)
+        print((args.out / "interactive.md").read_text())
+        return 0
     if args.what == "mixed":
+        from .checkouts import parse_checkouts
         from .mixed import run
 
-        run(flags, [float(x) for x in args.loads.split(",")], args.duration, args.out)
+        run(flags, [float(x) for x in args.loads.split(",")], args.duration, args.out,
+            schedulers=args.schedulers.split(","), checkouts=parse_checkouts(args.checkout))
         print((args.out / "mixed.md").read_text())
         return 0
     if args.what == "split":
@@ -194,8 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "sweep":
         from .policy_sweep import run
 
+        from .checkouts import parse_checkouts
+
         run(flags, [float(x) for x in args.loads.split(",")], args.policies.split(","), args.duration,
-            args.deadlines, args.n_mix, args.out)
+            args.deadlines, args.n_mix, args.out, checkouts=parse_checkouts(args.checkout))
         print((args.out / "sweep.md").read_text())
         return 0
     import asyncio

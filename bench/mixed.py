@@ -1,6 +1,7 @@
 """Mixed workloads (issue #10): interactive n=1 requests with tight deadlines beside bulk
 requests with slack and streaming requests with frequent previews, all Poisson, against the
-same engine with today's scheduler (`--no-slack`) and the slack-aware one, at each load.
+same engine with each scheduler (`--schedulers`: sweep entries, maybe of other checkouts,
+bench/checkouts.py) on the same arrivals, at each load.
 
 Load is a multiple of the server's full-length capacity (samples/s, policy `fixed`), shared
 between the classes by CLASS_SHARES of the samples offered."""
@@ -16,14 +17,15 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 
+from .checkouts import Checkout, scrub, split_entry, this_commit
 from .load_bench import measure_capacity
 from .loadgen import Record, _error_message, _session
 from .machine import header
+from .policy_sweep import policy_flags
 from .server_proc import serve
 from .summary import summarize
 from .tables import cell, runs_table
 
-SCHEDULERS = (("today", ["--no-slack"]), ("slack-aware", ["--slack"]))
 
 
 @dataclass(frozen=True)
@@ -134,16 +136,22 @@ def class_summary(records: list[MixedRecord], duration: float) -> dict:
                 "mean_previews": float(np.mean([r.previews for r in ok])) if ok else 0.0}
 
 
-def run(flags: list[str], loads: list[float], duration: float, out: Path, seed: int = 0) -> dict:
+def run(flags: list[str], loads: list[float], duration: float, out: Path, seed: int = 0,
+        schedulers: list[str] = ("anytime",), checkouts: dict[str, Checkout] | None = None) -> dict:
+    checkouts = checkouts or {}
     out.mkdir(parents=True, exist_ok=True)
     with serve(*flags, "--policy", "fixed", log_path=out / "server-capacity.log") as url:
         capacity = asyncio.run(measure_capacity(url, "1"))
-    res = {"capacity_samples_per_s": capacity, "flags": flags, "duration_s": duration, "runs": [],
-           "classes": [c.__dict__ for c in CLASSES]}
+    res = {"capacity_samples_per_s": capacity, "flags": scrub(" ".join(flags), checkouts).split(),
+           "duration_s": duration, "runs": [], "classes": [c.__dict__ for c in CLASSES], "schedulers": list(schedulers),
+           "commit": this_commit(), "checkouts": {c.name: c.commit for c in checkouts.values()}}
     for load in loads:
         plan = arrivals(load, capacity, duration, seed)
-        for name, sched_flags in SCHEDULERS:
-            with serve(*flags, *sched_flags, log_path=out / f"server-{name}-{load}.log") as url:
+        for name in schedulers:
+            where, entry = split_entry(name)
+            exe = checkouts[where].executable if where is not None else None
+            with serve(*flags, *policy_flags(entry), log_path=out / f"server-{name.replace(':', '-')}-{load}.log",
+                       executable=exe) as url:
                 records = asyncio.run(run_mixed(url, plan))
             for c in CLASSES:
                 s = class_summary([r for r in records if r.cls == c.name], duration)
@@ -151,7 +159,7 @@ def run(flags: list[str], loads: list[float], duration: float, out: Path, seed: 
                 print(f"{load}x {name:12s} {c.name:12s} " + ", ".join(
                     f"{label} {cell(s[k], fmt)}" for k, label, fmt in COLUMNS), flush=True)
     (out / "mixed.json").write_text(json.dumps(res, indent=1))
-    (out / "mixed.md").write_text(_markdown(res))
+    (out / "mixed.md").write_text(scrub(_markdown(res), checkouts))
     _plot(res, out / "mixed.png")
     return res
 
@@ -168,11 +176,13 @@ def _markdown(res: dict) -> str:
                         f"{c['deadline_ms'][1]:.0f} ms ({'log-uniform' if c['log_deadline'] else 'uniform'})"
                         f"{', streamed with a preview every token' if c['stream'] else ''}, "
                         f"{c['share']:.0%} of the samples" for c in res["classes"])
-    lines = [header("Mixed workloads: today's scheduler against the slack-aware one"),
+    named = "".join(f" `{n}:` = a checkout of commit {c}." for n, c in res.get("checkouts", {}).items())
+    lines = [header("Mixed workloads: schedulers side by side"),
              f"Full-length capacity (policy `fixed`, closed loop, n=1): **{res['capacity_samples_per_s']:.1f} "
              f"samples/s**. Poisson arrivals for {res['duration_s']:.0f} s per cell; the same arrivals for both "
              f"schedulers at each load, one server at a time. Classes: {classes}. Server flags: "
-             f"`{' '.join(res['flags']) or '(defaults)'}` + `--no-slack` (today) or `--slack`.", "",
+             f"`{' '.join(res['flags']) or '(defaults)'}`; schedulers (sweep entries) "
+             f"{', '.join(f'`{x}`' for x in res['schedulers'])}, this commit {res.get('commit', '?')}.{named}", "",
              *runs_table(res["runs"], [("scheduler", "scheduler"), ("class", "class")], COLUMNS)]
     lines += ["", "On time (admitted): answers the server itself reported within their deadline, over answers. "
               "Refusal latency: client-observed, from sending to the 503. Quality-goodput: summed quality estimate "
@@ -191,11 +201,11 @@ def _plot(res: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(metrics), figsize=(13, 3.8))
     names = [c["name"] for c in res["classes"]]
     loads = sorted({s["load"] for s in res["runs"]})
-    width = 0.8 / (len(loads) * len(SCHEDULERS))
+    width = 0.8 / (len(loads) * len(res["schedulers"]))
     for ax, (key, title) in zip(axes, metrics):
         i = 0
         for load in loads:
-            for sched, _ in SCHEDULERS:
+            for sched in res["schedulers"]:
                 vals = [next(s[key] for s in res["runs"] if s["load"] == load and s["scheduler"] == sched
                              and s["class"] == c) for c in names]
                 ax.bar(np.arange(len(names)) + i * width, vals, width, label=f"{sched} {load}x")

@@ -6,6 +6,7 @@ import asyncio
 import json
 from pathlib import Path
 
+from .checkouts import Checkout, scrub, split_entry, this_commit
 from .load_bench import measure_capacity
 from .loadgen import parse_mix, run_load
 from .machine import header
@@ -20,18 +21,28 @@ COLUMNS = [("attainment_all", "met (all)", "{:.2%}"), ("attainment_admitted", "m
 
 
 def run(server_flags: list[str], loads: list[float], policies: list[str], duration: float, deadlines: str,
-        n_mix: str, out: Path, seed: int = 0) -> dict:
+        n_mix: str, out: Path, seed: int = 0, checkouts: dict[str, Checkout] | None = None) -> dict:
+    """Each entry of `policies` is `[CHECKOUT:]policy[+switch...]` (see bench/checkouts.py)."""
+    checkouts = checkouts or {}
+    for entry in policies:
+        name, _ = split_entry(entry)
+        if name is not None and name not in checkouts:
+            raise ValueError(f"sweep entry {entry!r} names no --checkout {name}")
     out.mkdir(parents=True, exist_ok=True)
     with serve(*server_flags, "--policy", "fixed", log_path=out / "server-capacity.log") as url:
         capacity = asyncio.run(measure_capacity(url, n_mix))
     values, weights = parse_mix(n_mix)
     mean_n = sum(v * w for v, w in zip(values, weights)) / sum(weights)
-    results = {"capacity_samples_per_s": capacity, "server_flags": server_flags, "duration_s": duration,
-               "deadlines": deadlines, "n_mix": n_mix, "runs": []}
+    results = {"capacity_samples_per_s": capacity, "server_flags": scrub(" ".join(server_flags), checkouts).split(),
+               "duration_s": duration, "deadlines": deadlines, "n_mix": n_mix, "runs": [], "commit": this_commit(),
+               "checkouts": {c.name: c.commit for c in checkouts.values()}}
     for load in loads:
         rate = load * capacity / mean_n
         for policy in policies:
-            with serve(*server_flags, *policy_flags(policy), log_path=out / f"server-{policy}-{load}.log") as url:
+            name, entry = split_entry(policy)
+            exe = checkouts[name].executable if name is not None else None
+            with serve(*server_flags, *policy_flags(entry), log_path=out / f"server-{policy.replace(':', '-')}-{load}.log",
+                       executable=exe) as url:
                 records = asyncio.run(run_load(url, rate, duration, deadlines, n_mix, seed=seed))
             s = summarize(records, duration)
             s.update({"policy": policy, "load": load, "rate": rate})
@@ -39,8 +50,16 @@ def run(server_flags: list[str], loads: list[float], policies: list[str], durati
             print(f"load {load}x policy {policy}: " + ", ".join(f"{label} {fmt.format(s[k])}" for k, label, fmt in COLUMNS))
     (out / "sweep.json").write_text(json.dumps(results, indent=1))
     plot(results, out / "sweep.png")
-    (out / "sweep.md").write_text(markdown(results))
+    (out / "sweep.md").write_text(scrub(markdown(results), checkouts))
     return results
+
+
+def checkouts_note(res: dict) -> list[str]:
+    if not res.get("checkouts"):
+        return []
+    named = ", ".join(f"`{name}:` = a checkout of commit {commit}" for name, commit in res["checkouts"].items())
+    return [f"Servers of this commit ({res.get('commit', '?')}) and of other checkouts in one run on the same "
+            f"arrivals: {named} (each its own `anytime serve`).", ""]
 
 
 def policy_flags(policy: str) -> list[str]:
@@ -57,16 +76,19 @@ def markdown(res: dict) -> str:
              f"**{res['capacity_samples_per_s']:.1f} samples/s** at k = D. Offered load = multiple of that capacity, "
              f"Poisson arrivals for {res['duration_s']:.0f} s per cell, deadlines `{res['deadlines']}` ms, "
              f"samples per request `{res['n_mix']}`. Server flags: `{' '.join(res['server_flags'])}`.", "",
+             *checkouts_note(res), 
              "quality-goodput = sum over samples answered on time of their quality estimate, per second.", "",
              *runs_table(res["runs"], [("policy", "policy")], COLUMNS)]
-    lines += ["", "## Quality-goodput of `anytime` relative to the others", "", "| load | vs fixed | vs drop | vs static |",
-              "|---|---|---|---|"]
+    entries = list(dict.fromkeys(s["policy"] for s in res["runs"]))
+    first, others = entries[0], entries[1:]
+    lines += ["", f"## Quality-goodput of `{first}` relative to the others", "",
+              "| load | " + " | ".join(f"vs {p}" for p in others) + " |", "|---|" + "---|" * len(others)]
     for load in sorted({s["load"] for s in res["runs"]}):
         cell = {s["policy"]: s["quality_goodput"] for s in res["runs"] if s["load"] == load}
-        if "anytime" not in cell:
+        if first not in cell:
             continue
-        ratio = lambda p: f"{cell['anytime'] / cell[p]:.2f}x" if cell.get(p) else ("inf" if p in cell else "-")  # noqa: E731
-        lines.append(f"| {load}x | {ratio('fixed')} | {ratio('drop')} | {ratio('static')} |")
+        ratio = lambda p: f"{cell[first] / cell[p]:.2f}x" if cell.get(p) else ("inf" if p in cell else "-")  # noqa: E731
+        lines.append(f"| {load}x | " + " | ".join(ratio(p) for p in others) + " |")
     lines += ["", "![sweep](sweep.png)", ""]
     return "\n".join(lines)
 

@@ -40,13 +40,17 @@ def wait_ready(proc: subprocess.Popen, base: str, timeout: float, log_path: Path
 
 
 @contextmanager
-def serve(*flags: str, log_path: Path | None = None, env: dict | None = None):
+def serve(*flags: str, log_path: Path | None = None, env: dict | None = None, executable: str | None = None):
     """Yields the base URL of a ready server started with `anytime serve FLAGS` (its process
-    id is available as `serve.last_pid` for memory sampling)."""
+    id is available as `serve.last_pid` for memory sampling). `executable`: another
+    checkout's `anytime` script (default: this checkout's code), run in that checkout (its
+    supervisor starts the engine core and workers with `python -m`, which imports from there)."""
     port = free_port()
     log = open(log_path, "wb") if log_path else subprocess.DEVNULL
-    proc = subprocess.Popen([sys.executable, "-m", "anytime_cli", "serve", "--port", str(port), *flags],
-                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    command = [executable] if executable else [sys.executable, "-m", "anytime_cli"]
+    cwd = Path(executable).resolve().parents[2] if executable else ROOT
+    proc = subprocess.Popen([*command, "serve", "--port", str(port), *flags],
+                            cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     base = f"http://127.0.0.1:{port}"
     serve.last_pid = proc.pid
     try:

@@ -20,6 +20,10 @@ class Refusal(str, enum.Enum):
     UNKNOWN_MODEL = "unknown_model"
     ERROR = "error"  # the engine core failed to take the request
 
+    # str() and format() give the value (a metric label, a log field), not "Refusal.DEADLINE"
+    __str__ = str.__str__
+    __format__ = str.__format__
+
     @property
     def status(self) -> int:
         """The HTTP status a refusal for this reason answers with."""

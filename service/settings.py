@@ -59,8 +59,8 @@ class Settings(BaseSettings):
                          "0 runs the engine core inside the one HTTP process (default: cores - 1, at least 1)")
     policy: Policy = "anytime"
     max_batch: int = Field(128, ge=1, le=4096, description="sequences stepped together per model")
-    max_queue: int = Field(4096, ge=0, description="sequences admitted and waiting for a batch row (with slack "
-                           "scheduling, bulk work with seconds to spare waits here by design)")
+    max_queue: int = Field(4096, ge=0, description="sequences admitted and waiting for a batch row (bulk work "
+                           "with seconds to spare may wait here while tighter requests step)")
     max_inflight: int = Field(4096, ge=1, description="HTTP requests in flight; beyond: 503 at once")
     shed_lag_ms: float = Field(10.0, ge=0, description="a worker whose event loop runs this far behind answers "
                                "new generation requests 503 overloaded before parsing them (0: off)")
@@ -68,16 +68,11 @@ class Settings(BaseSettings):
     respond_margin_ms: float = Field(6.0, ge=0, description="time kept for encoding and responding")
     safety: float = Field(1.25, ge=1.0, description="multiplies predicted costs in deadline decisions")
     quality_price: float = Field(1.0, ge=0, description="how hard steps are rationed by the quality curve under load")
-    # off by default: on short-deadline traffic alone it refuses more and gives less quality-goodput
-    # (bench/results/slack-sweep); it pays off when bulk work with seconds of slack shares the engine
-    # with interactive requests (bench/results/mixed)
-    slack: bool = Field(False, description="slack-aware scheduling (policy anytime): requests with slack pause, "
-                        "keeping their KV cache, while tighter ones step; previews are best effort")
-    park_rows: int = Field(128, ge=0, le=4096, description="KV-cache slots beyond max_batch for paused rows (slack)")
-    preview_interval_ms: float = Field(50.0, ge=0, description="least time between two previews of one stream (slack)")
-    preview_share: float = Field(0.25, gt=0, le=1, description="most of the engine's time spent on previews (slack)")
+    park_rows: int = Field(128, ge=0, le=4096, description="KV-cache slots beyond max_batch for rows that stand aside (policy anytime)")
+    preview_interval_ms: float = Field(50.0, ge=0, description="least time between two previews of one stream (policy anytime)")
+    preview_share: float = Field(0.25, gt=0, le=1, description="most of the engine's time spent on previews (policy anytime)")
     fair_share: float = Field(0.5, gt=0, le=1, description="under load, the largest share of max_batch one "
-                              "request may ask for (slack; larger ones get 503 fair_share)")
+                              "request may ask for (policy anytime; larger ones get 503 fair_share)")
     verify_checksums: bool = True
     drain_timeout_s: float = Field(65.0, description="longest wait for in-flight work on SIGTERM")
     log_level: str = "info"

@@ -8,12 +8,14 @@ import math
 import time
 from dataclasses import dataclass
 
+from ..refusals import Refusal
+
 
 @dataclass
 class Admission:
     ok: bool
     planned_tokens: int = 0
-    reason: str = ""  # for rejections: deadline | queue_full | fair_share | too_large (422)
+    reason: Refusal | str = ""  # a Refusal for rejections ("" when admitted)
     message: str = ""
     retry_after_s: float = 0.0
     # tokens per sample an idle replica would have planned (0: the deadline itself leaves too
@@ -26,21 +28,24 @@ class LoadSnapshot:
     """The batch as the last plan left it, for admission on another thread."""
 
     running_rows: int = 0
-    deadlines: tuple[float, ...] = ()  # running and waiting requests, earliest first
+    deadlines: tuple[float, ...] = ()  # running, paused and waiting requests, earliest first
     rows_before: tuple[int, ...] = (0,)  # rows_before[i]: rows of the requests before deadlines[i]
-    urgent_at: tuple[float, ...] = ()  # slack: when each live request turns urgent, earliest first
+    urgent_at: tuple[float, ...] = ()  # when each live request turns urgent (cannot stand aside), earliest first
     urgent_rows_before: tuple[int, ...] = (0,)
-    # slack: the work promised before each deadline, in row-steps (a row's step at a full batch)
+    # the work guaranteed before each deadline, in row-steps (a row's step at a full batch)
     row_step_s: float = 0.0  # seconds per row-step at a full batch
     demand_before: tuple[int, ...] = (0,)  # demand_before[i]: row-steps due by deadlines[i] (exclusive)
     spare_after: tuple[float, ...] = (math.inf,)  # min over j >= i of deadlines[j] / row_step_s - demand through j
 
-    def promised_steps(self, n: int, deadline: float, now: float, pending: int = 0) -> float:
-        """Slack: the most steps a request of n rows due at `deadline` can be promised without
-        the work already promised missing a deadline (earlier ones, or later ones it would push
-        out), at a full batch's throughput; `pending`: row-steps admitted but not yet published."""
+    def promised_steps(self, n: int, deadline: float, now: float, pending: int = 0, share: float = 1.0) -> float:
+        """The most steps a request of n rows due at `deadline` can be guaranteed without the
+        work already guaranteed missing a deadline (earlier ones, or later ones it would push
+        out), at a full batch's throughput (`share` of it); `pending`: row-steps admitted but
+        not yet published."""
+        if self.row_step_s <= 0:
+            return math.inf
         i = bisect.bisect_left(self.deadlines, deadline)
-        here = (deadline - now) / self.row_step_s - self.demand_before[i] - pending
+        here = share * (deadline - now) / self.row_step_s - self.demand_before[i] - pending
         later = self.spare_after[i] - now / self.row_step_s - pending
         return min(here, later) / n
 
@@ -48,7 +53,8 @@ class LoadSnapshot:
         return self.rows_before[bisect.bisect_left(self.deadlines, deadline)]
 
     def rows_sharing(self, deadline: float) -> int:
-        """Slack: rows that step beside a request due at `deadline` (urgent before it)."""
+        """Rows that step beside a request due at `deadline`: those that turn urgent before it
+        (the others have the laxity to stand aside while it steps)."""
         return self.urgent_rows_before[bisect.bisect_left(self.urgent_at, deadline)]
 
 
@@ -75,3 +81,23 @@ class AdmissionState:
     def observe_pressure(self, lost: float, alpha: float) -> None:
         p = self.pressure
         self.pressure = p + alpha * (lost - p)
+
+    def observe_planned(self, k: int) -> None:
+        self.mean_planned += 0.05 * (k - self.mean_planned)
+
+
+@dataclass(frozen=True)
+class AdmitView:
+    """One admission's view of the load: what it reads, gathered by the Admitter."""
+
+    now: float
+    running: int  # rows stepping at the last plan
+    waiting: int  # rows admitted and not yet started (the engine's inbox included)
+    ahead: int | None = None  # rows with an earlier deadline (decoded before it), if known
+    sharing: int | None = None  # rows that cannot stand aside before its deadline (None: all share)
+    pending_steps: int = 0  # row-steps guaranteed to admissions the engine has not published yet
+    load: LoadSnapshot = LoadSnapshot()
+
+
+def refuse(reason: Refusal, message: str, retry_after_s: float = 0.0, idle_tokens: int = 0) -> Admission:
+    return Admission(False, reason=reason, message=message, retry_after_s=retry_after_s, idle_tokens=idle_tokens)

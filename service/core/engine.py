@@ -1,7 +1,7 @@
 """The engine: one thread per model that executes what its scheduler plans.
 
 Each iteration reads like the lifecycle: take new requests, schedule (the scheduler finishes,
-expires and starts requests and moves rows), decode the finished, execute one batched prior
+starts, pauses and resumes requests and moves rows), decode the finished, execute one batched prior
 step over every running sequence, update the scheduler with the sampled tokens. Request state
 belongs to the scheduler; the runtime (KV cache, graphs) to this thread. Others only admit
 requests and put commands in the inbox; results leave once per decode (usually once per
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import collections
 import queue
 import sys
 import threading
@@ -72,10 +71,6 @@ class Engine(EngineOutputs):
         self.on_outputs = None
         self._finished: list[Request] = []
         self._previews: list[tuple[Request, int, np.ndarray]] = []
-        # Admission's own bookkeeping (the admitting thread's): rows admitted in all, and the
-        # admitted requests the engine may not have taken from the inbox yet (id, deadline, n).
-        self._admitted_rows = 0
-        self._pending: collections.deque[tuple[int, float, int, int]] = collections.deque()  # + planned k
 
     # ---- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -145,7 +140,7 @@ class Engine(EngineOutputs):
 
     @property
     def queued_sequences(self) -> int:
-        return self._admitted_rows - self.scheduler.dequeued_rows if self.scheduler else 0
+        return self.scheduler.queued_rows() if self.scheduler else 0
 
     # ---- admission (the admitting thread) --------------------------------------------------
     def new_request(self, *, n: int, seed: int, label: int | None, deadline_s: float, arrival: float,
@@ -178,24 +173,11 @@ class Engine(EngineOutputs):
         return self.spec.start_token_base + label
 
     def admit(self, req: Request) -> Admission:
-        """Plan a budget (or reject) from the load the engine last published, then hand the
-        request to the engine thread, which takes it before its next iteration."""
-        load, taken = self.scheduler.load, self.scheduler.taken_id
-        pending = self._pending
-        while pending and pending[0][0] <= taken:
-            pending.popleft()
-        # rows decoded before it when they finish together: those with earlier deadlines
-        pending_ahead = sum(n for _, d, n, _ in pending if d < req.deadline)
-        ahead = load.rows_ahead_of(req.deadline) + pending_ahead
-        # slack scheduling: rows that will step beside it (not yet taken ones count if due earlier)
-        sharing = load.rows_sharing(req.deadline) + pending_ahead if self.config.slack_aware else None
-        pending_steps = sum(n * k for _, d, n, k in pending if d < req.deadline) if sharing is not None else 0
-        adm = self.scheduler.admit(req, time.monotonic(), load.running_rows, self.queued_sequences, ahead, sharing,
-                                   pending_steps)
+        """Plan a budget (or refuse) from the load the engine last published (the scheduler's
+        Admitter), then hand the request to the engine thread, which takes it before its next
+        iteration."""
+        adm = self.scheduler.admit_request(req)
         if adm.ok:
-            req.planned_tokens, req.idle_tokens = adm.planned_tokens, adm.idle_tokens
-            self._admitted_rows += req.n
-            pending.append((req.id, req.deadline, req.n, adm.planned_tokens))
             self.inbox.put(req)  # from here on the request belongs to the engine thread
             self._wake.set()
         return adm
@@ -247,14 +229,14 @@ class Engine(EngineOutputs):
             self.latency.observe_iteration(time.perf_counter() - started, 0)
             return
         out = self.scheduler.schedule(now)
-        self._move_rows(out.moves)
+        copy_s = self._move_rows(out.moves)
         for r in out.answered:
             self._done(r)
         decode_s = self._decode(out) if out.finish or out.previews else 0.0
         self._flush_outputs()
-        self._quiet = dataclasses.replace(out.plan, start=[], finish=[], expire=[])  # holds no requests
+        self._quiet = dataclasses.replace(out.plan, start=[], budgets={}, finish=[], pause=[], resume=[])  # holds no requests
         if self.scheduler.rows:
-            self._step_and_learn(started, decode_s)
+            self._step_and_learn(started, decode_s + copy_s)
         self.latency.observe_iteration(time.perf_counter() - started,
                                        sum(r.n for r, _ in out.finish) + sum(r.n for r in out.previews))
 
@@ -276,19 +258,26 @@ class Engine(EngineOutputs):
         self.latency.jitter.observe(max(0.0, took - predicted))
         self.latency.step.observe(B, took)
 
-    def _move_rows(self, moves: list[tuple[int, int]]) -> None:
+    def _move_rows(self, moves: list[tuple[int, int]]) -> float:
+        """KV-cache row copies; the latency model learns their cost (the planner counts the
+        copies of pauses and resumes in the deadline guard). Returns the seconds they took."""
+        if not moves:
+            return 0.0
+        t = time.perf_counter()
         for src, dst in moves:
             self.runtime.move_row(src, dst)
+        dt = time.perf_counter() - t
+        self.latency.copy.observe(len(moves), dt)
+        return dt
 
     def _step(self) -> None:
         rows = self.scheduler.rows
         B = len(rows)
-        if self.scheduler.rows_changed:
+        if self.scheduler.take_rows_changed():
             self._tokens = np.array([s.codes[-1] if s.codes else s.start_token for s in rows],
                                     dtype=np.int64)
             self._positions = np.array([s.position for s in rows], dtype=np.int64)
             self._sampling = self._sampling_batch()
-            self.scheduler.rows_changed = False
         t = time.perf_counter()
         try:
             if self.fault_hook is not None:

@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 
 from .. import ipc
+from ..refusals import Refusal
 from ..settings import Settings
 from .engine import Engine
 from .metrics import Metrics
@@ -90,7 +91,7 @@ class EngineCore:
         `frontend` and msg.id."""
         engine = self.engines.get(msg.model)
         if engine is None:
-            return ipc.Admitted(msg.id, False, reason="unknown_model", message=f"unknown model {msg.model!r}")
+            return ipc.Admitted(msg.id, False, reason=Refusal.UNKNOWN_MODEL, message=f"unknown model {msg.model!r}")
         req = engine.new_request(n=msg.n, seed=msg.seed, label=msg.label, deadline_s=msg.deadline_s,
                                  arrival=msg.arrival, min_tokens=msg.min_tokens, max_tokens=msg.max_tokens,
                                  sampling=SamplingParams(msg.temperature, msg.top_k, msg.top_p),
@@ -148,12 +149,12 @@ class EngineCore:
             return
         if r.finish_reason is FinishReason.ERROR:
             if r.error_status == 503:
-                self.metrics.rejected(r.model, "expired", r.priority)
+                self.metrics.rejected(r.model, Refusal.EXPIRED, r.priority)
             else:
                 self.metrics.outcome(r.model, "error", r.n, "error")
                 return
         if lost := _load_lost(r):
-            self.metrics.admission(r.model, r.n, 0, lost, "expired" if r.error_status == 503 else "")
+            self.metrics.admission(r.model, r.n, 0, lost, Refusal.EXPIRED if r.error_status == 503 else "")
 
     def answered(self, msg: ipc.Answered) -> None:
         """A frontend answered a request: count it, and learn how long responding took."""

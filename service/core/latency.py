@@ -124,9 +124,12 @@ class RecentMax:
 
 
 class LatencyModel:
-    def __init__(self, step_profile: dict[int, float], decode_profile: dict[int, float], alpha: float = 0.2):
+    def __init__(self, step_profile: dict[int, float], decode_profile: dict[int, float], alpha: float = 0.2,
+                 copy_row_s: float = 2e-6):
         self.step = CostCurve(step_profile, alpha)
         self.decode = CostCurve(decode_profile, alpha)
+        # KV-cache row copies (pausing and resuming rows) vs the rows copied: linear in the rows
+        self.copy = CostCurve({1: copy_row_s, 64: 64 * copy_row_s}, alpha)
         # (time, seconds, decode rows) of the last iterations; entries older than RECENT_S are
         # ignored so that an idle server forgets a past burst
         self._recent: collections.deque[tuple[float, float, int]] = collections.deque(maxlen=8)
@@ -142,7 +145,7 @@ class LatencyModel:
 
     def reset_online(self) -> None:
         """Back to the start-up profile (after warm-up traffic)."""
-        for curve in (self.step, self.decode):
+        for curve in (self.step, self.decode, self.copy):
             curve._factor = curve._last = 1.0
         self._recent.clear()
         self.respond.clear()

@@ -49,8 +49,11 @@ class Metrics:
         self.queue = Gauge("anytime_queue_depth", "Sequences admitted and waiting for a batch row", ["model"],
                            registry=r)
         self.active = Gauge("anytime_active_sequences", "Sequences in the running batch", ["model"], registry=r)
-        self.paused = Gauge("anytime_paused_sequences", "Sequences with slack standing aside, their KV cache kept "
-                            "(slack scheduling)", ["model"], registry=r)
+        self.paused = Gauge("anytime_paused_sequences", "Sequences with slack standing aside while others need "
+                            "the time, their KV cache kept", ["model"], registry=r)
+        self.short_starts = Gauge("anytime_short_starts", "Admitted requests that started with fewer than "
+                                  "min_tokens (the last resort instead of a 503 after admission; stays 0)",
+                                  ["model"], registry=r)
         self.previews_skipped = Counter("anytime_previews_skipped", "Stream previews due every preview_every "
                                         "tokens that were never decoded (best effort under load)", ["model"],
                                         registry=r)
@@ -91,6 +94,7 @@ class Metrics:
         self.queue.labels(name).set_function(lambda: engine.queued_sequences)
         self.active.labels(name).set_function(lambda: engine.active_sequences)
         self.paused.labels(name).set_function(lambda: engine.paused_sequences)
+        self.short_starts.labels(name).set_function(lambda: engine.scheduler.short_starts if engine.scheduler else 0)
         self.previews_skipped.labels(name)  # exported from the start, at 0
         self.load_factor.labels(name, "step").set_function(lambda: engine.latency.step.factor if engine.latency else 1)
         self.load_factor.labels(name, "decode").set_function(

@@ -18,6 +18,7 @@ import threading
 import zmq
 
 from .. import ipc
+from ..refusals import Refusal
 from ..logs import configure
 from ..settings import Settings, die_with_parent
 from .engine_core import EngineCore
@@ -92,13 +93,13 @@ class CoreServer:
 
     def _admit(self, frontend: bytes, msg: ipc.AddRequest) -> None:
         if self.draining:
-            adm = ipc.Admitted(msg.id, False, reason="draining", message="server is draining", retry_after_s=1)
+            adm = ipc.Admitted(msg.id, False, reason=Refusal.DRAINING, message="server is draining", retry_after_s=1)
         else:
             try:
                 adm = self.core.add(msg, frontend)
             except Exception:  # this request's failure only (say, rows the engine cannot build)
                 log.exception("engine core: admission failed", extra={"request_id": msg.request_id})
-                adm = ipc.Admitted(msg.id, False, reason="error", message="the engine core could not take the request")
+                adm = ipc.Admitted(msg.id, False, reason=Refusal.ERROR, message="the engine core could not take the request")
         admitted = self._admitted.get(frontend)
         if admitted is None:
             admitted = self._admitted[frontend] = []

@@ -1,4 +1,4 @@
-"""The start-up profile: step (with sampling) and decode cost vs batch size of one runtime,
+"""The start-up profile: step (with sampling), decode and row-copy cost vs batch size of one runtime,
 from which the latency model starts."""
 from __future__ import annotations
 
@@ -29,4 +29,5 @@ def profile_runtime(runtime: Runtime, spec: ModelSpec, sizes: list[int]) -> Late
         codes = np.zeros((b, D), dtype=np.int64)
         lengths = np.full(b, D, dtype=np.int64)
         dec[b] = median_time(lambda: runtime.decode(codes, lengths), 3)
-    return LatencyModel(step, dec)
+    copy_row = median_time(lambda: runtime.move_row(0, 0), 5)  # one KV-cache row copied (pause, resume)
+    return LatencyModel(step, dec, copy_row_s=copy_row)

@@ -63,7 +63,8 @@ class Request:
     arrival: float  # time.monotonic() at arrival at the server
     min_tokens: int
     max_tokens: int  # cap (<= D)
-    planned_tokens: int = 0  # budget the scheduler gave at admission (planning may lower it)
+    planned_tokens: int = 0  # the budget admission gave (written once, by the Admitter)
+    budget: int = 0  # tokens it steps to at most: planned_tokens, lowered when it starts late (Lifecycle)
     idle_tokens: int = 0  # the budget an idle replica would have given (what load took is measured against it)
     sampling: SamplingParams = field(default_factory=SamplingParams)
     id: int = field(default_factory=lambda: next(_ids))
@@ -83,7 +84,7 @@ class Request:
     last_preview: int = 0
     last_preview_at: float = 0.0  # time.monotonic() of the last preview decode
     priority: str = "normal"  # high | normal | low: scales the quality price under load
-    urgent: bool = False  # slack scheduling: its laxity ran out, so it steps every iteration
+    urgent: bool = False  # its laxity ran out, so it steps every iteration (the Planner's Stepping)
     on_preview: object = None  # callable(request, tokens, samples [n, ...])
     deadline: float = field(init=False)  # absolute (monotonic): arrival + deadline_s, sorted by often
 
@@ -97,5 +98,5 @@ class Request:
 
     def preview_due(self) -> bool:
         k = self.tokens
-        return (self.preview_every > 0 and 0 < k < self.planned_tokens and k % self.preview_every == 0
+        return (self.preview_every > 0 and 0 < k < self.budget and k % self.preview_every == 0
                 and k != self.last_preview)

@@ -1,15 +1,18 @@
-"""Slack-aware scheduling (issue #10): who steps this iteration, and which previews are decoded.
+"""Who steps this iteration under the anytime policy, and which previews are decoded.
 
 A request's laxity is the time it can still stand aside and make its *target* by its deadline
-if, from then on, it steps every iteration of a full batch. The target is its planned tokens,
-or under pressure the quality knee (Scheduler.quality_cap): slack turns into quality, since
-tokens past the knee are taken only from spare steps, never forced. Requests whose laxity is
-down to a few steps are *urgent* (until they reach the target: no pause-resume flapping at the
-boundary) and always step. The rest step in deadline order as long as the batch they join stays cheap enough
-for every request already in it to make its plan (a bulk request with seconds to spare does
-not slow an interactive one down to a coarser answer); otherwise they pause, keeping their KV
-cache rows, or stay queued. Admission plans a new request against the rows that will share
-its steps: those urgent before its deadline (LoadSnapshot.rows_sharing).
+if, from then on, it steps every iteration of a full batch. The target is its budget, or under
+pressure the quality knee (Budget.quality_cap): tokens past the knee (planned only for requests
+with seconds to spare, policies.LONG_GENERATIONS) are taken only from spare steps, never forced. Requests whose laxity is down to a few steps are *urgent* (until they
+reach the target: no pause-resume flapping at the boundary) and always step.
+
+When every request fits the batch and the step every one of them can afford, everything steps:
+nobody gives anything up unless someone needs it. Otherwise urgent requests step first, then
+high priority before normal and low, then by deadline, as long as the batch they join stays
+cheap enough for every request already in it to make its target (a bulk request with seconds
+to spare does not slow an interactive one down to a coarser answer); the rest pause, keeping
+their KV-cache rows, or stay queued. Admission counts on this: it plans a new request against
+the rows that cannot stand aside before its deadline (LoadSnapshot.rows_sharing).
 
 Previews are best effort: at most one per `preview_interval_s` per request, their decodes
 limited to `preview_share` of the engine's time (a credit that accrues with the clock), and
@@ -20,31 +23,27 @@ from __future__ import annotations
 import math
 import operator
 
-from .latency import LatencyModel
+from .budget import PRIORITY_PRICE, Budget
 from .request import Request
 
 RUNNING, PAUSED, WAITING = "running", "paused", "waiting"
 
 HORIZON_STEPS = 3  # laxity (in full-batch steps) at which a request turns urgent
-PRIORITY_PRICE = {"high": 0.5, "normal": 1.0, "low": 2.0}  # multiplies the quality price
+PRIORITY_RANK = {"high": 0, "normal": 1, "low": 2}  # among requests with laxity, who steps first
 
 _deadline = operator.attrgetter("deadline")
 
 
-class SlackPolicy:
-    def __init__(self, config, latency: LatencyModel, D: int):
-        self.config, self.latency = config, latency
-        self.caps = {p: D for p in PRIORITY_PRICE}  # the quality knee per priority, set by each plan
+class Stepping:
+    def __init__(self, config, budget: Budget):
+        self.config, self.budget, self.latency = config, budget, budget.latency
+        self.caps = dict.fromkeys(PRIORITY_PRICE, budget.D)  # the quality knee per priority, set by each plan
         self._credit = 0.0  # seconds of preview decode the share has accrued
         self._credit_at: float | None = None
 
-    def full_step(self) -> float:
-        """What one step costs, with its safety factor, when every row is busy."""
-        return self.config.safety * self.latency.step.paced(self.config.max_batch)
-
     def target(self, r: Request) -> int:
-        """The tokens r is guaranteed: its plan, or under pressure the quality knee."""
-        return min(r.planned_tokens, max(r.min_tokens, self.caps[r.priority]))
+        """The tokens r is guaranteed: its budget, or under pressure the quality knee."""
+        return min(r.budget, max(r.min_tokens, self.caps[r.priority]))
 
     def urgent_at(self, r: Request, full_step: float, margin: float) -> float:
         """When r turns urgent: its laxity is down to HORIZON_STEPS full-batch steps."""
@@ -58,24 +57,53 @@ class SlackPolicy:
 
     def allowance(self, r: Request, now: float, dec_now: float, margin: float) -> float:
         """The dearest step r can take from now on and still make its target."""
-        c = self.config
         remaining = self.target(r) - r.tokens
         if remaining <= 0:
             return math.inf
-        left = r.deadline - now - c.safety * (dec_now + self.latency.decode.paced(r.n)) - margin
+        left = r.deadline - now - self.config.safety * (dec_now + self.latency.decode.paced(r.n)) - margin
         return left / remaining
 
+    def choose(self, planner, plan, ch) -> int:
+        """Pause, resume and start from select(); a waiting request starts with the tokens
+        that still fit. Returns the active rows of the next step."""
+        c = self.config
+        late = set()  # not even one token fits any more: answered when a row is free, after the others
+        for r in ch.waiting:  # not even min_tokens fit alone in the batch: it may not wait a step longer
+            fit = self.budget.deadline_tokens(r, ch.now, r.n, c.safety * ch.dec_now, 0)
+            if fit < max(1, r.min_tokens):
+                r.urgent = True
+                if fit < 1:
+                    late.add(id(r))
+        running = [r for r in ch.continuing if id(r) not in ch.paused_ids]
+        paused = [r for r in ch.continuing if id(r) in ch.paused_ids]
+        chosen = self.select(ch.now, running, paused, ch.waiting, ch.dec_now, ch.margin, ch.free_slots, late)
+        stepping = set(map(id, chosen))
+        plan.pause = [r for r in running if id(r) not in stepping]
+        plan.resume = [r for r in paused if id(r) in stepping]
+        rows = sum(r.n for r in chosen)
+        started_rows = 0
+        waiting_ids = set(map(id, ch.waiting))
+        for r in sorted((r for r in chosen if id(r) in waiting_ids), key=_deadline):
+            planner.start_budget(plan, r, ch.now, rows, ch.dec_now, planner.ahead_of(ch, r, started_rows))
+            started_rows += r.n
+        return rows
+
     def select(self, now: float, running: list[Request], paused: list[Request], waiting: list[Request],
-               dec_now: float, margin: float, free_slots: int) -> list[Request]:
-        """The requests that step this iteration: urgent ones first, then by deadline, within
-        max_batch rows and the KV-cache slots left (a start takes a slot per row; a pause or
-        a resume copies through one free slot and takes none)."""
+               dec_now: float, margin: float, free_slots: int, late: set[int] = frozenset()) -> list[Request]:
+        """The requests that step this iteration, within max_batch rows and the KV-cache slots
+        left (a start takes a slot per row; a pause or a resume copies through one free slot)."""
         c, lat = self.config, self.latency
-        full = self.full_step()
+        full = self.budget.full_step()
         kind = {id(r): k for k, group in ((RUNNING, running), (PAUSED, paused), (WAITING, waiting)) for r in group}
         candidates = [*running, *paused, *waiting]
         for r in candidates:
             r.urgent = now >= self.urgent_at(r, full, margin)
+        if not paused and free_slots >= sum(r.n for r in waiting):
+            # nobody needs anybody's time: everything steps, as long as every target still fits
+            rows = sum(r.n for r in candidates)
+            if rows <= c.max_batch and c.safety * lat.step.paced(rows) <= min(
+                    (self.allowance(r, now, dec_now, margin) for r in candidates), default=math.inf):
+                return candidates
         chosen: list[Request] = []
         rows, allow = 0, math.inf
         if free_slots < 1:  # nothing can stand aside: the running rows step whatever comes
@@ -83,13 +111,13 @@ class SlackPolicy:
             rows = sum(r.n for r in chosen)
             allow = min((self.allowance(r, now, dec_now, margin) for r in chosen), default=math.inf)
         taken = set(map(id, chosen))
-        for r in sorted(candidates, key=lambda r: (not r.urgent, r.deadline)):
+        for r in sorted(candidates, key=lambda r: (id(r) in late, not r.urgent, PRIORITY_RANK[r.priority], r.deadline)):
             k = kind[id(r)]
             if id(r) in taken or rows + r.n > c.max_batch or (k is WAITING and free_slots < r.n) \
                     or (k is PAUSED and free_slots < 1):
                 continue
             if chosen and not r.urgent and c.safety * lat.step.paced(rows + r.n) > allow:
-                continue  # it has slack; joining now would cost someone in the batch its plan
+                continue  # it has slack; joining now would cost someone in the batch its target
             chosen.append(r)
             rows += r.n
             if k is WAITING:
@@ -100,7 +128,7 @@ class SlackPolicy:
     # ---- previews --------------------------------------------------------------------------
     def due(self, r: Request, now: float) -> bool:
         k = r.tokens
-        return (r.preview_every > 0 and 0 < k < r.planned_tokens and k - r.last_preview >= r.preview_every
+        return (r.preview_every > 0 and 0 < k < r.budget and k - r.last_preview >= r.preview_every
                 and now - r.last_preview_at >= self.config.preview_interval_s)
 
     def previews(self, now: float, running: list[Request], rows: int, margin: float) -> list[Request]:
@@ -124,12 +152,3 @@ class SlackPolicy:
             chosen.append(r)
             n += r.n
         return chosen
-
-    def preview_cost_per_step(self, r: Request, step: float) -> float:
-        """Admission's share of r's previews in each of its steps (bounded as above)."""
-        if not r.preview_every:
-            return 0.0
-        c = self.config
-        per_preview = self.latency.decode(r.n)
-        rate = min(1.0 / r.preview_every, step / c.preview_interval_s if c.preview_interval_s > 0 else 1.0)
-        return min(per_preview * rate, c.preview_share * step)

@@ -19,7 +19,7 @@ def scheduler(policy="anytime", **kw) -> Scheduler:
 
 def request(deadline_ms, now=100.0, n=1, min_tokens=1, max_tokens=D, tokens=0, planned=0) -> Request:
     r = Request(model="m", n=n, seed=0, label=None, deadline_s=deadline_ms / 1000, arrival=now,
-                min_tokens=min_tokens, max_tokens=max_tokens, planned_tokens=planned)
+                min_tokens=min_tokens, max_tokens=max_tokens, planned_tokens=planned, budget=planned)
     r.sequences = [Sequence(r, i, rng=None, codes=[0] * tokens) for i in range(n)]
     return r
 
@@ -84,7 +84,7 @@ def test_budget_reached_finishes():
 
 
 def test_quality_cap_under_pressure_only():
-    s = scheduler(slack=False)  # slack scheduling stops at the knee only when steps are short (test_slack.py)
+    s = scheduler()
     assert s.quality_cap() == D  # no pressure: every token is worth having
     s.pressure = 1.0
     cap = s.quality_cap()
@@ -103,8 +103,8 @@ def test_an_idle_server_forgets_past_load():
     s.latency._recent = type(s.latency._recent)([(t - 10, sec, rows) for t, sec, rows in s.latency._recent], maxlen=8)
     assert s.latency.iteration_in_flight(1) == s.latency.step(1)  # aged out
     s.pressure = 1.0
-    value, at = s.admission._pressure
-    s.admission._pressure = (value, at - 60)  # a minute without admissions
+    value, at = s.admitter.state._pressure
+    s.admitter.state._pressure = (value, at - 60)  # a minute without admissions
     assert s.pressure < 1e-6 and s.quality_cap() == D
 
 
@@ -118,11 +118,16 @@ def test_pressure_follows_admissions():
     assert s.pressure < 0.1
 
 
-def test_waiting_requests_join_by_earliest_deadline_and_expire_when_hopeless():
+def test_waiting_requests_join_by_earliest_deadline_and_a_hopeless_one_is_answered_not_refused():
     s = scheduler(max_batch=2)
     late, soon, hopeless = request(500, planned=20), request(50, planned=20), request(1, planned=20)
     plan = s.plan(100.0, [], [late, soon, hopeless], running_rows=0)
-    assert plan.start == [soon, late] and plan.expire == [hopeless]
+    assert plan.start == [soon, late] and plan.budgets[id(soon)] == 20
+    # admitted, it is never refused: with no row free it waits (and turns urgent)...
+    assert hopeless.urgent and plan.short_starts == 0
+    # ...and it starts before anything with laxity, with what fits (one token), counted
+    plan = s.plan(100.0, [], [late, hopeless], running_rows=0)
+    assert plan.start == [hopeless, late] and plan.budgets[id(hopeless)] == 1 and plan.short_starts == 1
 
 
 def test_future_gain_rate_is_zero_on_a_flat_tail():
@@ -151,7 +156,7 @@ def test_a_waiting_request_is_budgeted_after_this_iterations_decode():
     plan = s.plan(100.0, [finishing], [waiting], running_rows=64)
     assert plan.finish == [(finishing, FinishReason.BUDGET)] and plan.start == [waiting]
     # (40 ms - the decode before its first step 10 - its own decode 1 - margin 2) / 1 ms per step
-    assert waiting.planned_tokens == 27
+    assert plan.budgets[id(waiting)] == 27 and waiting.planned_tokens == D  # admission's promise stays
 
 
 def test_decode_waits_only_for_rows_with_earlier_deadlines():
@@ -235,7 +240,7 @@ def test_a_waiting_request_is_budgeted_behind_the_rows_with_earlier_deadlines():
     plan = s.plan(100.0, running, [new], running_rows=rows)
     assert plan.start == [new] and not plan.finish
     ahead = sum(r.n for r in running if r.deadline < new.deadline)
-    assert new.planned_tokens == min(D, s.deadline_tokens(new, 100.0, rows + 1, 0.0, ahead))
+    assert plan.budgets[id(new)] == min(D, s.deadline_tokens(new, 100.0, rows + 1, 0.0, ahead))
     # and the guard still stops a request near its deadline among many far ones
     near = request(10, now=100.0 - 0.0065, tokens=3, planned=50)
     plan = s.plan(100.0, running + [near], [], running_rows=rows + 1)

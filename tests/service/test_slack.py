@@ -1,5 +1,6 @@
-"""Slack-aware scheduling: requests with slack stand aside for tighter ones, keep their KV
-cache while paused, still make their plan, and give the same samples as when run alone."""
+"""The default (anytime) policy's stepping: requests with slack stand aside for tighter ones
+only when those need the time, keep their KV cache while paused, still make their target,
+and give the same samples as when run alone."""
 import threading
 import time
 
@@ -18,13 +19,13 @@ QUALITY = np.concatenate([[0.0], 1 - (1 - np.arange(1, D + 1) / D) ** 3])
 
 
 def scheduler(**kw) -> Scheduler:
-    cfg = SchedulerConfig(respond_margin_s=0.002, safety=1.0, **{"slack": True, **kw})
+    cfg = SchedulerConfig(respond_margin_s=0.002, safety=1.0, **kw)
     return Scheduler(cfg, LatencyModel(STEP, DECODE), D, QUALITY)
 
 
 def request(deadline_ms, now, n=1, planned=D, preview_every=0) -> Request:
     r = Request(model="m", n=n, seed=0, label=None, deadline_s=deadline_ms / 1000, arrival=now,
-                min_tokens=1, max_tokens=D, planned_tokens=planned, preview_every=preview_every)
+                min_tokens=1, max_tokens=D, planned_tokens=planned, budget=planned, preview_every=preview_every)
     r.sequences = [Sequence(r, i, rng=None) for i in range(n)]
     return r
 
@@ -94,12 +95,18 @@ def test_admission_plans_against_the_rows_that_will_share_the_steps():
     step(s, now)
     assert len(s.rows) == 128
     tight = request(150, now, n=1)
+    tight.min_tokens = 40  # more than fit if every bulk row stepped beside it
     sharing = s.load.rows_sharing(tight.deadline)
     assert sharing == 0  # none of the bulk rows is urgent before 150 ms from now
-    slack_k = s.admit(tight, now, running=128, waiting=0, ahead=0, sharing=sharing).planned_tokens
-    s.config.slack = False
-    today_k = s.admit(request(150, now, n=1), now, running=128, waiting=0, ahead=0).planned_tokens
-    assert slack_k == D and today_k < D / 2
+    adm = s.admit(tight, now, running=128, waiting=0, ahead=0, sharing=sharing)
+    assert adm.ok and adm.planned_tokens == D
+    # were every row to step beside it (sharing unknown), it would be refused
+    again = request(150, now, n=1)
+    again.min_tokens = 40
+    assert not s.admit(again, now, running=128, waiting=0, ahead=0).ok
+    # a request that fits beside everything is planned so: nobody needs to stand aside for it
+    easy = s.admit(request(150, now, n=1), now, running=128, waiting=0, ahead=0, sharing=sharing)
+    assert 1 <= easy.planned_tokens < D / 2
 
 
 def test_admission_refuses_what_promised_work_would_force_out():
@@ -115,21 +122,37 @@ def test_admission_refuses_what_promised_work_would_force_out():
     adm = s.admit(early, now, running=64, waiting=32, ahead=0, sharing=64)
     assert not adm.ok and adm.reason == "deadline"
     later = s.admit(request(2000, now, n=64), now, running=64, waiting=32, ahead=0, sharing=64)
-    assert later.ok and later.planned_tokens == D  # after the promised work there is room
+    assert later.ok and later.planned_tokens >= 40  # after the promised work there is room
 
 
-def test_past_the_quality_knee_only_spare_steps_and_a_paused_request_finishes_when_slots_run_short():
+def test_under_pressure_a_short_deadline_request_stops_at_the_knee():
     s = scheduler(max_batch=8, park_rows=4)
     s.pressure = 1.0
     knee = s.quality_cap()
     now = 100.0
-    bulk = request(10_000, now, n=4)
+    bulk = request(400, now, n=4)  # 400 ms hold fewer than 4 full-length generations (64 x 2 ms each)
+    s.add(bulk)
+    reasons = []
+    for i in range(knee + 2):
+        if i == 1:
+            assert s.policy.stepping.target(bulk) == knee  # what admission counts it for
+        reasons += [why for _, why in step(s, now).finish]
+        now += 0.002
+    assert reasons == [FinishReason.QUALITY] and bulk.tokens == knee
+
+
+def test_past_the_knee_a_long_request_takes_only_spare_steps_and_ends_when_slots_run_short():
+    s = scheduler(max_batch=8, park_rows=4)
+    s.pressure = 1.0
+    knee = s.quality_cap()
+    now = 100.0
+    bulk = request(10_000, now, n=4)  # seconds to spare: every token the deadline allows is planned
     s.add(bulk)
     for _ in range(knee + 2):
         step(s, now)
         now += 0.002
-    assert bulk.status is Status.RUNNING and bulk.tokens == knee + 2  # spare steps: it goes on
-    assert s.slack.urgent_at(bulk, s.slack.full_step(), s.margin()) == float("inf")
+    assert bulk.status is Status.RUNNING and bulk.tokens == knee + 2  # nobody needs the steps: it goes on
+    assert s.policy.stepping.urgent_at(bulk, s.budget.full_step(), s.margin()) == float("inf")
     tight = request(50, now, n=8, planned=10)
     s.add(tight)
     step(s, now)
@@ -185,8 +208,7 @@ def test_previews_keep_their_interval_and_their_share():
 @pytest.fixture(params=["onnx", "onnx-device-cache", "torchscript"])
 def small_engine(request, tiny_model_dir):
     backend, _, device_cache = request.param.partition("-")
-    engine = make_engine(tiny_model_dir, backend, max_batch=2, ort_io_binding="on" if device_cache else "off",
-                         slack=True)
+    engine = make_engine(tiny_model_dir, backend, max_batch=2, ort_io_binding="on" if device_cache else "off")
     yield engine
     engine.stop()
 
@@ -208,3 +230,29 @@ def test_pausing_does_not_change_a_sample(small_engine):
     assert bulk.finish_reason is FinishReason.BUDGET and bulk.tokens == alone.tokens == engine.spec.D
     assert [s.codes for s in bulk.sequences] == [s.codes for s in alone.sequences]
     np.testing.assert_array_equal(bulk.samples, alone.samples)
+
+
+def test_low_priority_leaves_rows_that_high_and_normal_can_take():
+    s = scheduler(max_batch=128)
+    now = 100.0
+
+    def ask(priority, deadline_ms, n=1, min_tokens=1):
+        r = request(deadline_ms, now, n=n)
+        r.priority, r.min_tokens = priority, min_tokens
+        return s.admit(r, now, running=100, waiting=0, ahead=0, sharing=100)
+
+    low = ask("low", 1000, n=4, min_tokens=48)  # 104 rows would pass low's 75% of the batch
+    assert not low.ok and low.reason == "deadline"
+    assert ask("normal", 1000, n=4, min_tokens=48).ok
+    assert ask("high", 150).ok
+
+
+def test_among_requests_with_laxity_high_priority_steps_first():
+    s = scheduler(max_batch=8)
+    now = 100.0
+    normal, high = request(10_000, now, n=8), request(20_000, now, n=8)
+    high.priority = "high"
+    for r in (normal, high):
+        s.add(r)
+    step(s, now)
+    assert high.status is Status.RUNNING and normal.status is Status.WAITING

@@ -93,8 +93,8 @@ def test_disconnect_mid_stream_frees_the_sequences(server):
 
 
 def test_previews_keep_their_minimum_interval_and_the_final_always_comes(tiny_model_dir):
-    # best-effort previews are part of slack scheduling (--slack)
-    with running_server(model_dirs=str(tiny_model_dir), backend="onnx", max_batch=32, slack=True,
+    # best-effort previews are the default (policy anytime)
+    with running_server(model_dirs=str(tiny_model_dir), backend="onnx", max_batch=32,
                         preview_interval_ms=50) as (base, core):
         core.engines["tiny"].fault_hook = lambda B: time.sleep(0.015)
         events = stream(base, deadline_ms=5000, seed=5, preview_every=1)

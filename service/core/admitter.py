@@ -1,0 +1,48 @@
+"""The Admitter: the only engine code that runs on the admitting thread (the engine core's IPC
+thread, or the event loop in-process). It decides in microseconds from the load the engine
+thread last published and its own list of admissions the engine has not taken yet, writes a
+request's `planned_tokens` and `idle_tokens` before handing it over, and otherwise writes only
+its own state (AdmissionState, the pending list)."""
+from __future__ import annotations
+
+import collections
+import time
+
+from .admission import Admission, AdmissionState, AdmitView, LoadSnapshot
+from .request import Request
+
+
+class Admitter:
+    def __init__(self, policy, D: int):
+        self.policy = policy
+        self.state = AdmissionState(D)
+        self.admitted_rows = 0  # rows admitted in all (queued = admitted - dequeued by the engine)
+        # admitted requests the engine may not have taken from its inbox yet: (id, deadline, n, k)
+        self._pending: collections.deque[tuple[int, float, int, int]] = collections.deque()
+
+    def admit(self, req: Request, load: LoadSnapshot, taken_id: int, dequeued_rows: int) -> Admission:
+        """Plan a budget (or refuse) against the published load and the pending admissions."""
+        pending = self._pending
+        while pending and pending[0][0] <= taken_id:
+            pending.popleft()
+        # rows decoded before it when they finish together: those with earlier deadlines
+        pending_ahead = sum(n for _, d, n, _ in pending if d < req.deadline)
+        # rows that will step beside it: those that cannot stand aside before its deadline, and
+        # admissions not yet taken by the engine if they are due earlier
+        sharing = load.rows_sharing(req.deadline) + pending_ahead
+        pending_steps = sum(n * k for _, d, n, k in pending if d < req.deadline)
+        view = AdmitView(time.monotonic(), load.running_rows, self.admitted_rows - dequeued_rows,
+                         load.rows_ahead_of(req.deadline) + pending_ahead, sharing, pending_steps, load)
+        adm = self.policy.admit(req, view, self.state)
+        if adm.ok:
+            req.planned_tokens, req.idle_tokens = adm.planned_tokens, adm.idle_tokens
+            self.admitted_rows += req.n
+            pending.append((req.id, req.deadline, req.n, adm.planned_tokens))
+        return adm
+
+    def decide(self, req: Request, now: float, running: int, waiting: int, ahead: int | None = None,
+               sharing: int | None = None, pending_steps: int = 0, load: LoadSnapshot | None = None) -> Admission:
+        """The policy's decision for a made-up load (tests and what-if questions); no state but
+        the learned pressure changes."""
+        return self.policy.admit(req, AdmitView(now, running, waiting, ahead, sharing, pending_steps,
+                                                load or LoadSnapshot()), self.state)
