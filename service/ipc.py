@@ -89,7 +89,7 @@ class Rejected(msgspec.Struct, array_like=True, gc=False):
 
 
 # frame 0 of every message: what follows
-ADD, CANCEL, ANSWERED, REJECTED, METRICS, INFO = b"A", b"C", b"R", b"X", b"M", b"I"  # frontend -> core
+ADD, CANCEL, ANSWERED, REJECTED, METRICS, INFO, BYE = b"A", b"C", b"R", b"X", b"M", b"I", b"B"  # frontend -> core
 ADMITTED, OUTPUT, METRICS_TEXT, INFO_REPLY = b"a", b"o", b"m", b"i"  # core -> frontend
 
 _encoder = msgspec.msgpack.Encoder()
@@ -99,6 +99,21 @@ DECODERS = {ADD: msgspec.msgpack.Decoder(AddRequest), CANCEL: msgspec.msgpack.De
             ADMITTED: msgspec.msgpack.Decoder(Admitted),
             OUTPUT: msgspec.msgpack.Decoder(Output)}
 _any = msgspec.msgpack.Decoder()
+
+
+def frontend_identity(pid: int) -> bytes:
+    """A frontend's ZeroMQ routing id: its pid, so the engine core can watch it die."""
+    return b"frontend-%d" % pid
+
+
+def frontend_pid(identity: bytes) -> int | None:
+    """The pid in a routing id from frontend_identity (None for any other peer)."""
+    if identity.startswith(b"frontend-"):
+        try:
+            return int(identity[len(b"frontend-"):])
+        except ValueError:
+            return None
+    return None
 
 
 def decode(kind: bytes, payload) -> object:
