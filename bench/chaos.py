@@ -42,6 +42,9 @@ class ChaosReport:
     workers_lost: float = 0.0  # the core's count of workers that died without a clean exit
     supervisor_rss_kb: tuple = (0, 0)  # after warm-up, at the end
     supervisor_fds: tuple = (0, 0)
+    # every sample_every_s: (seconds, {role: RSS kB}) for the engine core, the workers (summed
+    # over the serving ones; a replaced worker starts anew) and the supervisor
+    rss: list = field(default_factory=list)
 
 
 def worker_pids(supervisor: int) -> list[int]:
@@ -51,10 +54,22 @@ def worker_pids(supervisor: int) -> list[int]:
     return [int(p) for p in out.split()]
 
 
+def roles(supervisor: int) -> dict[str, list[int]]:
+    """The supervisor's children by role (their process names), and the supervisor itself."""
+    out = {"supervisor": [supervisor]}
+    for name, role in (("anytime-core", "core"), ("anytime-worker", "workers"), ("anytime-standby", "standby")):
+        found = subprocess.run(["pgrep", "-P", str(supervisor), "-x", name], capture_output=True, text=True).stdout
+        out[role] = [int(p) for p in found.split()]
+    return out
+
+
 def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:  # it exited meanwhile
+        pass
     return 0
 
 
@@ -142,15 +157,27 @@ async def _killer(base: str, supervisor: int, workers: int, end: float, every_s:
             report.replaced_s.append(round(time.monotonic() - killed, 3))
 
 
-async def run_chaos(base: str, supervisor: int, workers: int, seconds: float, kill_every_s: float = 5.0,
-                    clients: int = 6, seed: int = 0) -> ChaosReport:
-    """Drive `clients` closed-loop clients for `seconds` while killing workers; then let the core drain."""
+async def _sample_memory(supervisor: int, start: float, end: float, every_s: float, report: ChaosReport) -> None:
+    while time.monotonic() < end:
+        by_role = roles(supervisor)
+        report.rss.append((round(time.monotonic() - start, 1),
+                           {role: sum(rss_kb(p) for p in pids) for role, pids in by_role.items()}))
+        await asyncio.sleep(every_s)
+
+
+async def run_chaos(base: str, supervisor: int, workers: int, seconds: float, kill_every_s: float | None = 5.0,
+                    clients: int = 6, seed: int = 0, sample_every_s: float = 5.0) -> ChaosReport:
+    """Drive `clients` closed-loop clients for `seconds` while killing a worker every
+    `kill_every_s` (None: never, a memory soak); then let the core drain."""
     report = ChaosReport()
     rss0, fds0 = rss_kb(supervisor), open_fds(supervisor)
     start = time.monotonic()
     end = start + seconds
-    await asyncio.gather(_killer(base, supervisor, workers, end, kill_every_s, seed, report),
-                         *(_client(base, seed * 1000 + i, end, report) for i in range(clients)))
+    tasks = [_sample_memory(supervisor, start, end, sample_every_s, report),
+             *(_client(base, seed * 1000 + i, end, report) for i in range(clients))]
+    if kill_every_s:
+        tasks.append(_killer(base, supervisor, workers, end, kill_every_s, seed, report))
+    await asyncio.gather(*tasks)
     report.seconds = round(time.monotonic() - start, 1)
     async with aiohttp.ClientSession() as session:
         for _ in range(100):  # abandoned requests are cancelled within an engine iteration or two
@@ -166,20 +193,72 @@ async def run_chaos(base: str, supervisor: int, workers: int, seconds: float, ki
     return report
 
 
-def write_report(report: ChaosReport, out: Path, header: str, commit: str) -> None:
+def memory_growth(report: ChaosReport, warmup_s: float) -> dict[str, tuple[float, float, float]]:
+    """Per role: (RSS MB at the first sample after warm-up, at the last, growth in %)."""
+    samples = [(t, rss) for t, rss in report.rss if t >= warmup_s] or report.rss
+    if not samples:
+        return {}
+    first, last = samples[0][1], samples[-1][1]
+    return {role: (first[role] / 1024, last[role] / 1024, 100 * (last[role] / first[role] - 1) if first[role] else 0.0)
+            for role in ("core", "workers", "supervisor")}
+
+
+def write_report(report: ChaosReport, out: Path, header: str, commit: str, warmup_s: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     out.mkdir(parents=True, exist_ok=True)
-    (out / "chaos.json").write_text(json.dumps({**asdict(report), "commit": commit}, indent=1) + "\n")
+    growth = memory_growth(report, warmup_s)
+    (out / "chaos.json").write_text(json.dumps({**asdict(report), "commit": commit, "warmup_s": warmup_s,
+                                                "growth": growth}, indent=1) + "\n")
     r = report
     rows = [("seconds of traffic", r.seconds), ("requests (first attempts)", r.requests), ("200", r.ok),
-            ("503 refusals", r.refused), ("of them, streams refused after admission (error event)", r.stream_errors), ("abandoned by the client on purpose", r.abandoned),
+            ("503 refusals", r.refused), ("of them, streams refused after admission (error event)", r.stream_errors),
+            ("abandoned by the client on purpose", r.abandoned),
             ("broken connections", r.resets), ("their retries answered", r.retried_ok),
             ("their retries failed", r.retried_failed), ("any other outcome", sum(r.unexpected.values())),
             ("workers killed (kill -9)", r.kills),
-            ("replacement serving, max s", max(r.replaced_s, default=0)),
-            ("replacement serving, median s", sorted(r.replaced_s)[len(r.replaced_s) // 2] if r.replaced_s else 0),
+            ("replacement serving, max s", max(r.replaced_s, default="–")),
+            ("replacement serving, median s", sorted(r.replaced_s)[len(r.replaced_s) // 2] if r.replaced_s else "–"),
             ("workers lost, as the engine core counted them", r.workers_lost),
             ("leaked sequences (active + queued at the end)", r.leaked_sequences),
-            ("supervisor RSS kB, start -> end", f"{r.supervisor_rss_kb[0]} -> {r.supervisor_rss_kb[1]}"),
             ("supervisor open files, start -> end", f"{r.supervisor_fds[0]} -> {r.supervisor_fds[1]}")]
+    rows += [(f"RSS of the {role} after {warmup_s:.0f} s of warm-up -> end, MB",
+              f"{a:.1f} -> {b:.1f} ({g:+.2f}%)") for role, (a, b, g) in growth.items()]
     table = "\n".join(["| measure | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
-    (out / "chaos.md").write_text(f"{header}- commit: {commit}\n\n{table}\n")
+    (out / "chaos.md").write_text(f"{header}- commit: {commit}\n\n{table}\n\n![memory](memory.png)\n")
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for role in ("core", "workers", "supervisor"):
+        ax.plot([t for t, _ in r.rss], [rss[role] / 1024 for _, rss in r.rss], label=role)
+    ax.axvline(warmup_s, color="gray", linestyle=":", label="end of warm-up")
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("RSS (MB)")
+    ax.set_title("Resident memory by process role")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "memory.png", dpi=100)
+    plt.close(fig)
+
+
+def run_cli(flags: list[str], args) -> None:
+    """`anytime bench chaos`: a server of its own, the traffic, the report."""
+    from .machine import header
+    from .server_proc import serve
+
+    kills = args.kill_every or None
+    # kills come faster than the crash-loop limit would allow: that limit is for real crashes
+    deaths = str(max(5, int(120 / kills) + 5)) if kills else "5"
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    args.out.mkdir(parents=True, exist_ok=True)
+    with serve(*flags, "--workers", str(args.workers), "--worker-deaths-limit", deaths,
+               log_path=args.out / "server.log") as url:
+        report = asyncio.run(run_chaos(url, serve.last_pid, args.workers, args.duration, kills, args.clients))
+    title = (f"Chaos: {args.duration:.0f} s of mixed traffic, a frontend worker killed every ~{kills:.0f} s"
+             if kills else f"Memory soak: {args.duration:.0f} s of mixed traffic")
+    text = header(title) + (f"\nTraffic: {args.clients} closed-loop clients; deadlines log-uniform 20-1000 ms, "
+                            f"n in {{1, 4, 16}}; 70% plain, 20% streamed (a preview every 8 tokens), 10% abandoned "
+                            f"by the client at half their deadline. {args.workers} frontend workers.\n")
+    write_report(report, args.out, text, commit, args.warmup)
+    (args.out / "server.log").unlink(missing_ok=True)
