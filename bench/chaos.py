@@ -170,6 +170,12 @@ async def run_chaos(base: str, supervisor: int, workers: int, seconds: float, ki
     """Drive `clients` closed-loop clients for `seconds` while killing a worker every
     `kill_every_s` (None: never, a memory soak); then let the core drain."""
     report = ChaosReport()
+    async with aiohttp.ClientSession() as session:  # every worker connected (readiness needs only one)
+        for _ in range(600):
+            async with session.get(base + "/metrics") as r:
+                if metric(await r.text(), "anytime_frontend_workers") >= workers:
+                    break
+            await asyncio.sleep(0.05)
     rss0, fds0 = rss_kb(supervisor), open_fds(supervisor)
     start = time.monotonic()
     end = start + seconds

@@ -59,6 +59,25 @@ def build_parser() -> argparse.ArgumentParser:
     chaos.add_argument("--warmup", type=float, default=60.0, help="memory growth is judged after this")
     chaos.add_argument("--server-flag", action="append", default=[], help="extra `anytime serve` flag (repeat)")
     chaos.add_argument("--out", type=Path, required=True)
+    cost = sub.add_parser("cost", help="CPU per request by process role and request shape (--baseline: vs another checkout)")
+    cost.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL)
+    cost.add_argument("--backend", default="onnx", choices=["onnx", "torchscript"])
+    cost.add_argument("--workers", type=int, default=1, help="frontend workers of the servers started")
+    cost.add_argument("--server-flag", action="append", default=[], help="extra `anytime serve` flag (repeat)")
+    cost.add_argument("--seconds", type=float, default=4.0, help="seconds of load per cell")
+    cost.add_argument("--rounds", type=int, default=3, help="rounds per cell (alternating servers); medians")
+    cost.add_argument("--baseline", type=Path, default=None, help="a checkout of another commit: its server "
+                      "(its own .venv when it has one) is measured beside this one")
+    cost.add_argument("--url", default=None, help="attach to a running server instead (with --pid)")
+    cost.add_argument("--pid", type=int, default=None, help="the attached server's supervisor process id")
+    cost.add_argument("--baseline-url", default=None, help="attach to a running baseline server (with --baseline-pid)")
+    cost.add_argument("--baseline-pid", type=int, default=None)
+    cost.add_argument("--shapes", default=None, help="comma-separated shape names (default: all)")
+    cost.add_argument("--profile", default="", help="comma-separated shape names: py-spy flame graphs of the "
+                      "engine core and a frontend worker of each server under that load")
+    cost.add_argument("--ratios", type=int, default=0, metavar="ROUNDS", help="also measure each server's "
+                      "throughput ratios (n=1/n=64, 1-token/healthz) in this many rounds")
+    cost.add_argument("--out", type=Path, default=Path("bench/results/cost"))
     sweep = sub.choices["sweep"]
     sweep.add_argument("--loads", default="0.25,0.5,1,2,4")
     sub.choices["split-sweep"].add_argument("--loads", default="0.25,0.5,1,2,4")
@@ -78,6 +97,18 @@ def main(argv: list[str] | None = None) -> int:
 
         run(args.model_dir, args.out, args.prior, device=args.device)
         print((args.out / "engine.md").read_text())
+        return 0
+    if args.what == "cost":
+        from .cost import report, run
+
+        if bool(args.url) != bool(args.pid) or bool(args.baseline_url) != bool(args.baseline_pid):
+            build_parser().error("--url needs --pid (and --baseline-url needs --baseline-pid)")
+        flags = ["--model-dirs", str(args.model_dir.resolve()), "--backend", args.backend, "--workers",
+                 str(args.workers), *args.server_flag]
+        res = run(flags, args.out, args.seconds, args.rounds, args.baseline, args.url, args.pid, args.baseline_url,
+                  args.baseline_pid, args.shapes.split(",") if args.shapes else None,
+                  [s for s in args.profile.split(",") if s], args.ratios)
+        print(report(res))
         return 0
     flags = ["--model-dirs", str(args.model_dir), "--backend", args.backend, *args.server_flag]
     if args.what == "chaos":

@@ -6,18 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import time
-from dataclasses import dataclass
 
 from . import ipc
 from .core.engine_core import EngineCore
-from .core.request import Request
 from .frontend.core_client import EngineClient, Stream
-
-
-@dataclass
-class InprocStream(Stream):
-    request: Request | None = None
 
 
 class InprocClient(EngineClient):
@@ -25,6 +17,8 @@ class InprocClient(EngineClient):
         self.core = core
         self.cards, self.default_model = {}, None
         self._ids = itertools.count(1)
+        self._streams: dict[int, Stream] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def alive(self) -> bool:
@@ -34,6 +28,8 @@ class InprocClient(EngineClient):
         return next(self._ids)
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.core.sink = self._sink
         if not self.core.ready:
             self.core.load()
         self._set_cards(self.core.info())
@@ -41,24 +37,24 @@ class InprocClient(EngineClient):
     async def close(self) -> None:
         self.core.shutdown()
 
+    def _sink(self, frontend, outputs: list[ipc.Output], samples: list) -> None:  # on an engine thread
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._deliver, outputs, samples)
+
     async def add(self, msg: ipc.AddRequest) -> tuple[ipc.Admitted, Stream | None]:
-        loop = asyncio.get_running_loop()
-        stream = InprocStream(msg.id)
-        put = stream.put
-
-        def on_output(out: ipc.Output, samples) -> None:  # on an engine thread
-            out.received = time.monotonic()
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(put, (out, samples))
-
-        adm, req = self.core.add(msg, on_output)
+        self._loop = asyncio.get_running_loop()  # outputs go to the loop that waits for them
+        stream = Stream(msg.id)
+        self._streams[msg.id] = stream  # before admission: the engine may answer at once
+        adm = self.core.add(msg)
         if not adm.ok:
+            self._streams.pop(msg.id, None)
             return adm, None
-        stream.request = req
         return adm, stream
 
     def cancel(self, stream: Stream) -> None:
-        self.core.cancel(stream.request)
+        if self._streams.pop(stream.id, None) is not None:
+            self.core.cancel(None, stream.id)
 
     def answered(self, msg: ipc.Answered) -> None:
         self.core.answered(msg)

@@ -2,8 +2,12 @@
 
 In-process, the messages are passed as they are. Between processes they travel over ZeroMQ
 (`ipc://` sockets: a ROUTER in the engine core, one DEALER per frontend worker) as multipart
-messages: one kind byte, the message as msgpack (msgspec), and for outputs the samples as one
-raw float32 frame sent without a copy (vLLM v1 sends tensors the same way).
+messages: one kind byte, the message as msgpack (msgspec). Messages travel in batches, not one
+per request: a frontend sends everything one event-loop iteration produced as one `ToCore`; the
+engine core answers each frontend with one `ToFrontend` per drain of its socket (admissions)
+and per engine iteration (outputs), the samples of all its outputs as one raw float32 frame
+beside it (vLLM v1 sends tensors the same way). Every message and send costs a system call and a
+wake-up of ZeroMQ's I/O thread on both sides; per request, that was most of the IPC's CPU.
 """
 from __future__ import annotations
 
@@ -65,7 +69,8 @@ class Output(msgspec.Struct, array_like=True, gc=False):
 
 class Answered(msgspec.Struct, array_like=True, gc=False):
     """What a frontend reports of an answered request: the metrics, and the time the answer
-    spent in the frontend (the scheduler keeps that much time free: the respond margin)."""
+    spent in the frontend (the scheduler keeps that much time free: the respond margin).
+    `deadline_met` is decided once, where the answer leaves the server; metrics use it as it is."""
 
     model: str
     latency_s: float
@@ -75,6 +80,7 @@ class Answered(msgspec.Struct, array_like=True, gc=False):
     n: int
     reason: str
     respond_s: float
+    deadline_met: bool = True
 
 
 class Cancel(msgspec.Struct, array_like=True, gc=False):
@@ -88,16 +94,37 @@ class Rejected(msgspec.Struct, array_like=True, gc=False):
     reason: str
 
 
+class ToCore(msgspec.Struct, array_like=True, gc=False):
+    """Everything a frontend has for the engine core after one event-loop iteration."""
+
+    adds: list[AddRequest] = []
+    cancels: list[int] = []
+    answered: list[Answered] = []
+    rejected: list[Rejected] = []
+
+
+class ToFrontend(msgspec.Struct, array_like=True, gc=False):
+    """Admission decisions and outputs for one frontend; the outputs' samples, in order, are the
+    raw frame beside it (each output's `shape` says how many floats are its own)."""
+
+    admitted: list[Admitted] = []
+    outputs: list[Output] = []
+
+
 # frame 0 of every message: what follows
-ADD, CANCEL, ANSWERED, REJECTED, METRICS, INFO, BYE = b"A", b"C", b"R", b"X", b"M", b"I", b"B"  # frontend -> core
+ADD, CANCEL, ANSWERED, REJECTED, METRICS, INFO = b"A", b"C", b"R", b"X", b"M", b"I"  # frontend -> core
+TO_CORE = b"B"  # frontend -> core: a ToCore batch (the single-message kinds above still decode)
+BYE = b"Q"  # frontend -> core: a clean exit (not counted as a lost worker)
 ADMITTED, OUTPUT, METRICS_TEXT, INFO_REPLY = b"a", b"o", b"m", b"i"  # core -> frontend
+TO_FRONTEND = b"b"  # core -> frontend: a ToFrontend batch (+ one samples frame)
 
 _encoder = msgspec.msgpack.Encoder()
 encode = _encoder.encode
 DECODERS = {ADD: msgspec.msgpack.Decoder(AddRequest), CANCEL: msgspec.msgpack.Decoder(Cancel),
             ANSWERED: msgspec.msgpack.Decoder(Answered), REJECTED: msgspec.msgpack.Decoder(Rejected),
             ADMITTED: msgspec.msgpack.Decoder(Admitted),
-            OUTPUT: msgspec.msgpack.Decoder(Output)}
+            OUTPUT: msgspec.msgpack.Decoder(Output),
+            TO_CORE: msgspec.msgpack.Decoder(ToCore), TO_FRONTEND: msgspec.msgpack.Decoder(ToFrontend)}
 _any = msgspec.msgpack.Decoder()
 
 
@@ -128,6 +155,39 @@ def output_frames(out: Output, samples: np.ndarray | None) -> list:
     samples = np.ascontiguousarray(samples, dtype=np.float32)
     out.shape = samples.shape
     return [OUTPUT, encode(out), memoryview(samples).cast("B")]
+
+
+def to_frontend_frames(batch: ToFrontend, samples: list) -> list:
+    """A ToFrontend as frames: the samples of its outputs (None for outputs without) as one
+    float32 frame after the message; each output's shape is set from its samples."""
+    parts = []
+    for out, s in zip(batch.outputs, samples):
+        if s is not None:
+            s = np.ascontiguousarray(s, dtype=np.float32)
+            out.shape = s.shape
+            parts.append(s.reshape(-1))
+    if not parts:
+        return [TO_FRONTEND, encode(batch)]
+    flat = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return [TO_FRONTEND, encode(batch), memoryview(flat).cast("B")]
+
+
+def split_samples(outputs: list[Output], frame) -> list[np.ndarray | None]:
+    """Each output's samples from the batch's raw frame (views of the received buffer, no copy)."""
+    if frame is None:
+        return [None] * len(outputs)
+    flat = np.frombuffer(frame, dtype=np.float32)
+    result, at = [], 0
+    for out in outputs:
+        if not out.shape:
+            result.append(None)
+            continue
+        size = 1
+        for d in out.shape:
+            size *= d
+        result.append(flat[at:at + size].reshape(out.shape))
+        at += size
+    return result
 
 
 def samples_from(out: Output, frame) -> np.ndarray | None:

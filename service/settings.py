@@ -61,7 +61,8 @@ class Settings(BaseSettings):
     device: Literal["cpu", "cuda"] | None = Field(None, description="default: cuda when present, else cpu")
     threads: int = Field(0, description="intra-op threads per runtime (0: all cores)")
     ort_spin: Literal["run", "on", "off"] = Field(
-        "run", description="ONNX Runtime idle threads: spin only during a step (run), also after it (on), never (off)")
+        "off", description="ONNX Runtime idle threads: never spin (off), spin only during a step (run), also after "
+                           "it (on)")
     ort_io_binding: Literal["auto", "on", "off"] = Field(
         "auto", description="ONNX Runtime KV cache in device memory via I/O binding (on), in host memory (off); "
         "auto: on with CUDA, off on the CPU")

@@ -65,7 +65,6 @@ class Worker:
         if self.ready_fd >= 0:
             os.close(self.ready_fd)
             self.ready_fd = -1
-        self.release()
 
     def go(self) -> None:
         """A standby starts serving."""
@@ -127,6 +126,7 @@ class Supervisor:
                     self.listener.close()
                 for w in self._processes():
                     w.close_pipe()
+                    w.release()
 
     # ---- children --------------------------------------------------------------------------
     def _spawn(self, module: str, *args: str, pass_fds=()) -> subprocess.Popen:
@@ -229,6 +229,7 @@ class Supervisor:
             if readable:
                 dead.read_pipe()
             dead.close_pipe()
+        dead.release()
         was_standby = dead is self.standby
         if was_standby:
             self.standby = None
@@ -255,9 +256,12 @@ class Supervisor:
             return None
         self.restarts += 1
         new, self.standby = self.standby, None
-        if new is not None and new.proc.poll() is None:
+        if new is not None and new.proc.poll() is None and new.go_fd >= 0:
             new.go()
         else:
+            if new is not None:  # a standby that is dying itself: it is reaped as a worker next
+                new.release()
+                self.workers.append(new)
             new = self._start_worker()
         self.workers.append(new)
         self._start_standby()

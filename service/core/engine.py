@@ -4,7 +4,8 @@ Each iteration reads like the lifecycle: take new requests, schedule (the schedu
 expires and starts requests and moves rows), decode the finished, execute one batched prior
 step over every running sequence, update the scheduler with the sampled tokens. Request state
 belongs to the scheduler; the runtime (KV cache, graphs) to this thread. Others only admit
-requests and put commands in the inbox; results leave through each request's callbacks.
+requests and put commands in the inbox; results leave once per decode (usually once per
+iteration) through `on_outputs`, every finished request and preview of it together.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .latency import LatencyModel
+from .outputs import DecodeStats, EngineOutputs
 from .model_dir import ModelSpec
 from .request import FinishReason, Request, SamplingParams, Sequence, Status
 from .runtime import Runtime
@@ -38,16 +40,7 @@ class StepStats:
     seconds: float
 
 
-@dataclass
-class DecodeStats:
-    model: str
-    backend: str
-    batch: int
-    seconds: float
-    previews_skipped: int = 0  # nominal stream previews the requests of this decode passed over
-
-
-class Engine:
+class Engine(EngineOutputs):
     def __init__(self, spec: ModelSpec, runtime: Runtime, config: SchedulerConfig, observers=(),
                  profile_sizes=(1, 2, 4, 8, 16, 32, 64, 128, 256)):
         self.spec = spec
@@ -72,6 +65,13 @@ class Engine:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self.fault_hook = None  # tests: callable(batch_size) run before each step; may raise or sleep
+        # The engine core's one outputs hook: callable(finished requests, previews as (request,
+        # tokens, samples)), called on the engine thread once per decode chunk (and once for
+        # requests that end without a decode), never once per request. A request may also carry
+        # its own on_done / on_preview (tests, the warm-up).
+        self.on_outputs = None
+        self._finished: list[Request] = []
+        self._previews: list[tuple[Request, int, np.ndarray]] = []
         # Admission's own bookkeeping (the admitting thread's): rows admitted in all, and the
         # admitted requests the engine may not have taken from the inbox yet (id, deadline, n).
         self._admitted_rows = 0
@@ -251,6 +251,7 @@ class Engine:
         for r in out.answered:
             self._done(r)
         decode_s = self._decode(out) if out.finish or out.previews else 0.0
+        self._flush_outputs()
         self._quiet = dataclasses.replace(out.plan, start=[], finish=[], expire=[])  # holds no requests
         if self.scheduler.rows:
             self._step_and_learn(started, decode_s)
@@ -278,61 +279,6 @@ class Engine:
     def _move_rows(self, moves: list[tuple[int, int]]) -> None:
         for src, dst in moves:
             self.runtime.move_row(src, dst)
-
-    DECODE_CHUNK_S = 0.002  # decode calls are split to about this cost so early deadlines go first
-
-    def _decode(self, out: SchedulerOutput) -> float:
-        """Decode the requests that finish now in deadline order, in chunks of about
-        DECODE_CHUNK_S, answering each chunk as soon as it is decoded (a large decode of
-        other requests never delays an earlier deadline); streaming previews go last.
-        Returns the seconds spent decoding."""
-        jobs = sorted(out.finish, key=lambda f: f[0].deadline) + [(r, None) for r in out.previews]
-        chunk, rows, spent = [], 0, 0.0
-        for job in jobs:
-            n = job[0].n
-            if chunk and self.latency.decode(rows + n) > self.DECODE_CHUNK_S:
-                spent += self._decode_chunk(chunk)
-                chunk, rows = [], 0
-            chunk.append(job)
-            rows += n
-        return spent + (self._decode_chunk(chunk) if chunk else 0.0)
-
-    def _decode_chunk(self, jobs: list[tuple[Request, FinishReason | None]]) -> float:
-        """One batched decode; finishes the requests with a reason, hands previews to the others."""
-        D = self.spec.D
-        seqs = [s for r, _ in jobs for s in r.sequences]
-        codes = np.zeros((len(seqs), D), dtype=np.int64)
-        lengths = np.zeros(len(seqs), dtype=np.int64)
-        for i, s in enumerate(seqs):
-            codes[i, : s.position] = s.codes
-            lengths[i] = s.position
-        predicted = self.latency.decode.paced(len(seqs))
-        t = time.perf_counter()
-        try:
-            out = self.runtime.decode(codes, lengths)
-        except Exception as e:  # a decoder failure fails only these requests
-            log.exception("decode failed")
-            self._fail([r for r, _ in jobs], f"decoder failed: {type(e).__name__}")
-            return time.perf_counter() - t
-        dt = time.perf_counter() - t
-        self.latency.jitter.observe(max(0.0, dt - predicted))
-        self.latency.decode.observe(len(seqs), dt)
-        skipped_before = self.scheduler.previews_skipped
-        i = 0
-        for r, reason in jobs:
-            samples = out[i : i + r.n]
-            i += r.n
-            self.scheduler.decoded(r, samples, dt, reason)
-            if reason is not None:
-                self._done(r)
-            elif r.on_preview is not None:
-                try:
-                    r.on_preview(r, r.tokens, samples)
-                except Exception:
-                    log.exception("on_preview callback failed")
-        self._emit(DecodeStats(self.spec.name, self.runtime.backend, len(seqs), dt,
-                               self.scheduler.previews_skipped - skipped_before))
-        return dt
 
     def _step(self) -> None:
         rows = self.scheduler.rows
@@ -380,19 +326,7 @@ class Engine:
         self._move_rows(self.scheduler.fail(live, message))
         for r in live:
             self._done(r)
-
-    def _done(self, r: Request) -> None:
-        if r.on_done is not None:
-            try:
-                r.on_done(r)
-            except Exception:
-                log.exception("on_done callback failed")
-        # Break the request <-> sequence cycle, so that reference counting frees a finished
-        # request as soon as nobody holds it. Left to the cyclic garbage collector, finished
-        # requests pile up until a full pass, and that pass stalls the engine thread and the
-        # IPC thread together (tens of milliseconds at 2x load).
-        for s in r.sequences:
-            s.request = None
+        self._flush_outputs()
 
     def _emit(self, stats) -> None:
         for o in self.observers:

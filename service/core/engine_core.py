@@ -1,7 +1,8 @@
 """The engine core: every model's engine and the one metrics registry, behind the message API
 of service/ipc.py. The same object serves in-process (service/inproc.py) and in its own
 process (service/core/process.py); either way admission runs on one thread (the caller's) and
-each model's generation on its engine thread."""
+each model's generation on its engine thread. Outputs leave through one `sink` call per
+frontend per engine decode (usually once per iteration), never one per request."""
 from __future__ import annotations
 
 import gc
@@ -22,16 +23,22 @@ from .scheduler import SchedulerConfig
 
 log = logging.getLogger("anytime.core")
 
-OnOutput = Callable[[ipc.Output, "np.ndarray | None"], None]  # called on an engine thread
+# (frontend, outputs, their samples): called on an engine thread once per frontend per decode
+Sink = Callable[[object, "list[ipc.Output]", "list[np.ndarray | None]"], None]
 
 
 class EngineCore:
-    def __init__(self, settings: Settings, metrics: Metrics | None = None):
+    def __init__(self, settings: Settings, metrics: Metrics | None = None, sink: Sink | None = None):
         self.settings = settings
         self.metrics = metrics or Metrics()
+        self.sink = sink
         self.engines: dict[str, Engine] = {}
         self.default_model: str | None = None
         self.ready = False
+        # admitted requests by (frontend, its id), for cancels and the drain; and the route of
+        # each admitted request by the engine's id, for its outputs (the engine thread pops both)
+        self.live: dict[tuple[object, int], Request] = {}
+        self._routes: dict[int, tuple[object, int]] = {}
 
     # ---- lifecycle -------------------------------------------------------------------------
     def load(self) -> None:
@@ -49,6 +56,7 @@ class EngineCore:
                 delay = s.test_step_delay_ms / 1000
                 engine.fault_hook = lambda batch: time.sleep(delay)
             self.metrics.watch_engine(engine)
+            engine.on_outputs = self._outputs
             engine.start()
             self.engines[spec.name] = engine
             log.info("model ready", extra={"model": spec.name, "backend": s.backend, "device": runtime.device,
@@ -77,40 +85,75 @@ class EngineCore:
             e.stop(timeout=5)
 
     # ---- requests (the admitting thread) ---------------------------------------------------
-    def add(self, msg: ipc.AddRequest, on_output: OnOutput) -> tuple[ipc.Admitted, Request | None]:
-        """Admit or refuse at once; an admitted request's previews and end reach on_output."""
+    def add(self, msg: ipc.AddRequest, frontend: object = None) -> ipc.Admitted:
+        """Admit or refuse at once; an admitted request's previews and end reach the sink with
+        `frontend` and msg.id."""
         engine = self.engines.get(msg.model)
         if engine is None:
-            return ipc.Admitted(msg.id, False, reason="unknown_model", message=f"unknown model {msg.model!r}"), None
+            return ipc.Admitted(msg.id, False, reason="unknown_model", message=f"unknown model {msg.model!r}")
         req = engine.new_request(n=msg.n, seed=msg.seed, label=msg.label, deadline_s=msg.deadline_s,
                                  arrival=msg.arrival, min_tokens=msg.min_tokens, max_tokens=msg.max_tokens,
                                  sampling=SamplingParams(msg.temperature, msg.top_k, msg.top_p),
                                  request_id=msg.request_id, preview_every=msg.preview_every,
                                  seeds=msg.seeds, labels=msg.labels, priority=msg.priority)
-        rid, metrics = msg.id, self.metrics
-
-        def done(r: Request) -> None:
-            _count_unanswered(metrics, r)
-            if lost := _load_lost(r):
-                metrics.admission(msg.model, r.n, 0, lost, "expired" if r.error_status == 503 else "")
-            on_output(ipc.Output(rid, True, r.tokens, finish_reason=r.finish_reason.value, error=r.error,
-                                 error_status=r.error_status, started=r.started, finished=r.finished,
-                                 compute_s=r.compute_s), r.samples)
-
-        req.on_done = done
-        if msg.preview_every:
-            req.on_preview = lambda r, k, samples: on_output(ipc.Output(rid, False, k), samples)
+        route = (frontend, msg.id)
+        # routed before admission: the engine thread may finish the request before admit returns
+        self._routes[req.id] = route
+        self.live[route] = req
         adm = engine.admit(req)
         # an admitted request's loss is counted when it ends (_load_lost); a refusal loses it all
-        metrics.admission(msg.model, msg.n, adm.idle_tokens, 0 if adm.ok else adm.idle_tokens, adm.reason)
+        self.metrics.admission(msg.model, msg.n, adm.idle_tokens, 0 if adm.ok else adm.idle_tokens, adm.reason)
         if not adm.ok:
-            metrics.rejected(msg.model, adm.reason, msg.priority)
-            return ipc.Admitted(rid, False, reason=adm.reason, message=adm.message,
-                                retry_after_s=adm.retry_after_s), None
-        return ipc.Admitted(rid, True, planned_tokens=adm.planned_tokens), req
+            del self._routes[req.id], self.live[route]
+            self.metrics.rejected(msg.model, adm.reason, msg.priority)
+            return ipc.Admitted(msg.id, False, reason=adm.reason, message=adm.message, retry_after_s=adm.retry_after_s)
+        return ipc.Admitted(msg.id, True, planned_tokens=adm.planned_tokens)
 
-    def cancel(self, req: Request) -> None:
-        self.engines[req.model].cancel(req)
+    def cancel(self, frontend: object, rid: int) -> None:
+        req = self.live.pop((frontend, rid), None)
+        if req is not None:
+            self.engines[req.model].cancel(req)
+
+    # ---- outputs (an engine thread) --------------------------------------------------------
+    def _outputs(self, finished: list[Request], previews: list) -> None:
+        """One decode's finished requests and previews: one sink call per frontend."""
+        by_frontend: dict[object, tuple[list, list]] = {}
+        routes = self._routes
+        for r, k, samples in previews:
+            route = routes.get(r.id)
+            if route is not None:
+                outs, data = by_frontend.get(route[0]) or by_frontend.setdefault(route[0], ([], []))
+                outs.append(ipc.Output(route[1], False, k))
+                data.append(samples)
+        for r in finished:
+            self._count_finished(r)
+            route = routes.pop(r.id, None)
+            if route is None:  # the warm-up's own requests
+                continue
+            self.live.pop(route, None)
+            outs, data = by_frontend.get(route[0]) or by_frontend.setdefault(route[0], ([], []))
+            outs.append(ipc.Output(route[1], True, r.tokens, finish_reason=r.finish_reason.value, error=r.error,
+                                   error_status=r.error_status, started=r.started, finished=r.finished,
+                                   compute_s=r.compute_s))
+            data.append(r.samples)
+        if self.sink is not None:
+            for frontend, (outs, data) in by_frontend.items():
+                self.sink(frontend, outs, data)
+
+    def _count_finished(self, r: Request) -> None:
+        """What the engine core counts of a finished request without the frontend: cancelled,
+        expired and failed outcomes, and the tokens load took from it."""
+        if r.finish_reason is FinishReason.CANCELLED:
+            self.metrics.outcome(r.model, "cancelled", r.n, "cancelled")
+            return
+        if r.finish_reason is FinishReason.ERROR:
+            if r.error_status == 503:
+                self.metrics.rejected(r.model, "expired", r.priority)
+            else:
+                self.metrics.outcome(r.model, "error", r.n, "error")
+                return
+        if lost := _load_lost(r):
+            self.metrics.admission(r.model, r.n, 0, lost, "expired" if r.error_status == 503 else "")
 
     def answered(self, msg: ipc.Answered) -> None:
         """A frontend answered a request: count it, and learn how long responding took."""
@@ -119,7 +162,7 @@ class EngineCore:
             return
         engine.observe_respond(msg.respond_s)
         self.metrics.answered(msg.model, msg.latency_s, msg.deadline_s, msg.tokens, engine.spec.D, msg.quality,
-                              msg.n, msg.reason, msg.respond_s)
+                              msg.n, msg.reason, msg.respond_s, msg.deadline_met)
 
     def rejected(self, model: str, reason: str) -> None:
         """A frontend refused a request itself (too many in flight): a load refusal, counted as
@@ -140,13 +183,3 @@ def _load_lost(r: Request) -> int:
     if r.finish_reason is FinishReason.CANCELLED or (r.finish_reason is FinishReason.ERROR and r.error_status != 503):
         return 0
     return max(0, r.idle_tokens - (0 if r.finish_reason is FinishReason.ERROR else r.tokens))
-
-
-def _count_unanswered(metrics: Metrics, r: Request) -> None:
-    """Outcomes the engine core knows without the frontend: cancelled, expired, failed."""
-    if r.finish_reason is FinishReason.CANCELLED:
-        metrics.outcome(r.model, "cancelled", r.n, "cancelled")
-    elif r.finish_reason is FinishReason.ERROR and r.error_status == 503:
-        metrics.rejected(r.model, "expired", r.priority)
-    elif r.finish_reason is FinishReason.ERROR:
-        metrics.outcome(r.model, "error", r.n, "error")

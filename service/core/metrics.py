@@ -83,6 +83,7 @@ class Metrics:
                                       "clean shutdown (killed, crashed); the supervisor starts a replacement for each",
                                       registry=r)
         self._engine_children: dict = {}
+        self._models: dict[str, _ModelChildren] = {}
         self.ready = Gauge("anytime_ready", "1 when models are loaded and warmed up and admission is open",
                            registry=r)
         devices = nvml_collector()  # anytime_device_*: only where NVML sees a GPU
@@ -124,40 +125,97 @@ class Metrics:
         elif stats.previews_skipped:
             children[2].inc(stats.previews_skipped)
 
+    def _of(self, model: str) -> "_ModelChildren":
+        children = self._models.get(model)
+        if children is None:
+            children = self._models[model] = _ModelChildren(self, model)
+        return children
+
     def answered(self, model: str, latency_s: float, deadline_s: float, tokens: int, D: int, quality: float, n: int,
-                 reason: str, respond_s: float) -> None:
-        late = latency_s > deadline_s
-        self.respond.labels(model).observe(respond_s)
-        self.requests.labels(model, "late" if late else "ok").inc()
-        self.latency.labels(model).observe(latency_s)
-        self.deadline.labels(model).observe(deadline_s)
-        self.slack.labels(model).observe(deadline_s - latency_s)
+                 reason: str, respond_s: float, deadline_met: bool | None = None) -> None:
+        """An answered request; `deadline_met` as the frontend decided it where the answer left
+        (from the latency when not given)."""
+        m = self._of(model)
+        late = latency_s > deadline_s if deadline_met is None else not deadline_met
+        m.respond.observe(respond_s)
+        (m.late if late else m.ok).inc()
+        m.latency.observe(latency_s)
+        m.deadline.observe(deadline_s)
+        m.slack.observe(deadline_s - latency_s)
         if late:
-            self.misses.labels(model).inc()
-        for _ in range(n):
-            self.tokens.labels(model).observe(tokens)
-            self.fraction.labels(model).observe(tokens / D)
-            self.quality.labels(model).observe(quality)
-        self.finish.labels(model, reason).inc(n)
+            m.misses.inc()
+        fraction = tokens / D
+        for _ in range(n):  # per sample
+            m.tokens.observe(tokens)
+            m.fraction.observe(fraction)
+            m.quality.observe(quality)
+        m.finish(reason).inc(n)
 
     def rejected(self, model: str, reason: str, priority: str = "normal") -> None:
-        self.requests.labels(model, "rejected").inc()
-        self.rejections.labels(model, reason, priority).inc()
+        m = self._of(model)
+        m.rejected.inc()
+        m.rejection(reason, priority).inc()
 
     def admission(self, model: str, n: int, idle_tokens: int, lost_tokens: int, reason: str = "") -> None:
         """What load took from one admission decision: the autoscaling signal's two counters
         (and a load refusal, when a refusal with a reason lost the idle budget)."""
+        if not idle_tokens and not lost_tokens:
+            return
+        m = self._of(model)
         if idle_tokens:
-            self.idle_tokens.labels(model).inc(n * idle_tokens)
+            m.idle_tokens.inc(n * idle_tokens)
         if lost_tokens:
-            self.load_lost_tokens.labels(model).inc(n * lost_tokens)
+            m.lost_tokens.inc(n * lost_tokens)
             if reason:
-                self.load_refusals.labels(model, reason).inc()
+                m.load_refusal(reason).inc()
 
     def outcome(self, model: str, outcome: str, n: int = 1, reason: str | None = None) -> None:
         self.requests.labels(model, outcome).inc()
         if reason:
-            self.finish.labels(model, reason).inc(n)
+            self._of(model).finish(reason).inc(n)
 
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _ModelChildren:
+    """One model's labelled series, looked up once (a labels() call hashes its labels and takes
+    a lock; per request, per event, that added up)."""
+
+    def __init__(self, m: Metrics, model: str):
+        self._m, self._model = m, model
+        self.ok, self.late = m.requests.labels(model, "ok"), m.requests.labels(model, "late")
+        self.rejected = m.requests.labels(model, "rejected")
+        self.respond, self.latency = m.respond.labels(model), m.latency.labels(model)
+        self.deadline, self.slack = m.deadline.labels(model), m.slack.labels(model)
+        self.misses = m.misses.labels(model)
+        self.tokens, self.fraction = m.tokens.labels(model), m.fraction.labels(model)
+        self.quality = m.quality.labels(model)
+        self.idle_tokens, self.lost_tokens = m.idle_tokens.labels(model), m.load_lost_tokens.labels(model)
+        self._finish: dict = {}
+        self._rejections: dict = {}
+        self._load_refusals: dict = {}
+
+    def finish(self, reason: str):
+        child = self._finish.get(reason)
+        if child is None:
+            child = self._finish[reason] = self._m.finish.labels(self._model, _label(reason))
+        return child
+
+    def rejection(self, reason: str, priority: str):
+        child = self._rejections.get((reason, priority))
+        if child is None:
+            child = self._rejections[(reason, priority)] = self._m.rejections.labels(self._model, _label(reason),
+                                                                                    priority)
+        return child
+
+    def load_refusal(self, reason: str):
+        child = self._load_refusals.get(reason)
+        if child is None:
+            child = self._load_refusals[reason] = self._m.load_refusals.labels(self._model, _label(reason))
+        return child
+
+
+def _label(value) -> str:
+    """A label value; a str enum (service/refusals.Refusal) by its value, not its repr."""
+    return getattr(value, "value", value)

@@ -40,27 +40,25 @@ class CoreServer:
         self.outputs = self.ctx.socket(zmq.PULL)
         self.outputs.bind(OUTPUTS)
         self._push = threading.local()  # one PUSH socket per engine thread
-        self.live: dict[tuple[bytes, int], object] = {}  # (frontend, id) -> Request, for cancels
+        core.sink = self.send_outputs
         self.draining = False
         self.poller = zmq.Poller()
         # each frontend's pid, watched through a pidfd: a worker that dies (kill -9, OOM) sends
         # no cancels, so its requests are cancelled here and their rows freed
         self.frontends: dict[bytes, int] = {}  # routing id -> pidfd (-1: not watchable)
         self._watched: dict[int, bytes] = {}  # pidfd -> routing id
+        self._admitted: dict[bytes, list[ipc.Admitted]] = {}  # decisions of this drain, by frontend
 
-    def on_output(self, frontend: bytes):
-        """The callback an engine thread runs for each preview or end of a request."""
-        def push(out: ipc.Output, samples) -> None:
-            sock = getattr(self._push, "sock", None)
-            if sock is None:
-                sock = self._push.sock = self.ctx.socket(zmq.PUSH)
-                sock.setsockopt(zmq.LINGER, 0)
-                sock.connect(OUTPUTS)
-            # a leading frame tells the IPC thread which request ended (its id; empty for a
-            # preview), so it forwards without decoding the message
-            ended = str(out.id).encode() if out.final else b""
-            sock.send_multipart([frontend, ended, *ipc.output_frames(out, samples)], copy=False)
-        return push
+    def send_outputs(self, frontend: bytes, outputs: list[ipc.Output], samples: list) -> None:
+        """The engine core's sink, on an engine thread: one message per frontend per decode,
+        to the IPC thread (which alone may use the ROUTER)."""
+        sock = getattr(self._push, "sock", None)
+        if sock is None:
+            sock = self._push.sock = self.ctx.socket(zmq.PUSH)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(OUTPUTS)
+        sock.send_multipart([frontend, *ipc.to_frontend_frames(ipc.ToFrontend(outputs=outputs), samples)],
+                            copy=False)
 
     def run(self, parent: int) -> None:
         poller = self.poller
@@ -77,57 +75,60 @@ class CoreServer:
             if os.getppid() != parent:
                 log.error("supervisor is gone; engine core exits")
                 return
-            if self.draining and not self.live and self.core.idle():
+            if self.draining and not self.core.live and self.core.idle():
                 log.info("engine core drained")
                 return
 
     def _forward(self) -> None:
-        while True:
-            try:
-                frames = self.outputs.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            ended = frames.pop(1).bytes
-            if ended:
-                self.live.pop((frames[0].bytes, int(ended)), None)
-            self.router.send_multipart(frames, copy=False)
+        outputs, router = self.outputs, self.router
+        while outputs.get(zmq.EVENTS) & zmq.POLLIN:  # asked, not caught: a zmq.Again leaves a cycle
+            router.send_multipart(outputs.recv_multipart(copy=False), copy=False)
 
     def _serve(self) -> None:
-        while True:
-            try:
-                frontend, kind, *rest = self.router.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        router = self.router
+        while router.get(zmq.EVENTS) & zmq.POLLIN:
+            frontend, kind, *rest = router.recv_multipart()
             if frontend not in self.frontends:
                 self._watch(frontend)
             try:
                 self._handle(frontend, kind, rest)
             except Exception:  # a malformed or failing message costs only its own request
                 log.exception("engine core: message failed", extra={"kind": kind.decode(errors="replace")})
-                if kind == ipc.ADD and rest:
-                    try:
-                        rid = ipc.decode(kind, rest[0]).id
-                    except Exception:
-                        continue
-                    self.router.send_multipart([frontend, ipc.ADMITTED, ipc.encode(ipc.Admitted(
-                        rid, False, reason="error", message="the engine core could not take the request"))])
+        # every decision of this drain, one message per frontend
+        for frontend, admitted in self._admitted.items():
+            router.send_multipart([frontend, ipc.TO_FRONTEND, ipc.encode(ipc.ToFrontend(admitted=admitted))])
+        self._admitted.clear()
+
+    def _admit(self, frontend: bytes, msg: ipc.AddRequest) -> None:
+        if self.draining:
+            adm = ipc.Admitted(msg.id, False, reason="draining", message="server is draining", retry_after_s=1)
+        else:
+            try:
+                adm = self.core.add(msg, frontend)
+            except Exception:  # this request's failure only (say, rows the engine cannot build)
+                log.exception("engine core: admission failed", extra={"request_id": msg.request_id})
+                adm = ipc.Admitted(msg.id, False, reason="error", message="the engine core could not take the request")
+        admitted = self._admitted.get(frontend)
+        if admitted is None:
+            admitted = self._admitted[frontend] = []
+        admitted.append(adm)
 
     def _handle(self, frontend: bytes, kind: bytes, rest: list[bytes]) -> None:
         core = self.core
-        if kind == ipc.ADD:
-            msg = ipc.decode(kind, rest[0])
-            if self.draining:
-                adm = ipc.Admitted(msg.id, False, reason="draining", message="server is draining",
-                                   retry_after_s=1)
-            else:
-                adm, req = core.add(msg, self.on_output(frontend))
-                if req is not None:
-                    self.live[(frontend, msg.id)] = req
-            self.router.send_multipart([frontend, ipc.ADMITTED, ipc.encode(adm)])
+        if kind == ipc.TO_CORE:
+            batch = ipc.decode(kind, rest[0])
+            for msg in batch.adds:
+                self._admit(frontend, msg)
+            for rid in batch.cancels:
+                core.cancel(frontend, rid)
+            for msg in batch.answered:
+                core.answered(msg)
+            for msg in batch.rejected:
+                core.rejected(msg.model, msg.reason)
+        elif kind == ipc.ADD:
+            self._admit(frontend, ipc.decode(kind, rest[0]))
         elif kind == ipc.CANCEL:
-            req = self.live.pop((frontend, ipc.decode(kind, rest[0]).id), None)
-            if req is not None:
-                core.cancel(req)
+            core.cancel(frontend, ipc.decode(kind, rest[0]).id)
         elif kind == ipc.ANSWERED:
             core.answered(ipc.decode(kind, rest[0]))
         elif kind == ipc.REJECTED:
@@ -161,9 +162,9 @@ class CoreServer:
             self.poller.unregister(fd)
             del self._watched[fd]
             os.close(fd)
-        lost = [key for key in self.live if key[0] == frontend]
-        for key in lost:
-            self.core.cancel(self.live.pop(key))
+        lost = [rid for owner, rid in list(self.core.live) if owner == frontend]
+        for rid in lost:
+            self.core.cancel(frontend, rid)
         self.core.metrics.frontends.set(len(self.frontends))
         if not clean:
             self.core.metrics.frontends_lost.inc()

@@ -58,13 +58,14 @@ def _threads(threads: int = 0) -> int:
 
 
 def _ort_spinning(opts, mode: str | None = None) -> None:
-    """How idle ONNX Runtime intra-op threads wait (ANYTIME_ORT_SPIN): `run` (the default: spin
-    only while a run is in flight: session.force_spinning_stop), `on` (ORT's own default: they
-    spin, also for a while after each run) or `off` (never spin: session.intra_op.allow_spinning=0).
-    Spinning after a run takes the CPU the HTTP event loop and the engine's Python need between
-    steps: at 2x load `on` rejected 33% of requests where `run` rejected 11%, while `run` costs the
-    bare step 5-15% (bench/results/thread-modes/modes.md, bench/results/engine/engine.md)."""
-    mode = mode or os.environ.get("ANYTIME_ORT_SPIN", "run")
+    """How idle ONNX Runtime intra-op threads wait (ANYTIME_ORT_SPIN): `off` (the default: never
+    spin, session.intra_op.allow_spinning=0), `run` (spin only while a run is in flight:
+    session.force_spinning_stop) or `on` (ORT's own default: they spin, also for a while after
+    each run). Spinning takes the CPU the HTTP event loop and the engine's Python need: at 2x load
+    `on` rejected 33% of requests, `run` 11%, `off` 5.6% (bench/results/thread-modes/modes.md);
+    on a 1-token request the spinning pool threads were 40% of the engine core's CPU, and `off`
+    halved that process's CPU per request (bench/results/cost/cost.md)."""
+    mode = mode or os.environ.get("ANYTIME_ORT_SPIN", "off")
     if mode == "run":
         opts.add_session_config_entry("session.force_spinning_stop", "1")
     elif mode == "off":
@@ -206,7 +207,7 @@ class OnnxRuntime:
 
 def make_runtime(spec: ModelSpec, backend: str, slots: int, device: str | None = None, threads: int = 0,
                  ort_spin: str | None = None, ort_io_binding: str = "auto") -> Runtime:
-    """threads 0 and ort_spin None: ANYTIME_THREADS / ANYTIME_ORT_SPIN, else all cores and `run`.
+    """threads 0 and ort_spin None: ANYTIME_THREADS / ANYTIME_ORT_SPIN, else all cores and `off`.
     ort_io_binding: `on` keeps the ONNX KV cache in device memory (OnnxDeviceRuntime), `off` in
     host memory (OnnxRuntime), `auto` picks `on` on CUDA and `off` on the CPU, where the host
     cache is no copy and the extra scatter run would cost (bench/results/engine-io-binding/engine.md)."""

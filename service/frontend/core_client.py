@@ -9,28 +9,36 @@ import itertools
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 
-import numpy as np
 import zmq
 import zmq.asyncio
 
 from .. import ipc
 from ..catalog import ModelCard
+from ..refusals import Refusal
 
 log = logging.getLogger("anytime.frontend")
 
 ENGINE_DEAD = "the engine core is not running"
 
 
-@dataclass
 class Stream:
     """An admitted request as the frontend sees it: its outputs arrive as (ipc.Output,
-    samples), the last with `final` set; on `events`, or on the future first() gave."""
+    samples), the last with `final` set; on `events`, or on the future first() gave. The queue
+    is made only for a request that reads it (a stream): most requests take one output."""
 
-    id: int
-    events: asyncio.Queue = field(default_factory=asyncio.Queue)
-    _waiter: asyncio.Future | None = None
+    __slots__ = ("id", "_events", "_waiter")
+
+    def __init__(self, id: int):
+        self.id = id
+        self._events: asyncio.Queue | None = None
+        self._waiter: asyncio.Future | None = None
+
+    @property
+    def events(self) -> asyncio.Queue:
+        if self._events is None:
+            self._events = asyncio.Queue()
+        return self._events
 
     def put(self, item) -> None:
         """Deliver an output (on the event loop): straight to a first() future, which wakes its
@@ -46,18 +54,20 @@ class Stream:
         """A future for the next output (a non-streaming request gets exactly one); resolving
         it with None elsewhere stops the wait."""
         fut = asyncio.get_running_loop().create_future()
-        if self.events.empty():
+        if self._events is None or self._events.empty():
             self._waiter = fut
         else:
-            fut.set_result(self.events.get_nowait())
+            fut.set_result(self._events.get_nowait())
         return fut
 
 
 class EngineClient:
-    """What the frontend needs of an engine core."""
+    """What the frontend needs of an engine core. Outputs reach `_deliver` in batches (one call
+    per engine decode), and each goes to the stream of its request."""
 
     cards: dict[str, ModelCard]
     default_model: str | None
+    _streams: dict[int, Stream]
 
     @property
     def alive(self) -> bool:
@@ -73,7 +83,7 @@ class EngineClient:
 
     def answered(self, msg: ipc.Answered) -> None: ...
 
-    def rejected(self, model: str, reason: str) -> None: ...
+    def rejected(self, model: str, reason: Refusal | str) -> None: ...
 
     async def metrics(self) -> bytes: ...
 
@@ -82,11 +92,28 @@ class EngineClient:
         self.cards = {name: ModelCard.from_manifest(m["manifest"], m["backend"], m["device"])
                       for name, m in info["models"].items()}
 
+    def _deliver(self, outputs: list[ipc.Output], samples: list) -> None:
+        """One batch of outputs (on the event loop): each to its request's stream."""
+        received = time.monotonic()
+        streams = self._streams
+        for out, data in zip(outputs, samples):
+            stream = streams.get(out.id)
+            if stream is None:  # cancelled meanwhile
+                continue
+            if out.final:
+                del streams[out.id]
+            out.received = received
+            stream.put((out, data))
+
 
 class MPClient(EngineClient):
     """An engine core in another process: one DEALER socket, one reader task that routes each
-    reply to the request waiting for it. When the core process dies (watched through a pidfd),
-    every waiting request ends with a 503 at once and new ones are refused."""
+    reply to the request waiting for it. What one event-loop iteration has for the engine core
+    (admissions, cancels, reports) leaves as one message at the end of that iteration. When the
+    core process dies (watched through a pidfd), every waiting request ends with a 503 at once
+    and new ones are refused."""
+
+    REPORT_DELAY_S = 0.002  # reports alone wait this long for company (metrics, the respond margin)
 
     def __init__(self, address: str, core_pid: int | None = None):
         self.address, self.core_pid = address, core_pid
@@ -103,6 +130,9 @@ class MPClient(EngineClient):
         self._sock.setsockopt(zmq.ROUTING_ID, ipc.frontend_identity(os.getpid()))
         self._reader: asyncio.Task | None = None
         self._pidfd: int | None = None
+        self._batch = ipc.ToCore([], [], [], [])
+        self._flush_at: asyncio.Handle | asyncio.TimerHandle | None = None
+        self._flush_soon = False
 
     @property
     def alive(self) -> bool:
@@ -119,6 +149,7 @@ class MPClient(EngineClient):
         self._set_cards(info)
 
     async def close(self) -> None:
+        self._flush()
         if self._reader:
             self._reader.cancel()
         if not self._dead:  # a clean exit: the engine core does not count it as a lost worker
@@ -133,14 +164,38 @@ class MPClient(EngineClient):
         self._sock.close(linger=200)  # long enough for the goodbye to leave
         self._ctx.term()
 
+    # ---- to the engine core: batched per event-loop iteration ------------------------------
+    def _soon(self) -> None:
+        """Flush at the end of this loop iteration (call_soon runs after the callbacks already due)."""
+        if not self._flush_soon:
+            if self._flush_at is not None:
+                self._flush_at.cancel()
+            self._flush_soon = True
+            self._flush_at = asyncio.get_running_loop().call_soon(self._flush)
+
+    def _later(self) -> None:
+        """Flush within REPORT_DELAY_S: reports need no hurry, and usually leave with admissions."""
+        if self._flush_at is None:
+            self._flush_at = asyncio.get_running_loop().call_later(self.REPORT_DELAY_S, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_at, self._flush_soon = None, False
+        batch = self._batch
+        if self._dead or not (batch.adds or batch.cancels or batch.answered or batch.rejected):
+            return
+        self._batch = ipc.ToCore([], [], [], [])
+        self._sock.send_multipart([ipc.TO_CORE, ipc.encode(batch)])
+
     async def add(self, msg: ipc.AddRequest) -> tuple[ipc.Admitted, Stream | None]:
         if self._dead:
-            return ipc.Admitted(msg.id, False, reason="engine_dead", message=ENGINE_DEAD, retry_after_s=1), None
+            return ipc.Admitted(msg.id, False, reason=Refusal.ENGINE_DEAD, message=ENGINE_DEAD,
+                                retry_after_s=1), None
         fut = asyncio.get_running_loop().create_future()
         stream = Stream(msg.id)
         self._admissions[msg.id] = fut
         self._streams[msg.id] = stream  # before sending: an output may follow the decision at once
-        await self._sock.send_multipart([ipc.ADD, ipc.encode(msg)])
+        self._batch.adds.append(msg)
+        self._soon()
         adm = await fut
         if not adm.ok:
             self._streams.pop(msg.id, None)
@@ -149,15 +204,18 @@ class MPClient(EngineClient):
 
     def cancel(self, stream: Stream) -> None:
         if not self._dead and self._streams.pop(stream.id, None) is not None:
-            self._sock.send_multipart([ipc.CANCEL, ipc.encode(ipc.Cancel(stream.id))])
+            self._batch.cancels.append(stream.id)
+            self._soon()
 
     def answered(self, msg: ipc.Answered) -> None:
         if not self._dead:
-            self._sock.send_multipart([ipc.ANSWERED, ipc.encode(msg)])
+            self._batch.answered.append(msg)
+            self._later()
 
-    def rejected(self, model: str, reason: str) -> None:
+    def rejected(self, model: str, reason: Refusal | str) -> None:
         if not self._dead:
-            self._sock.send_multipart([ipc.REJECTED, ipc.encode(ipc.Rejected(model, reason))])
+            self._batch.rejected.append(ipc.Rejected(model, reason))
+            self._later()
 
     async def metrics(self) -> bytes:
         if self._dead:
@@ -168,9 +226,11 @@ class MPClient(EngineClient):
         fut = self._replies.get(reply)
         if fut is None or fut.done():  # concurrent queries share one round trip
             fut = self._replies[reply] = asyncio.get_running_loop().create_future()
+            self._flush()  # what is batched goes first (the metrics include it)
             await self._sock.send_multipart([kind])
         return await asyncio.shield(fut)
 
+    # ---- from the engine core --------------------------------------------------------------
     async def _read(self) -> None:
         sock = self._sock
         while True:
@@ -185,20 +245,15 @@ class MPClient(EngineClient):
 
     def _dispatch(self, frames: list[bytes]) -> None:
         kind = frames[0]
-        if kind == ipc.OUTPUT:
-            out = ipc.decode(kind, frames[1])
-            stream = self._streams.get(out.id)
-            if stream is None:  # cancelled meanwhile
-                return
-            if out.final:
-                del self._streams[out.id]
-            out.received = time.monotonic()
-            stream.put((out, ipc.samples_from(out, frames[2] if len(frames) > 2 else None)))
-        elif kind == ipc.ADMITTED:
-            adm = ipc.decode(kind, frames[1])
-            fut = self._admissions.pop(adm.id, None)
-            if fut is not None and not fut.done():
-                fut.set_result(adm)
+        if kind == ipc.TO_FRONTEND:
+            batch = ipc.decode(kind, frames[1])
+            admissions = self._admissions
+            for adm in batch.admitted:
+                fut = admissions.pop(adm.id, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(adm)
+            if batch.outputs:
+                self._deliver(batch.outputs, ipc.split_samples(batch.outputs, frames[2] if len(frames) > 2 else None))
         elif kind == ipc.METRICS_TEXT:
             self._resolve(kind, frames[1])
         elif kind == ipc.INFO_REPLY:
@@ -238,7 +293,8 @@ class MPClient(EngineClient):
             asyncio.get_running_loop().remove_reader(self._pidfd)
         for fut in self._admissions.values():
             if not fut.done():
-                fut.set_result(ipc.Admitted(0, False, reason="engine_dead", message=ENGINE_DEAD, retry_after_s=1))
+                fut.set_result(ipc.Admitted(0, False, reason=Refusal.ENGINE_DEAD, message=ENGINE_DEAD,
+                                            retry_after_s=1))
         self._admissions.clear()
         for stream in self._streams.values():
             stream.put((ipc.Output(stream.id, True, 0, finish_reason="error", error=ENGINE_DEAD,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
-import uuid
 
 from .errors import error_body
 from .validation import body_too_large
@@ -23,10 +23,15 @@ class ArrivalAndLimits:
             return await self.app(scope, receive, send)
         state = scope.setdefault("state", {})
         state["arrival"] = time.monotonic()
-        headers = dict(scope.get("headers") or [])
-        rid = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex[:16]
+        rid, length = "", None
+        for name, value in scope.get("headers") or ():
+            if name == b"x-request-id":
+                rid = value.decode("latin-1")[:64]
+            elif name == b"content-length":
+                length = value
+        rid = rid or os.urandom(8).hex()  # 16 hex digits, as a uuid4's first 16 were
         state["request_id"] = rid
-        if body_too_large(headers.get(b"content-length"), 0, self.max_body):
+        if body_too_large(length, 0, self.max_body):
             return await _reject(send, scope["path"], rid, self.max_body)
         # Read the (small, capped) body here so an oversized chunked upload is refused before
         # FastAPI parses anything; then replay it to the app once.

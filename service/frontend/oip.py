@@ -10,7 +10,6 @@ It answers `samples` FP32 [n, ...sample shape], `tokens` INT32 [n] and `quality`
 `{"error": "..."}` (errors.py) with /generate's status codes."""
 from __future__ import annotations
 
-import time
 
 import numpy as np
 from fastapi import APIRouter, Request
@@ -152,10 +151,9 @@ def _tensors(result: Result, names) -> list[OutputTensor]:
 def _respond(req: InferRequest, result: Result, binary: dict[str, bool], arrival: float,
              state: FrontendState) -> Response:
     tensors, chunks = encode_outputs(_tensors(result, binary), binary)
-    latency = time.monotonic() - arrival
-    state.record(result, latency)
+    latency, met = state.answer(result)
     header = {"model_name": result.card.name, "parameters": {
-        "deadline_met": latency <= result.request.deadline_s, "latency_ms": round(latency * 1000, 3),
+        "deadline_met": met, "latency_ms": round(latency * 1000, 3),
         "finish_reason": result.output.finish_reason}}
     if req.id is not None:
         header["id"] = req.id

@@ -1,4 +1,12 @@
-"""HTTP routes: thin functions over FrontendState."""
+"""HTTP routes: thin functions over FrontendState.
+
+POST /generate is the hot path. Its route is a LeanRoute: the OpenAPI document, the error bodies
+and the validation messages are FastAPI's, generated from the declared endpoint as for any
+route, but a well-formed JSON body skips FastAPI's per-request work (the body read and parsed
+into a dict and then validated, dependency solving): pydantic-core parses and validates it in
+one pass, straight from the bytes the middleware already read. Anything else (another content
+type, invalid JSON, a body that fails validation) goes through FastAPI's own handler, so errors
+are exactly FastAPI's. Responses are written by msgspec (samples as base64 by the encoder)."""
 from __future__ import annotations
 
 import json
@@ -6,13 +14,16 @@ import time
 from pathlib import Path
 from typing import Annotated
 
+import msgspec
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from pydantic import ValidationError
 
 from . import encoding
 from .errors import ApiError
-from .schemas import ErrorResponse, GenerateResponse, ModelInfo, ModelList, Preview, Sample
+from .schemas import ErrorResponse, GenerateResponse, ModelInfo, ModelList
 from .state import FrontendState, Result
 from .validation import GenerateRequest
 
@@ -29,76 +40,163 @@ STALE_S = 0.02  # a preview queued this long while a newer event waits is skippe
 STATIC = Path(__file__).resolve().parent.parent / "static"
 
 
-@router.post("/generate", response_model=GenerateResponse, responses={
-    **ERRORS, 200: {"content": {"image/png": {}, "audio/wav": {}, "application/x-npy": {}, "text/event-stream": {}}}})
+class LeanRoute(APIRoute):
+    """An APIRoute whose endpoint has a `lean` twin taking the Request alone; the twin returns
+    None when the request needs FastAPI's full handling (errors, unusual bodies), which then
+    runs the declared endpoint as usual."""
+
+    def get_route_handler(self):
+        full = super().get_route_handler()
+        lean = self.endpoint.lean
+
+        async def handler(request: Request) -> Response:
+            response = await lean(request)
+            return response if response is not None else await full(request)
+
+        return handler
+
+
+# ---- the response bodies (msgspec; the same fields and order as schemas.py's models) ------------
+class SampleBody(msgspec.Struct, gc=False):
+    data: bytes  # msgspec writes bytes as base64
+    media_type: str
+
+
+class GenerateBody(msgspec.Struct, gc=False):
+    model: str
+    tokens: int
+    max_tokens: int
+    quality: float
+    latency_ms: float
+    compute_ms: float
+    engine_ms: float
+    queue_ms: float
+    deadline_ms: int
+    deadline_met: bool
+    seed: int
+    label: str | None
+    finish_reason: str
+    request_id: str
+    samples: list[SampleBody]
+
+
+class PreviewBody(msgspec.Struct, gc=False):
+    tokens: int
+    max_tokens: int
+    quality: float
+    elapsed_ms: float
+    samples: list[SampleBody]
+
+
+_json = msgspec.json.Encoder().encode
+JSON_TYPE = "application/json"
+
+
+def _json_body(raw: bytes, content_type: str | None) -> GenerateRequest | None:
+    """The body validated in one pass, or None when FastAPI should look at it (it reports why)."""
+    if not raw or content_type is None or not content_type.startswith(JSON_TYPE):
+        return None
+    try:
+        return GenerateRequest.model_validate_json(raw)
+    except ValidationError:
+        return None
+
+
+def _content_type(scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            return value.decode("latin-1")
+    return None
+
+
+async def _generate_lean(request: Request) -> Response | None:
+    scope = request.scope
+    state = scope["state"]
+    body = _json_body(state.get("body", b""), _content_type(scope))
+    if body is None:
+        return None
+    return await _generate(body, request, scope["app"].state.frontend)
+
+
 async def generate(body: GenerateRequest, request: Request, state: StateDep):
     """Generate samples within deadline_ms; the server picks the token count k that fits."""
-    arrival = request.state.arrival
+    return await _generate(body, request, state)
+
+
+generate.lean = _generate_lean
+router.add_api_route("/generate", generate, methods=["POST"], response_model=GenerateResponse,
+                     route_class_override=LeanRoute, responses={
+                         **ERRORS, 200: {"content": {"image/png": {}, "audio/wav": {}, "application/x-npy": {},
+                                                     "text/event-stream": {}}}})
+
+
+async def _generate(body: GenerateRequest, request: Request, state: FrontendState) -> Response:
+    scope_state = request.scope["state"]
+    arrival = scope_state["arrival"]
     if body.stream:
         return await _stream(body, request, state)
-    result = await state.generate(body, arrival, request.state.request_id, request.receive)
+    result = await state.generate(body, arrival, scope_state["request_id"], request.receive)
     if result is None:  # client went away; nobody reads this
         return Response(status_code=499)
-    request.state.result = result  # for the trace span (service/frontend/tracing.py)
+    scope_state["result"] = result  # for the trace span (service/frontend/tracing.py)
     return _encode(body, result, arrival, state)
 
 
-def _samples(samples, card) -> list[Sample]:
-    encoded = [encoding.encode_one(s, card.modality, card.sample_rate) for s in samples]
-    return [Sample(data=encoding.b64(data), media_type=mt) for mt, data in encoded]
+def _samples(samples, card) -> list[SampleBody]:
+    fmt = encoding.sample_format(card.modality)
+    media = encoding.MEDIA_TYPES[fmt]
+    if fmt == "png":
+        return [SampleBody(encoding.png(s), media) for s in samples]
+    return [SampleBody(encoding.wav(s, card.sample_rate), media) for s in samples]
 
 
-def _meta(body: GenerateRequest, result: Result) -> dict:
+def _body(body: GenerateRequest, result: Result, samples: list, latency: float, met: bool) -> GenerateBody:
     card, msg, out = result.card, result.request, result.output
     label = card.classes[msg.label] if msg.label is not None and card.classes else None
     started = out.started or out.finished or msg.arrival
     finished = out.finished or msg.arrival
-    return {"model": card.name, "tokens": out.tokens, "max_tokens": card.D, "quality": round(result.quality, 4),
-            "deadline_ms": body.deadline_ms, "seed": msg.seed, "label": label,
-            "finish_reason": out.finish_reason, "request_id": msg.request_id,
-            "compute_ms": round(out.compute_s * 1000, 3),
-            "engine_ms": round((finished - started) * 1000, 3),
-            "queue_ms": round((started - msg.arrival) * 1000, 3)}
+    return GenerateBody(card.name, out.tokens, card.D, round(result.quality, 4), round(latency * 1000, 3),
+                        round(out.compute_s * 1000, 3), round((finished - started) * 1000, 3),
+                        round((started - msg.arrival) * 1000, 3), body.deadline_ms, met, msg.seed, label,
+                        out.finish_reason, msg.request_id, samples)
 
 
-def _json_payload(body: GenerateRequest, result: Result, arrival: float, state: FrontendState) -> GenerateResponse:
-    items = _samples(result.samples, result.card)
-    latency = time.monotonic() - arrival
-    state.record(result, latency)
-    return GenerateResponse(**_meta(body, result), latency_ms=round(latency * 1000, 3),
-                            deadline_met=latency <= result.request.deadline_s, samples=items)
+HEADERS = [(field, "X-Anytime-" + field.replace("_", "-").title()) for field in
+           ("model", "tokens", "max_tokens", "quality", "deadline_ms", "seed", "label", "finish_reason",
+            "request_id", "compute_ms", "engine_ms", "queue_ms")]
 
 
 def _encode(body: GenerateRequest, result: Result, arrival: float, state: FrontendState) -> Response:
     samples, card = result.samples, result.card
-    meta = _meta(body, result)
-    if body.format == "json":  # pydantic-core writes the JSON: no dict and json.dumps in between
-        return Response(_json_payload(body, result, arrival, state).model_dump_json(), media_type="application/json")
+    if body.format == "json":
+        items = _samples(samples, card)
+        latency, met = state.answer(result)
+        return Response(_json(_body(body, result, items, latency, met)), media_type=JSON_TYPE)
     if body.format == "npy":
         data, media = encoding.npy(samples), encoding.MEDIA_TYPES["npy"]
     elif body.format == "png":
         data, media = encoding.png_grid(samples), encoding.MEDIA_TYPES["png"]
     else:
         data, media = encoding.wav(samples.reshape(-1), card.sample_rate), encoding.MEDIA_TYPES["wav"]
-    latency = time.monotonic() - arrival
-    headers = {f"X-Anytime-{k.replace('_', '-').title()}": str(v) for k, v in meta.items() if v is not None}
+    latency, met = state.answer(result)
+    meta = _body(body, result, [], latency, met)
+    headers = {name: str(getattr(meta, field)) for field, name in HEADERS if getattr(meta, field) is not None}
     headers["X-Anytime-Latency-Ms"] = f"{latency * 1000:.3f}"
-    headers["X-Anytime-Deadline-Met"] = str(latency <= result.request.deadline_s).lower()
-    state.record(result, latency)
+    headers["X-Anytime-Deadline-Met"] = "true" if met else "false"
     return Response(content=data, media_type=media, headers=headers)
 
 
-def _sse(event: str, data) -> str:
-    text = data.model_dump_json() if hasattr(data, "model_dump_json") else json.dumps(data, separators=(",", ":"))
-    return f"event: {event}\ndata: {text}\n\n"
+def _sse(event: str, data) -> bytes:
+    text = _json(data) if isinstance(data, msgspec.Struct) else json.dumps(data, separators=(",", ":")).encode()
+    return b"event: " + event.encode() + b"\ndata: " + text + b"\n\n"
 
 
 async def _stream(body: GenerateRequest, request: Request, state: FrontendState) -> StreamingResponse:
     """Server-sent events: `preview` every preview_every tokens, then `final` (or `error`).
 
     Admission errors are raised here, before the stream starts, as plain JSON errors."""
-    arrival = request.state.arrival
-    card, msg = state.prepare(body, arrival, request.state.request_id)
+    arrival = request.scope["state"]["arrival"]
+    card, msg = state.prepare(body, arrival, request.scope["state"]["request_id"])
     stream = await state.admit(card, msg)
 
     async def produce():
@@ -111,10 +209,9 @@ async def _stream(body: GenerateRequest, request: Request, state: FrontendState)
                     # newest is worth encoding (a busy event loop must not spend itself on stale ones)
                     out, samples = stream.events.get_nowait()
                 if not out.final:
-                    yield _sse("preview", Preview(tokens=out.tokens, max_tokens=card.D,
-                                                  quality=round(card.quality(out.tokens), 4),
-                                                  elapsed_ms=round((time.monotonic() - arrival) * 1000, 3),
-                                                  samples=_samples(samples, card)))
+                    yield _sse("preview", PreviewBody(out.tokens, card.D, round(card.quality(out.tokens), 4),
+                                                      round((time.monotonic() - arrival) * 1000, 3),
+                                                      _samples(samples, card)))
                     continue
                 finished = True
                 try:
@@ -123,8 +220,10 @@ async def _stream(body: GenerateRequest, request: Request, state: FrontendState)
                     yield _sse("error", {"error": {"code": e.status, "message": e.message}})
                     return
                 if result is not None:
-                    request.state.result = result
-                    yield _sse("final", _json_payload(body, result, arrival, state))
+                    request.scope["state"]["result"] = result
+                    items = _samples(result.samples, card)
+                    latency, met = state.answer(result)
+                    yield _sse("final", _body(body, result, items, latency, met))
                 return
         finally:
             if not finished:  # the client went away mid-stream: free its rows

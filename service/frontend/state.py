@@ -12,6 +12,7 @@ import numpy as np
 
 from .. import ipc
 from ..catalog import ModelCard
+from ..refusals import Refusal
 from ..settings import Settings
 from . import encoding
 from .core_client import EngineClient, Stream
@@ -100,7 +101,7 @@ class FrontendState:
     async def admit(self, card: ModelCard, msg: ipc.AddRequest) -> Stream:
         """Admitted by the engine core, or ApiError 503. Pair every admit with release()."""
         if self._inflight >= self.settings.max_inflight:
-            self.client.rejected(card.name, "overloaded")
+            self.client.rejected(card.name, Refusal.OVERLOADED)
             raise ApiError(503, f"overloaded: {self._inflight} requests in flight", {"Retry-After": "1"})
         self._inflight += 1
         try:
@@ -110,7 +111,7 @@ class FrontendState:
             raise
         if not adm.ok:
             self._inflight -= 1
-            status = {"unknown_model": 404, "too_large": 422, "error": 500}.get(adm.reason, 503)
+            status = _refusal_status(adm.reason)
             headers = {"Retry-After": str(max(1, round(adm.retry_after_s)))} if status == 503 else None
             raise ApiError(status, adm.message, headers)
         return stream
@@ -119,7 +120,7 @@ class FrontendState:
         """A generation request refused unread because this worker runs behind (the model is
         the default one: the body that names it was not parsed)."""
         if self.client.default_model is not None:
-            self.client.rejected(self.client.default_model, "overloaded")
+            self.client.rejected(self.client.default_model, Refusal.OVERLOADED)
 
     def release(self) -> None:
         self._inflight -= 1
@@ -155,12 +156,25 @@ class FrontendState:
             gone.cancel()
             self.release()
 
-    def record(self, result: Result, latency_s: float) -> None:
-        """Report an answered request; its time since leaving the engine teaches the scheduler
-        how long responding takes right now."""
+    def answer(self, result: Result) -> tuple[float, bool]:
+        """The answer is encoded and leaves now: its latency, and whether it met its deadline,
+        decided here once (the response says it, the report carries it to the metrics). The
+        report's time since the engine finished teaches the scheduler how long responding takes."""
         out, msg = result.output, result.request
-        self.client.answered(ipc.Answered(result.card.name, latency_s, msg.deadline_s, out.tokens, result.quality,
-                                          msg.n, out.finish_reason, time.monotonic() - out.finished))
+        now = time.monotonic()
+        latency = now - msg.arrival
+        met = latency <= msg.deadline_s
+        self.client.answered(ipc.Answered(result.card.name, latency, msg.deadline_s, out.tokens, result.quality,
+                                          msg.n, out.finish_reason, now - (out.finished or now), met))
+        return latency, met
+
+
+def _refusal_status(reason: str) -> int:
+    """The HTTP status of an engine core's refusal (503 for a reason this frontend does not know)."""
+    try:
+        return Refusal(reason).status
+    except ValueError:
+        return 503
 
 
 async def _disconnected(receive) -> None:

@@ -21,6 +21,10 @@ def test_a_killed_worker_is_replaced_and_the_other_workers_requests_complete(tin
                        log_path=tmp_path / "server.log") as (base, proc):
         first = worker_pids(proc.pid)
         assert len(first) == 2
+        end = time.monotonic() + 30  # both connected to the engine core (readiness needs only one)
+        while metric(httpx.get(base + "/metrics").text, "anytime_frontend_workers") != 2:
+            assert time.monotonic() < end
+            time.sleep(0.05)
         results, lock = [], threading.Lock()
 
         def slow(i):  # 8 steps of 100 ms each: in flight when the worker dies
@@ -92,7 +96,7 @@ def test_ctrl_c_drains_every_process_and_exits_0_without_errors(tiny_model_dir, 
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
     text = log_path.read_text()
-    assert '"level": "ERROR"' not in text and "Traceback" not in text, text[-3000:]
+    assert '"ERROR"' not in text and "Traceback" not in text, text[-3000:]
     assert "second signal" not in text  # one Ctrl-C is one drain, in every process
     assert text.count("drained 0 in-flight requests") == 2 and "engine core drained" in text
 
@@ -117,7 +121,7 @@ def test_a_worker_that_cannot_start_ends_the_server_with_the_cause(tiny_model_di
                                 stderr=subprocess.STDOUT)
         try:
             end = time.monotonic() + 60
-            while '"message": "serving"' not in log_path.read_text():  # the engine core is warm
+            while "\"serving\"" not in log_path.read_text():  # the engine core is warm
                 assert proc.poll() is None and time.monotonic() < end, log_path.read_text()[-2000:]
                 time.sleep(0.02)
             serving = time.monotonic()
@@ -135,9 +139,9 @@ def test_chaos_short_form(tiny_model_dir, tmp_path):
     while a random worker is killed every few seconds."""
     with serve_process(tiny_model_dir, "--workers", "2", "--worker-deaths-limit", "100",
                        log_path=tmp_path / "server.log") as (base, proc):
-        report = asyncio.run(run_chaos(base, proc.pid, workers=2, seconds=30, kill_every_s=5, clients=4))
+        report = asyncio.run(run_chaos(base, proc.pid, workers=2, seconds=30, kill_every_s=6, clients=4))
         assert proc.poll() is None
-    assert report.kills >= 3 and report.ok > 100 and report.resets >= 1, report
+    assert report.kills >= 3 and report.ok > 100, report
     assert report.unexpected == {} and report.retried_failed == 0, report
     assert report.resets <= report.kills * 4 + 4, report  # only the killed workers' connections
     assert report.retried_ok == report.resets
