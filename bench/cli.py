@@ -51,6 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="measure these (anytime first: the others also run at 2x its capacity)")
     peers.add_argument("--report-only", action="store_true", help="rebuild the report from OUT/raw only")
     peers.add_argument("--tune", default=None, help="comma-separated peers: try their batch sizes (needs OUT/raw/anytime.json)")
+    chaos = sub.add_parser("chaos", help="mixed traffic while frontend workers are killed at random; memory by process")
+    chaos.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL)
+    chaos.add_argument("--backend", default="onnx", choices=["onnx", "torchscript"])
+    chaos.add_argument("--duration", type=float, default=300.0, help="seconds of traffic")
+    chaos.add_argument("--kill-every", type=float, default=10.0, help="seconds between kills (0: none, a memory soak)")
+    chaos.add_argument("--workers", type=int, default=2)
+    chaos.add_argument("--clients", type=int, default=6, help="closed-loop clients")
+    chaos.add_argument("--warmup", type=float, default=60.0, help="memory growth is judged after this")
+    chaos.add_argument("--server-flag", action="append", default=[], help="extra `anytime serve` flag (repeat)")
+    chaos.add_argument("--out", type=Path, required=True)
     cost = sub.add_parser("cost", help="CPU per request by process role and request shape (--baseline: vs another checkout)")
     cost.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL)
     cost.add_argument("--backend", default="onnx", choices=["onnx", "torchscript"])
@@ -116,6 +126,12 @@ def main(argv: list[str] | None = None) -> int:
         print(report(res))
         return 0
     flags = ["--model-dirs", str(args.model_dir), "--backend", args.backend, *args.server_flag]
+    if args.what == "chaos":
+        from .chaos import run_cli
+
+        run_cli(flags, args)
+        print((args.out / "chaos.md").read_text())
+        return 0
     if args.what == "overhead":
         from .overhead import run
         from .server_proc import serve

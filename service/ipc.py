@@ -114,6 +114,7 @@ class ToFrontend(msgspec.Struct, array_like=True, gc=False):
 # frame 0 of every message: what follows
 ADD, CANCEL, ANSWERED, REJECTED, METRICS, INFO = b"A", b"C", b"R", b"X", b"M", b"I"  # frontend -> core
 TO_CORE = b"B"  # frontend -> core: a ToCore batch (the single-message kinds above still decode)
+BYE = b"Q"  # frontend -> core: a clean exit (not counted as a lost worker)
 ADMITTED, OUTPUT, METRICS_TEXT, INFO_REPLY = b"a", b"o", b"m", b"i"  # core -> frontend
 TO_FRONTEND = b"b"  # core -> frontend: a ToFrontend batch (+ one samples frame)
 
@@ -125,6 +126,21 @@ DECODERS = {ADD: msgspec.msgpack.Decoder(AddRequest), CANCEL: msgspec.msgpack.De
             OUTPUT: msgspec.msgpack.Decoder(Output),
             TO_CORE: msgspec.msgpack.Decoder(ToCore), TO_FRONTEND: msgspec.msgpack.Decoder(ToFrontend)}
 _any = msgspec.msgpack.Decoder()
+
+
+def frontend_identity(pid: int) -> bytes:
+    """A frontend's ZeroMQ routing id: its pid, so the engine core can watch it die."""
+    return b"frontend-%d" % pid
+
+
+def frontend_pid(identity: bytes) -> int | None:
+    """The pid in a routing id from frontend_identity (None for any other peer)."""
+    if identity.startswith(b"frontend-"):
+        try:
+            return int(identity[len(b"frontend-"):])
+        except ValueError:
+            return None
+    return None
 
 
 def decode(kind: bytes, payload) -> object:

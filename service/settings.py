@@ -33,6 +33,17 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
+def name_process(name: str) -> None:
+    """Linux: the process's name in `top`, `ps -o comm` and `pgrep` (15 bytes at most):
+    anytime-core, anytime-worker, anytime-standby. Elsewhere, nothing."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(15, name.encode()[:15])  # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
+
+
 def default_workers() -> int:
     """HTTP worker processes beside the engine core: one per core beyond the first, at least
     one (the engine core keeps a core busy under load; bench/results/split has the measurement)."""
@@ -57,6 +68,10 @@ class Settings(BaseSettings):
         "auto: on with CUDA, off on the CPU")
     workers: int = Field(default_factory=default_workers, ge=0, le=64, description="HTTP worker processes; "
                          "0 runs the engine core inside the one HTTP process (default: cores - 1, at least 1)")
+    worker_deaths_limit: int = Field(5, ge=0, description="frontend worker deaths within a minute that the "
+                                     "supervisor replaces; one more ends the server non-zero (a crash loop)")
+    standby_worker: bool = Field(True, description="keep one frontend worker imported and waiting, so a dead "
+                                 "worker's replacement serves within a second (costs one idle process's memory)")
     policy: Policy = "anytime"
     max_batch: int = Field(128, ge=1, le=4096, description="sequences stepped together per model")
     max_queue: int = Field(4096, ge=0, description="sequences admitted and waiting for a batch row (bulk work "

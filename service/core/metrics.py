@@ -80,6 +80,11 @@ class Metrics:
                                      ["model", "reason"], registry=r)
         self.core_start = Gauge("anytime_engine_core_start_time_seconds", "Unix time the engine core started "
                                 "serving (a change is a restart)", registry=r)
+        self.frontends = Gauge("anytime_frontend_workers", "Frontend worker processes connected to the engine core",
+                               registry=r)
+        self.frontends_lost = Counter("anytime_frontend_workers_lost", "Frontend workers that exited without a "
+                                      "clean shutdown (killed, crashed); the supervisor starts a replacement for each",
+                                      registry=r)
         self._engine_children: dict = {}
         self._models: dict[str, _ModelChildren] = {}
         self.ready = Gauge("anytime_ready", "1 when models are loaded and warmed up and admission is open",

@@ -20,7 +20,7 @@ import zmq
 from .. import ipc
 from ..refusals import Refusal
 from ..logs import configure
-from ..settings import Settings, die_with_parent
+from ..settings import Settings, die_with_parent, name_process
 from .engine_core import EngineCore
 from .model_dir import ModelDirError
 
@@ -43,6 +43,11 @@ class CoreServer:
         self._push = threading.local()  # one PUSH socket per engine thread
         core.sink = self.send_outputs
         self.draining = False
+        self.poller = zmq.Poller()
+        # each frontend's pid, watched through a pidfd: a worker that dies (kill -9, OOM) sends
+        # no cancels, so its requests are cancelled here and their rows freed
+        self.frontends: dict[bytes, int] = {}  # routing id -> pidfd (-1: not watchable)
+        self._watched: dict[int, bytes] = {}  # pidfd -> routing id
         self._admitted: dict[bytes, list[ipc.Admitted]] = {}  # decisions of this drain, by frontend
 
     def send_outputs(self, frontend: bytes, outputs: list[ipc.Output], samples: list) -> None:
@@ -57,7 +62,7 @@ class CoreServer:
                             copy=False)
 
     def run(self, parent: int) -> None:
-        poller = zmq.Poller()
+        poller = self.poller
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.outputs, zmq.POLLIN)
         while True:
@@ -66,6 +71,8 @@ class CoreServer:
                 self._forward()
             if self.router in events:
                 self._serve()
+            for fd in [fd for fd in events if type(fd) is int and fd in self._watched]:
+                self._frontend_gone(self._watched[fd], clean=False)
             if os.getppid() != parent:
                 log.error("supervisor is gone; engine core exits")
                 return
@@ -82,6 +89,8 @@ class CoreServer:
         router = self.router
         while router.get(zmq.EVENTS) & zmq.POLLIN:
             frontend, kind, *rest = router.recv_multipart()
+            if frontend not in self.frontends:
+                self._watch(frontend)
             try:
                 self._handle(frontend, kind, rest)
             except Exception:  # a malformed or failing message costs only its own request
@@ -130,6 +139,38 @@ class CoreServer:
             self.router.send_multipart([frontend, ipc.METRICS_TEXT, core.metrics_text()])
         elif kind == ipc.INFO:
             self.router.send_multipart([frontend, ipc.INFO_REPLY, ipc.encode(core.info())])
+        elif kind == ipc.BYE:
+            self._frontend_gone(frontend, clean=True)
+
+    # ---- frontends ---------------------------------------------------------------------------
+    def _watch(self, frontend: bytes) -> None:
+        pid, fd = ipc.frontend_pid(frontend), -1
+        if pid is not None:
+            try:
+                fd = os.pidfd_open(pid)
+            except (AttributeError, OSError):  # gone already, or no pidfd (Linux < 5.3)
+                fd = -1
+        self.frontends[frontend] = fd
+        if fd >= 0:
+            self._watched[fd] = frontend
+            self.poller.register(fd, zmq.POLLIN)
+        self.core.metrics.frontends.set(len(self.frontends))
+
+    def _frontend_gone(self, frontend: bytes, clean: bool) -> None:
+        """A frontend said goodbye (clean) or its process exited: cancel what it still had."""
+        fd = self.frontends.pop(frontend, -1)
+        if fd >= 0:
+            self.poller.unregister(fd)
+            del self._watched[fd]
+            os.close(fd)
+        lost = [rid for owner, rid in list(self.core.live) if owner == frontend]
+        for rid in lost:
+            self.core.cancel(frontend, rid)
+        self.core.metrics.frontends.set(len(self.frontends))
+        if not clean:
+            self.core.metrics.frontends_lost.inc()
+            log.warning("frontend worker exited without a clean shutdown; its requests are cancelled",
+                        extra={"frontend": frontend.decode(errors="replace"), "cancelled": len(lost)})
 
     def close(self) -> None:
         self.router.close(0)
@@ -142,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ready-fd", type=int, required=True, help="written 'ready' (or the error) once models are warm")
     args = ap.parse_args(argv)
     die_with_parent()
+    name_process("anytime-core")
     settings = Settings.model_validate_json(os.environ["ANYTIME_PROCESS_SETTINGS"])
     configure(settings.log_level)
     parent = os.getppid()

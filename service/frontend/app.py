@@ -27,7 +27,11 @@ def create_app(settings: Settings, client: EngineClient) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        await state.start()
+        try:
+            await state.start()
+        except Exception as e:  # the worker tells its supervisor why it could not start
+            state.start_error = f"{type(e).__name__}: {e}"
+            raise
         lag.start()
         yield
         lag.stop()

@@ -126,6 +126,8 @@ class MPClient(EngineClient):
         self._ctx = zmq.asyncio.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        # named by pid: the engine core watches each frontend and cancels a dead one's requests
+        self._sock.setsockopt(zmq.ROUTING_ID, ipc.frontend_identity(os.getpid()))
         self._reader: asyncio.Task | None = None
         self._pidfd: int | None = None
         self._batch = ipc.ToCore([], [], [], [])
@@ -150,11 +152,16 @@ class MPClient(EngineClient):
         self._flush()
         if self._reader:
             self._reader.cancel()
+        if not self._dead:  # a clean exit: the engine core does not count it as a lost worker
+            try:
+                self._sock.send_multipart([ipc.BYE], zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
         if self._pidfd is not None:
             asyncio.get_running_loop().remove_reader(self._pidfd)
             os.close(self._pidfd)
             self._pidfd = None
-        self._sock.close(0)
+        self._sock.close(linger=200)  # long enough for the goodbye to leave
         self._ctx.term()
 
     # ---- to the engine core: batched per event-loop iteration ------------------------------

@@ -18,10 +18,17 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, state: FrontendState, drain_timeout_s: float):
+    def __init__(self, config: uvicorn.Config, state: FrontendState, drain_timeout_s: float,
+                 signals: tuple[signal.Signals, ...] = SIGNALS, on_started=None):
         super().__init__(config)
-        self.state, self.drain_timeout_s = state, drain_timeout_s
+        self.state, self.drain_timeout_s, self.signals = state, drain_timeout_s, signals
+        self.on_started = on_started
         self.draining = self.drained = False
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets)
+        if self.started and self.on_started is not None:
+            self.on_started()
 
     @contextlib.contextmanager
     def capture_signals(self):
@@ -30,12 +37,12 @@ class DrainingServer(uvicorn.Server):
         # request's readiness check and its admission, or re-enter a lock it holds (metrics,
         # logging, thread start) and hang the process.
         loop = asyncio.get_running_loop()
-        for sig in SIGNALS:
+        for sig in self.signals:
             loop.add_signal_handler(sig, self.handle_exit, sig, None)
         try:
             yield
         finally:
-            for sig in SIGNALS:
+            for sig in self.signals:
                 loop.remove_signal_handler(sig)
 
     def handle_exit(self, sig, frame):
@@ -67,11 +74,18 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def serve(app, settings, sockets=None) -> int:
-    """Run until drained; 0 after a clean drain (or no signal), 1 otherwise."""
+def serve(app, settings, sockets=None, supervised: bool = False, on_started=None) -> int:
+    """Run until drained; 0 after a clean drain (or no signal), 1 otherwise.
+
+    A supervised worker drains on SIGTERM only: a terminal's Ctrl-C reaches the whole process
+    group, and the supervisor turns it into the one SIGTERM each worker needs (taking the
+    terminal's SIGINT too would count as a second signal and exit without draining)."""
+    if supervised:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
                             timeout_graceful_shutdown=5)
-    server = DrainingServer(config, app.state.frontend, settings.drain_timeout_s)
+    server = DrainingServer(config, app.state.frontend, settings.drain_timeout_s,
+                            (signal.SIGTERM,) if supervised else SIGNALS, on_started)
     server.run(sockets=sockets)
     if not server.started:  # start-up failed (the lifespan raised, or the port is taken)
         return 2

@@ -38,6 +38,7 @@ class FrontendState:
         self.settings = settings
         self.client = client
         self.started = False
+        self.start_error: str | None = None  # why start() failed, for the supervisor
         self.draining = False
         self._inflight = 0
 

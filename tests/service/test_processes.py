@@ -50,7 +50,8 @@ def test_split_server_matches_in_process_and_counts_across_workers(tiny_model_di
         alone = httpx.post(base + "/generate", json=body).json()
         npy_alone = httpx.post(base + "/generate", json={**body, "format": "npy"}).content
     with serve_process(tiny_model_dir, "--workers", "2", log_path=tmp_path / "server.log") as (base, proc):
-        assert len(children(proc.pid, "service.frontend.worker")) == 2
+        assert len(children(proc.pid, "service.frontend.worker")) == 3  # 2 serving, 1 standby
+        assert len(children(proc.pid, "service.frontend.worker.*--go-fd")) == 1
         assert len(children(proc.pid, "service.core.process")) == 1
         with httpx.Client(base_url=base, timeout=30) as c:
             split = c.post("/generate", json=body).json()
@@ -204,7 +205,7 @@ def test_a_killed_supervisor_takes_its_children_with_it(tiny_model_dir, tmp_path
 
     with serve_process(tiny_model_dir, "--workers", "2", log_path=tmp_path / "server.log") as (base, proc):
         kids = children(proc.pid, "service")
-        assert len(kids) == 3
+        assert len(kids) == 4  # the engine core, 2 workers, the standby
         proc.kill()
         proc.wait(5)
         end = time.monotonic() + 15
