@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import Dataset
+from .dataset import Dataset
 
 SAMPLE_RATE = 16000
 LENGTH = 16384  # 1.024 s at 16 kHz: 4 stride-4 convolutions leave 64 frames per channel token

@@ -35,7 +35,9 @@ def die_with_parent() -> None:
 
 def default_workers() -> int:
     """HTTP worker processes beside the engine core: one per core beyond the first, at least
-    one (the engine core keeps a core busy under load; bench/results/split has the measurement)."""
+    one (the engine core keeps a core busy under load; bench/results/split has the measurement),
+    at most 8: one engine core serves them all, and the measurements behind the default were
+    taken on 2 cores, so it does not grow unmeasured with the machine (--workers sets up to 64)."""
     return max(1, min(8, len(os.sched_getaffinity(0)) - 1))
 
 
@@ -48,14 +50,14 @@ class Settings(BaseSettings):
     default_model: str | None = Field(None, description="model used when a request names none")
     backend: Literal["onnx", "torchscript"] = "onnx"
     device: Literal["cpu", "cuda"] | None = Field(None, description="default: cuda when present, else cpu")
-    threads: int = Field(0, description="intra-op threads per runtime (0: all cores)")
+    threads: int = Field(0, ge=0, description="intra-op threads per runtime (0: all cores)")
     ort_spin: Literal["run", "on", "off"] = Field(
         "run", description="ONNX Runtime idle threads: spin only during a step (run), also after it (on), never (off)")
     ort_io_binding: Literal["auto", "on", "off"] = Field(
         "auto", description="ONNX Runtime KV cache in device memory via I/O binding (on), in host memory (off); "
         "auto: on with CUDA, off on the CPU")
     workers: int = Field(default_factory=default_workers, ge=0, le=64, description="HTTP worker processes; "
-                         "0 runs the engine core inside the one HTTP process (default: cores - 1, at least 1)")
+                         "0 runs the engine core inside the one HTTP process (default: cores - 1, at least 1, at most 8)")
     policy: Policy = "anytime"
     max_batch: int = Field(128, ge=1, le=4096, description="sequences stepped together per model")
     max_queue: int = Field(4096, ge=0, description="sequences admitted and waiting for a batch row (with slack "

@@ -18,7 +18,8 @@ import numpy as np
 
 from .kv_graphs import cache_graphs, cache_names, new_names
 from .model_dir import ModelSpec
-from .runtime import Transfers, ort_sessions
+from .ort_sessions import ort_sessions
+from .staging import Transfers
 
 
 class OnnxDeviceRuntime:
