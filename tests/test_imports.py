@@ -108,3 +108,11 @@ def test_service_and_models_stay_apart():
                  if (a.startswith("service") and b.split(".")[0] in ("models", "bench"))
                  or (a.startswith("models") and b.split(".")[0] == "service")]
     assert crossings == []
+
+
+def test_one_home_for_the_model_contract():
+    """The exporter, `anytime check` and the service's loader all use model_format.contract."""
+    graph = import_graph()
+    for user in ("models.export", "models.check", "service.core.model_dir"):
+        assert "model_format.contract" in graph[user], user
+    assert graph["model_format.contract"] == set()  # the standard library alone
