@@ -6,12 +6,20 @@ model code.
 """
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
 from model_format.contract import BACKEND_ROLES, cheap_problems, read_manifest
 
 from ..catalog import ModelCard
+
+
+# backend -> the package that runs it and the install that brings it (pyproject.toml's extras)
+BACKEND_PACKAGES = {
+    "onnx": ("onnxruntime", "pip install 'anytime[cpu]' (or 'anytime[gpu]' for CUDA)"),
+    "torchscript": ("torch", "pip install 'anytime[torch]'"),
+}
 
 
 class ModelDirError(RuntimeError):
@@ -39,6 +47,9 @@ def load_model_dir(path: Path, backend: str, verify: bool = True) -> ModelSpec:
     path = Path(path)
     if backend not in BACKEND_ROLES:
         raise ModelDirError(f"unknown backend {backend!r}; choose torchscript or onnx")
+    package, install = BACKEND_PACKAGES[backend]
+    if importlib.util.find_spec(package) is None:  # the base install names no runtime (pyproject.toml)
+        raise ModelDirError(f"the {backend} backend needs the {package} package, which is not installed: {install}")
     manifest, problems = read_manifest(path)
     if not problems:
         problems = cheap_problems(manifest, path, BACKEND_ROLES[backend], verify_checksums=verify)
