@@ -1,4 +1,4 @@
-"""Audio in plain torch/numpy: waveform helpers, log-mel features, a spectral training loss,
+"""Audio in plain torch/numpy: waveform utilities, log-mel features, a spectral training loss,
 and a data set of the user's own WAV files (class sub-folders = labels).
 
 Waveforms are float32 in [-1, 1]; a data set holds them as x [N, 1, T] like images hold [N, C, H, W].

@@ -37,7 +37,7 @@ def ort_device(device: str | None) -> str:
 
 
 def ort_sessions(spec: ModelSpec, device: str | None, threads: int, ort_spin: str):
-    """(device, step session, decode session) on ort_device(device)."""
+    """(device, step graph InferenceSession, decoder InferenceSession) on ort_device(device)."""
     import onnxruntime as ort
 
     want_cuda = ort_device(device) == "cuda"
