@@ -2,6 +2,7 @@
 the built wheel into a fresh venv, which serves the default model with no torch anywhere."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -84,6 +85,13 @@ def test_a_plain_install_serves_the_default_model_without_torch(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
                     "--wheel-dir", str(tmp_path / "dist"), str(src)], check=True, capture_output=True, timeout=300)
     (wheel,) = (tmp_path / "dist").glob("anytime-*.whl")
+
+    # `pip install anytime[gpu]` resolves to onnxruntime-gpu alone (pip's own resolver, nothing installed)
+    report = tmp_path / "gpu.json"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--dry-run", "--ignore-installed", "--report",
+                    str(report), f"{wheel}[gpu]"], check=True, capture_output=True, timeout=300)
+    resolved = {i["metadata"]["name"].lower() for i in json.loads(report.read_text())["install"]}
+    assert "onnxruntime-gpu" in resolved and not resolved & {"onnxruntime", "torch", "matplotlib", "scipy"}
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
