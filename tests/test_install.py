@@ -107,6 +107,9 @@ def test_a_plain_install_serves_the_default_model_without_torch(tmp_path):
     proc = subprocess.run([str(anytime), "serve", "--port", str(free_port())], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "anytime[cpu]" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    proc = subprocess.run([str(anytime), "train", "vqvae", "--out", str(tmp_path / "x.pt")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "anytime[torch]" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
     subprocess.run([*pip, f"{wheel}[cpu]"], check=True, capture_output=True, timeout=600)  # `pip install anytime[cpu]`
     assert have("onnxruntime") and not have("torch")
