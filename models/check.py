@@ -15,16 +15,17 @@ from typing import Callable
 
 import numpy as np
 
-from model_format.contract import (DECODER_INPUTS, GRAPH_ROLES, Problem, checksum_problems, declared_shape_problems,
-                                   manifest_field_problems, missing_file_problems, quality_curve_problems,
-                                   read_manifest, step_signature)
+from model_format.contract import (BACKEND_ROLES, DECODER_INPUTS, DECODER_OUTPUTS, GRAPH_ROLES, Problem,
+                                   checksum_problems, declared_shape_problems, manifest_field_problems,
+                                   missing_file_problems, quality_curve_problems, read_manifest, step_signature)
 
 from .graphs import Graph, empty_caches, generate, open_graph, write_new
 
 TOLERANCE = 1e-4  # on |a - b| / (1 + max |b|): float rounding differs between runtimes and batch sizes
 BACKENDS = ("torchscript", "onnx")
-ROLES = {("torchscript", "step"): "prior_step_torchscript", ("onnx", "step"): "prior_step_onnx",
-         ("torchscript", "decoder"): "decoder_torchscript", ("onnx", "decoder"): "decoder_onnx"}
+# (backend, graph) -> the file role the manifest lists it under
+ROLES = {(backend, graph): role for backend, roles in BACKEND_ROLES.items()
+         for graph, role in zip(("step", "decoder"), roles)}
 
 
 @dataclass
@@ -126,7 +127,7 @@ def quality_curve(ctx: Context) -> list[Finding]:
 def loads(ctx: Context) -> list[Finding]:
     bad = []
     inputs, outputs = step_signature(ctx.m["prior"]["n_layer"])
-    names = {"step": (list(inputs), list(outputs)), "decoder": (list(DECODER_INPUTS), ["samples"])}
+    names = {"step": (list(inputs), list(outputs)), "decoder": (list(DECODER_INPUTS), list(DECODER_OUTPUTS))}
     for (backend, graph), role in ROLES.items():
         f = ctx.file(backend, graph)
         try:
