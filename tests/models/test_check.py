@@ -218,3 +218,16 @@ def test_cli_reports_each_failed_rule_and_exits_non_zero(model_copy, tiny_model_
     assert "FAIL  files              decoder.ts: file is missing (role decoder_torchscript)" in bad.stdout
     assert "FAIL  quality-curve      manifest.json: quality curve must be 1 at k = D" in bad.stdout
     assert "SKIP  loads" in bad.stdout
+
+
+def test_the_exporter_refuses_to_write_what_the_service_would_refuse(model_copy):
+    """models/export.write_manifest runs the same contract rules on what it wrote."""
+    from models.export import write_manifest
+
+    m = json.loads((model_copy / "manifest.json").read_text())
+    args = dict(name=m["name"], modality=m["modality"], D=m["D"], K=m["K"], output=m["output"],
+                classes=m["classes"], prior={k: m["prior"][k] for k in ("n_layer", "n_head", "head_dim")},
+                files={role: e["path"] for role, e in m["files"].items()}, provenance={})
+    assert write_manifest(model_copy, quality=m["quality"], **args)["format_version"] == 2
+    with pytest.raises(ValueError, match=r"quality curve must end at k = D .*\[rule quality-curve\]"):
+        write_manifest(model_copy, quality={"k": [1, 2], "quality": [0.5, 1.0]}, **args)
