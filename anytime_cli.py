@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import sys
 
+# packages of pyproject.toml's extras -> the extra (the base install serves exported models only)
+EXTRAS = {"torch": "torch", "onnxscript": "torch", "scipy": "torch", "matplotlib": "torch", "onnx": "torch",
+          "aiohttp": "bench", "onnxruntime": "cpu"}
+
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -26,7 +30,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     import importlib
 
-    return importlib.import_module(groups[argv[0]]).main(argv) or 0
+    try:
+        return importlib.import_module(groups[argv[0]]).main(argv) or 0
+    except ModuleNotFoundError as e:
+        top = (e.name or "").split(".")[0]
+        extra = "bench" if argv[0] == "bench" and top in ("aiohttp", "matplotlib") else EXTRAS.get(top)
+        if extra is None:
+            raise
+        print(f"anytime {argv[0]}: needs the {e.name} package, which is not installed: pip install 'anytime[{extra}]'",
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Audio in plain torch/numpy: waveform helpers, log-mel features, a spectral training loss,
+"""Audio in plain torch/numpy: waveform utilities, log-mel features, a spectral training loss,
 and a data set of the user's own WAV files (class sub-folders = labels).
 
 Waveforms are float32 in [-1, 1]; a data set holds them as x [N, 1, T] like images hold [N, C, H, W].
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import Dataset
+from .dataset import Dataset
 
 SAMPLE_RATE = 16000
 LENGTH = 16384  # 1.024 s at 16 kHz: 4 stride-4 convolutions leave 64 frames per channel token

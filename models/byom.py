@@ -25,7 +25,9 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .export import FILES, write_decoder_graph, write_manifest, write_step_graph
+from model_format.contract import FILES
+
+from .export import write_decoder_graph, write_manifest, write_step_graph
 from .quality_curve import measure_quality_curve
 
 

@@ -1,16 +1,13 @@
 """`anytime check DIR`: does a model directory keep the contract in docs/model-format.md?
 
 Each rule names the file it failed on. The cheap rules (manifest fields, files, checksums,
-declared shapes, quality curve) are the ones the service runs at start-up
-(service/core/model_checks.py); models/ may not import service/, so they are written here again and
-tests/models/test_check.py holds the two copies to the same verdicts. The other rules load both
-formats and run them as the service would: any batch size, rows at different positions,
-zero-fill past `lengths`, TorchScript and ONNX agreeing, the same seed giving the same tokens.
+declared shapes, quality curve) are model_format.contract's, the same the service runs at
+start-up and the exporter runs on what it wrote. The other rules load both formats and run them
+as the service would: any batch size, rows at different positions, zero-fill past `lengths`,
+TorchScript and ONNX agreeing, the same seed giving the same tokens.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,12 +15,17 @@ from typing import Callable
 
 import numpy as np
 
+from model_format.contract import (BACKEND_ROLES, DECODER_INPUTS, DECODER_OUTPUTS, GRAPH_ROLES, Problem,
+                                   checksum_problems, declared_shape_problems, manifest_field_problems,
+                                   missing_file_problems, quality_curve_problems, read_manifest, step_signature)
+
 from .graphs import Graph, empty_caches, generate, open_graph, write_new
 
 TOLERANCE = 1e-4  # on |a - b| / (1 + max |b|): float rounding differs between runtimes and batch sizes
 BACKENDS = ("torchscript", "onnx")
-ROLES = {("torchscript", "step"): "prior_step_torchscript", ("onnx", "step"): "prior_step_onnx",
-         ("torchscript", "decoder"): "decoder_torchscript", ("onnx", "decoder"): "decoder_onnx"}
+# (backend, graph) -> the file role the manifest lists it under
+ROLES = {(backend, graph): role for backend, roles in BACKEND_ROLES.items()
+         for graph, role in zip(("step", "decoder"), roles)}
 
 
 @dataclass
@@ -93,123 +95,31 @@ class Context:
         return np.random.default_rng(seed).integers(0, self.m["K"], (batch, self.m["D"])).astype(np.int64)
 
 
-# --- the cheap rules (service/core/model_checks.py runs the same at start-up) ---
+# --- the cheap rules: model_format.contract's, as the service runs them at start-up ---
 
-def _is_int(v, low: int = 1) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+def _findings(problems: list[Problem]) -> list[Finding]:
+    return [Finding(p.file, p.message) for p in problems]
 
 
 def manifest_fields(ctx: Context) -> list[Finding]:
-    mf = ctx.path / "manifest.json"
-    if not mf.is_file():
-        return [Finding("manifest.json", "manifest.json is missing")]
-    try:
-        ctx.manifest = json.loads(mf.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        return [Finding("manifest.json", f"not valid JSON ({e})")]
-    m, bad = ctx.manifest, []
-    need = lambda ok, msg: ok or bad.append(Finding("manifest.json", msg))
-    need(m.get("format_version") == 2, f"`format_version` must be 2 (found {m.get('format_version')!r})")
-    need(isinstance(m.get("name"), str) and m["name"] != "", "`name` must be a non-empty string")
-    need(m.get("modality") in ("image", "audio"), "`modality` must be image or audio")
-    need(_is_int(m.get("D")) and _is_int(m.get("K"), 2), "`D` and `K` must be positive integers (K >= 2)")
-    classes = m.get("classes", [])
-    need(isinstance(classes, list) and all(isinstance(c, str) for c in classes) and len(set(classes)) == len(classes),
-         "`classes` must be a list of distinct names")
-    out = m.get("output")
-    if need(isinstance(out, dict), "`output` is missing"):
-        need(isinstance(out.get("shape"), list) and len(out["shape"]) >= 1 and all(_is_int(s) for s in out["shape"]),
-             "`output.shape` must be a list of positive integers")
-        r = out.get("range")
-        need(isinstance(r, list) and len(r) == 2 and all(isinstance(v, (int, float)) for v in r) and r[0] < r[1],
-             "`output.range` must be [low, high]")
-        if m.get("modality") == "audio":
-            need(_is_int(out.get("sample_rate")), "audio needs `output.sample_rate`")
-    prior = m.get("prior")
-    if need(isinstance(prior, dict), "`prior` is missing"):
-        need(all(_is_int(prior.get(f)) for f in ("n_layer", "n_head", "head_dim")),
-             "`prior.n_layer`, `n_head`, `head_dim` must be positive integers")
-        if _is_int(m.get("K"), 2) and isinstance(classes, list):
-            need(prior.get("start_token_base") == m["K"], f"`prior.start_token_base` must be K = {m['K']}")
-            need(prior.get("unconditional_token") == m["K"] + len(classes),
-                 f"`prior.unconditional_token` must be K + number of classes = {m['K'] + len(classes)}")
-    files = m.get("files")
-    if need(isinstance(files, dict), "`files` is missing"):
-        for role, e in files.items():
-            if need(isinstance(e, dict) and isinstance(e.get("path"), str) and isinstance(e.get("sha256"), str),
-                    f"`files.{role}` must have `path` and `sha256`"):
-                need(not Path(e["path"]).is_absolute() and ".." not in Path(e["path"]).parts,
-                     f"`files.{role}.path` must stay inside the directory")
-    need(isinstance(m.get("graphs"), dict), "`graphs` is missing")
-    need(isinstance(m.get("quality"), dict), "`quality` is missing")
-    return bad
+    ctx.manifest, bad = read_manifest(ctx.path)
+    return _findings(bad or manifest_field_problems(ctx.manifest))
 
 
 def files_present(ctx: Context) -> list[Finding]:
-    files = ctx.m["files"]
-    bad = [Finding("manifest.json", f"file role {r} is missing from `files`") for r in ROLES.values() if r not in files]
-    return bad + [Finding(e["path"], f"file is missing (role {role})") for role, e in files.items()
-                  if not (ctx.path / e["path"]).is_file()]
+    return _findings(missing_file_problems(ctx.m, ctx.path, GRAPH_ROLES, every_listed=True))
 
 
 def checksums(ctx: Context) -> list[Finding]:
-    bad = []
-    for role, e in ctx.m["files"].items():
-        f = ctx.path / e["path"]
-        if f.is_file():
-            with open(f, "rb") as fh:
-                if hashlib.file_digest(fh, "sha256").hexdigest() != e["sha256"]:
-                    bad.append(Finding(e["path"], "checksum mismatch (sha256 differs from manifest.json)"))
-    return bad
-
-
-def step_signature(n_layer: int) -> tuple[dict, dict]:
-    cache, new = "float32[B,H,D,hd]", "float32[B,H,hd]"
-    inputs, outputs = {"tokens": "int64[B]", "positions": "int64[B]"}, {"logits": "float32[B,K]"}
-    for kind in ("k", "v"):
-        inputs.update({f"{kind}_cache_{i}": cache for i in range(n_layer)})
-        outputs.update({f"{kind}_new_{i}": new for i in range(n_layer)})
-    return inputs, outputs
-
-
-DECODER_INPUTS = {"codes": "int64[B,D]", "lengths": "int64[B]"}
+    return _findings(checksum_problems(ctx.m, ctx.path, GRAPH_ROLES, every_listed=True))
 
 
 def declared_shapes(ctx: Context) -> list[Finding]:
-    m, bad = ctx.m, []
-    inputs, outputs = step_signature(m["prior"]["n_layer"])
-    step, dec = m["graphs"].get("prior_step", {}), m["graphs"].get("decoder", {})
-    for what, got, want in (("prior_step.inputs", step.get("inputs"), inputs),
-                            ("prior_step.outputs", step.get("outputs"), outputs),
-                            ("decoder.inputs", dec.get("inputs"), DECODER_INPUTS)):
-        if not isinstance(got, dict) or list(got.items()) != list(want.items()):
-            bad.append(Finding("manifest.json", f"`graphs.{what}` must be {want} in this order, found {got}"))
-    if not isinstance(dec.get("outputs"), dict) or list(dec["outputs"]) != ["samples"]:
-        bad.append(Finding("manifest.json", "`graphs.decoder.outputs` must be {samples: ...}"))
-    dims = {"image": 3, "audio": 2}[m["modality"]]
-    if len(m["output"]["shape"]) != dims:
-        bad.append(Finding("manifest.json", f"`output.shape` of an {m['modality']} model has {dims} dimensions, "
-                                            f"found {m['output']['shape']}"))
-    return bad
+    return _findings(declared_shape_problems(ctx.m))
 
 
 def quality_curve(ctx: Context) -> list[Finding]:
-    q, D = ctx.m["quality"], ctx.m["D"]
-    ks, qs = q.get("k"), q.get("quality")
-    fail = lambda msg: [Finding("manifest.json", f"quality curve {msg}")]
-    if not isinstance(ks, list) or not isinstance(qs, list) or not ks or len(ks) != len(qs):
-        return fail("needs `quality.k` and `quality.quality`, two non-empty lists of the same length")
-    if not all(_is_int(k) and k <= D for k in ks) or any(b <= a for a, b in zip(ks, ks[1:])):
-        return fail(f"`k` must be increasing integers in 1..{D}")
-    if ks[-1] != D:
-        return fail(f"must end at k = D = {D} (found {ks[-1]})")
-    if not all(isinstance(v, (int, float)) and math.isfinite(v) and 0 <= v <= 1 for v in qs):
-        return fail("values must be finite and in [0, 1]")
-    if any(b < a - 1e-9 for a, b in zip(qs, qs[1:])):
-        return fail("must be non-decreasing in k")
-    if abs(qs[-1] - 1.0) > 1e-6:
-        return fail(f"must be 1 at k = D, found {qs[-1]}")
-    return []
+    return _findings(quality_curve_problems(ctx.m))
 
 
 # --- the rules that load and run the graphs ---
@@ -217,7 +127,7 @@ def quality_curve(ctx: Context) -> list[Finding]:
 def loads(ctx: Context) -> list[Finding]:
     bad = []
     inputs, outputs = step_signature(ctx.m["prior"]["n_layer"])
-    names = {"step": (list(inputs), list(outputs)), "decoder": (list(DECODER_INPUTS), ["samples"])}
+    names = {"step": (list(inputs), list(outputs)), "decoder": (list(DECODER_INPUTS), list(DECODER_OUTPUTS))}
     for (backend, graph), role in ROLES.items():
         f = ctx.file(backend, graph)
         try:

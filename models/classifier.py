@@ -12,7 +12,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import checkpoint
-from .data import Dataset, batches
+from .dataset import Dataset, batches
 
 
 class ImageClassifier(nn.Module):

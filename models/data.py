@@ -1,35 +1,25 @@
-"""Data sets: Fashion-MNIST from the Debian package's IDX files, and a folder of images.
-
-Every data set here is a pair of tensors held in memory: x [N, C, *shape] in [-1, 1] and
-y [N] int64 class ids (-1 when unlabelled), with the class names alongside.
+"""Data sets: Fashion-MNIST from the Debian package's IDX files, a folder of images, and
+`load_dataset`, which finds any data set by name (the audio ones live in audio.py and
+spoken_digits.py). Every one is a models.dataset.Dataset held in memory.
 """
 from __future__ import annotations
 
 import gzip
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .audio import wav_folder
+from .dataset import Dataset
+from .spoken_digits import DEFAULT_DIR as SPOKEN_DIGITS_DIR, spoken_digits
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = [
     "t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot",
 ]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
-
-
-@dataclass
-class Dataset:
-    x: torch.Tensor  # [N, C, *shape] float32 in [-1, 1]
-    y: torch.Tensor  # [N] int64, -1 when unlabelled
-    classes: list[str]
-    name: str
-    sample_rate: int | None = None  # audio only: samples per second of x [N, 1, T]
-
-    def __len__(self) -> int:
-        return len(self.x)
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -104,22 +94,9 @@ def load_dataset(name: str, split: str, data_dir: str | None = None, **kwargs) -
             raise ValueError("dataset 'folder' needs --data-dir")
         return image_folder(Path(data_dir), split=split, **kwargs)
     if name == "spoken-digits":
-        from .spoken_digits import DEFAULT_DIR, spoken_digits
-
-        return spoken_digits(split, Path(data_dir) if data_dir else DEFAULT_DIR)
+        return spoken_digits(split, Path(data_dir) if data_dir else SPOKEN_DIGITS_DIR)
     if name == "wav-folder":
-        from .audio import wav_folder
-
         if not data_dir:
             raise ValueError("dataset 'wav-folder' needs --data-dir")
         return wav_folder(Path(data_dir), split=split, **kwargs)
     raise ValueError(f"unknown dataset {name!r}")
-
-
-def batches(ds: Dataset, batch_size: int, shuffle: bool, generator: torch.Generator | None = None):
-    """Yield (x, y) mini-batches; the data set lives in memory so no DataLoader is needed."""
-    n = len(ds)
-    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-    for i in range(0, n, batch_size):
-        idx = order[i : i + batch_size]
-        yield ds.x[idx], ds.y[idx]

@@ -15,9 +15,10 @@ import numpy as np
 import torch
 
 from . import checkpoint, classifier
-from .data import Dataset
+from .codes import decode, sample_codes
+from .dataset import Dataset
 from .frechet import frechet_distance, statistics
-from .prior import sample
+from .plots import plot_curves, sample_grid
 from .train_vqvae import reconstruction_mse
 
 FRACTIONS = [round(0.05 * i, 2) for i in range(1, 21)]
@@ -25,26 +26,6 @@ FRACTIONS = [round(0.05 * i, 2) for i in range(1, 21)]
 
 def k_grid(D: int, fractions=FRACTIONS) -> list[int]:
     return sorted({max(1, round(f * D)) for f in fractions})
-
-
-@torch.no_grad()
-def sample_codes(prior, n: int, labels: list[int | None] | None, seed: int, batch: int = 500,
-                 temperature: float = 1.0) -> torch.Tensor:
-    gen = torch.Generator(device=next(prior.parameters()).device).manual_seed(seed)
-    labels = labels if labels is not None else [None] * n
-    return torch.cat([sample(prior, labels[i : i + batch], temperature=temperature, generator=gen).cpu()
-                      for i in range(0, n, batch)])
-
-
-@torch.no_grad()
-def decode(vqvae, codes: torch.Tensor, k: int, batch: int = 1000) -> torch.Tensor:
-    """Decode the first k tokens of every row -> [-1, 1] samples."""
-    dev = next(vqvae.parameters()).device
-    out = []
-    for i in range(0, len(codes), batch):
-        c = codes[i : i + batch].to(dev)
-        out.append(vqvae.decode(c, torch.full((len(c),), k, device=dev)).cpu())
-    return torch.cat(out)
 
 
 COLD_TEMPERATURE = 0.7  # label accuracy is also measured for conditional samples at this temperature
@@ -95,8 +76,6 @@ def quality_from_frechet(curve: list[dict]) -> list[float]:
 
 def evaluate_pipelines(test_ds: Dataset, pipelines: list[tuple[str, str, str]], classifier_path: Path, out: Path,
                        samples: int = 5000, conditional_samples: int = 1000, seed: int = 0, command: str = "") -> dict:
-    from .plots import plot_curves, sample_grid
-
     torch.manual_seed(seed)
     clf, clf_ck = classifier.load(classifier_path)
     result = {

@@ -13,18 +13,11 @@ from pathlib import Path
 
 import torch
 
+from model_format.contract import DECODER_INPUTS, DECODER_OUTPUTS, FILES, FORMAT_VERSION, cheap_problems, graphs_section
+
 from . import checkpoint
 from .ovqvae import DecoderGraph
 from .prior import PriorStep, empty_cache, step_input_names, step_output_names
-
-# 2: one KV-cache input per layer (v1 took one [B, L, H, D, hd] tensor and sliced it in the graph)
-FORMAT_VERSION = 2
-FILES = {
-    "prior_step_torchscript": "prior_step.ts",
-    "prior_step_onnx": "prior_step.onnx",
-    "decoder_torchscript": "decoder.ts",
-    "decoder_onnx": "decoder.onnx",
-}
 
 
 def sha256(path: Path) -> str:
@@ -72,24 +65,13 @@ def write_decoder_graph(decoder: torch.nn.Module, args: tuple, out: Path) -> Non
     batch = torch.export.Dim("batch", min=1, max=4096)
     with torch.no_grad():
         torch.jit.trace(decoder, args, check_trace=False).save(str(out / FILES["decoder_torchscript"]))
-        _onnx(decoder, args, out / FILES["decoder_onnx"], ["codes", "lengths"], ["samples"],
+        _onnx(decoder, args, out / FILES["decoder_onnx"], list(DECODER_INPUTS), list(DECODER_OUTPUTS),
               {"codes": {0: batch}, "lengths": {0: batch}})
 
 
 def export_step(prior, out: Path) -> None:
     """Write the prior step graph in TorchScript and ONNX (docs/model-format.md, "Prior step graph")."""
     write_step_graph(PriorStep(prior.eval()).eval(), example_step_inputs(prior), prior.config.n_layer, out)
-
-
-def step_graph_section(n_layer: int) -> dict:
-    """The manifest's description of the step graph's inputs and outputs."""
-    cache, new = "float32[B,H,D,hd]", "float32[B,H,hd]"
-    inputs = {"tokens": "int64[B]", "positions": "int64[B]"}
-    outputs = {"logits": "float32[B,K]"}
-    for kind in ("k", "v"):
-        inputs.update({f"{kind}_cache_{i}": cache for i in range(n_layer)})
-        outputs.update({f"{kind}_new_{i}": new for i in range(n_layer)})
-    return {"inputs": inputs, "outputs": outputs}
 
 
 def export_graphs(vqvae, prior, out: Path) -> dict[str, str]:
@@ -133,17 +115,16 @@ def write_manifest(out: Path, *, name: str, modality: str, D: int, K: int, outpu
         "output": output,
         "classes": list(classes),
         "prior": {**prior, "start_token_base": K, "unconditional_token": K + len(classes)},
-        "graphs": {
-            "prior_step": step_graph_section(prior["n_layer"]),
-            "decoder": {"inputs": {"codes": "int64[B,D]", "lengths": "int64[B]"},
-                        "outputs": {"samples": "float32[B,C,*shape] in [0,1]"}},
-        },
+        "graphs": graphs_section(prior["n_layer"]),
         "files": {role: {"path": fn, "sha256": sha256(out / fn)} for role, fn in files.items()},
         "quality": quality,
         "provenance": {**provenance, "commit": checkpoint.git_commit(),
                        "exported": datetime.datetime.now().isoformat(timespec="seconds"), "torch": torch.__version__},
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    problems = cheap_problems(manifest, out)  # what the service would refuse at start-up
+    if problems:
+        raise ValueError(f"{out}: the export breaks the model-directory contract: " + "; ".join(map(str, problems)))
     return manifest
 
 

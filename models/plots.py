@@ -10,6 +10,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from .audio import LogMel  # noqa: E402
+from .codes import decode, sample_codes  # noqa: E402
+
 
 def plot_curves(result: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
@@ -39,8 +42,6 @@ def sample_grid(vqvae, prior, path: Path, classes: list[str], seed: int = 0,
     Images are drawn as they are; audio as log-mel spectrograms at `path` plus the waveforms
     at `<path stem>-waveforms.png`. Returns the files written.
     """
-    from .evaluate import decode, sample_codes
-
     n_cls = prior.config.num_classes
     labels = list(range(n_cls)) if n_cls else [None] * 10
     codes = sample_codes(prior, len(labels), labels, seed + 7)
@@ -72,8 +73,6 @@ def sample_grid(vqvae, prior, path: Path, classes: list[str], seed: int = 0,
 def _audio_grid(cols: list[torch.Tensor], ks: list[int], labels: list[int | None], classes: list[str],
                 spec_path: Path, wave_path: Path, sample_rate: int) -> None:
     """cols[c]: [rows, 1, T] waveforms in [-1, 1] decoded with ks[c] tokens."""
-    from .audio import LogMel
-
     logmel = LogMel(sample_rate, n_mels=64)
     T = cols[0].shape[-1]
     t = np.arange(T) / sample_rate

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model_format.contract import step_signature
+
 
 @dataclass
 class PriorConfig:
@@ -179,12 +181,11 @@ class PriorStep(nn.Module):
 
 
 def step_input_names(n_layer: int) -> list[str]:
-    return (["tokens", "positions"] + [f"k_cache_{i}" for i in range(n_layer)]
-            + [f"v_cache_{i}" for i in range(n_layer)])
+    return list(step_signature(n_layer)[0])
 
 
 def step_output_names(n_layer: int) -> list[str]:
-    return ["logits"] + [f"k_new_{i}" for i in range(n_layer)] + [f"v_new_{i}" for i in range(n_layer)]
+    return list(step_signature(n_layer)[1])
 
 
 def empty_cache(c: PriorConfig, batch: int, device="cpu") -> tuple[list[torch.Tensor], list[torch.Tensor]]:

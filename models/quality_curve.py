@@ -11,8 +11,9 @@ from typing import Callable
 
 import numpy as np
 
+from model_format.contract import FILES
+
 from .evaluate import k_grid, quality_from_frechet
-from .export import FILES
 from .frechet import frechet_distance, statistics
 from .graphs import generate, open_graph
 

@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from .audio import LENGTH, SAMPLE_RATE, fit_length, highpass, peak_normalize, resample, trim_silence
-from .data import Dataset
+from .dataset import Dataset
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 ACCENTS = ["en-gb", "en-us", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-rp", "en-gb-x-gbcwmd", "en-029",

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import checkpoint
-from .data import Dataset, batches
+from .dataset import Dataset, batches
 from .presets import prior_config
 from .prior import Prior, PriorConfig
 

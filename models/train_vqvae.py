@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import checkpoint
-from .data import Dataset, batches
+from .dataset import Dataset, batches
 from .ovqvae import OVQVAE, OVQVAEConfig
 
 

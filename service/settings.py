@@ -46,7 +46,9 @@ def name_process(name: str) -> None:
 
 def default_workers() -> int:
     """HTTP worker processes beside the engine core: one per core beyond the first, at least
-    one (the engine core keeps a core busy under load; bench/results/split has the measurement)."""
+    one (the engine core keeps a core busy under load; bench/results/split has the measurement),
+    at most 8: one engine core serves them all, and the measurements behind the default were
+    taken on 2 cores, so it does not grow unmeasured with the machine (--workers sets up to 64)."""
     return max(1, min(8, len(os.sched_getaffinity(0)) - 1))
 
 
@@ -59,7 +61,7 @@ class Settings(BaseSettings):
     default_model: str | None = Field(None, description="model used when a request names none")
     backend: Literal["onnx", "torchscript"] = "onnx"
     device: Literal["cpu", "cuda"] | None = Field(None, description="default: cuda when present, else cpu")
-    threads: int = Field(0, description="intra-op threads per runtime (0: all cores)")
+    threads: int = Field(0, ge=0, description="intra-op threads per runtime (0: all cores)")
     ort_spin: Literal["run", "on", "off"] = Field(
         "off", description="ONNX Runtime idle threads: never spin (off), spin only during a step (run), also after "
                            "it (on)")
@@ -67,7 +69,7 @@ class Settings(BaseSettings):
         "auto", description="ONNX Runtime KV cache in device memory via I/O binding (on), in host memory (off); "
         "auto: on with CUDA, off on the CPU")
     workers: int = Field(default_factory=default_workers, ge=0, le=64, description="HTTP worker processes; "
-                         "0 runs the engine core inside the one HTTP process (default: cores - 1, at least 1)")
+                         "0 runs the engine core inside the one HTTP process (default: cores - 1, at least 1, at most 8)")
     worker_deaths_limit: int = Field(5, ge=0, description="frontend worker deaths within a minute that the "
                                      "supervisor replaces; one more ends the server non-zero (a crash loop)")
     standby_worker: bool = Field(True, description="keep one frontend worker imported and waiting, so a dead "

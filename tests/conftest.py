@@ -11,7 +11,7 @@ os.environ.setdefault("ANYTIME_THREADS", "1")
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    """A tiny exported model directory (TorchScript + ONNX + manifest), built once per session."""
+    """A tiny exported model directory (TorchScript + ONNX + manifest), built once per test run."""
     from tests.utils.tiny_model import build_model_dir
 
     return build_model_dir(tmp_path_factory.mktemp("zoo"), "tiny", D=8, K=16)

@@ -1,21 +1,24 @@
 """Reading an exported model directory: manifest, checksums, quality curve.
 
-The directory format is the contract with `models/` (docs/model-format.md); nothing here
-imports model code.
+The directory format is the contract with `models/` (docs/model-format.md); its rules live in
+model_format.contract, which the exporter and `anytime check` use too. Nothing here imports
+model code.
 """
 from __future__ import annotations
 
-import json
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..catalog import ModelCard
-from .model_checks import startup_problems
+from model_format.contract import BACKEND_ROLES, cheap_problems, read_manifest
 
-SUPPORTED_FORMAT_VERSIONS = {2}
-REQUIRED_FILES = {
-    "torchscript": ("prior_step_torchscript", "decoder_torchscript"),
-    "onnx": ("prior_step_onnx", "decoder_onnx"),
+from ..catalog import ModelCard
+
+
+# backend -> the package that runs it and the install that brings it (pyproject.toml's extras)
+BACKEND_PACKAGES = {
+    "onnx": ("onnxruntime", "pip install 'anytime[cpu]' (or 'anytime[gpu]' for CUDA)"),
+    "torchscript": ("torch", "pip install 'anytime[torch]'"),
 }
 
 
@@ -39,31 +42,27 @@ class ModelSpec(ModelCard):
 
 
 def load_model_dir(path: Path, backend: str, verify: bool = True) -> ModelSpec:
+    """The directory as the engine core serves it with `backend`; ModelDirError naming the file
+    and the rule when it breaks the contract's cheap rules (verify: checksums too)."""
     path = Path(path)
-    mf = path / "manifest.json"
-    if not mf.is_file():
-        raise ModelDirError(f"{mf}: manifest.json is missing")
-    try:
-        manifest = json.loads(mf.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ModelDirError(f"{mf}: not valid JSON ({e})") from None
-    version = manifest.get("format_version")
-    if version not in SUPPORTED_FORMAT_VERSIONS:
-        raise ModelDirError(f"{mf}: format_version {version!r} is not supported (supported: "
-                            f"{sorted(SUPPORTED_FORMAT_VERSIONS)}); re-export the model with `anytime export ...`")
-    if backend not in REQUIRED_FILES:
+    if backend not in BACKEND_ROLES:
         raise ModelDirError(f"unknown backend {backend!r}; choose torchscript or onnx")
+    package, install = BACKEND_PACKAGES[backend]
+    if importlib.util.find_spec(package) is None:  # the base install names no runtime (pyproject.toml)
+        raise ModelDirError(f"the {backend} backend needs the {package} package, which is not installed: {install}")
+    manifest, problems = read_manifest(path)
+    if not problems:
+        problems = cheap_problems(manifest, path, BACKEND_ROLES[backend], verify_checksums=verify)
+    if problems:
+        raise ModelDirError("; ".join(f"{path / p.file}: {p.message} [rule {p.rule}]" for p in problems))
     try:
-        problems = startup_problems(manifest, path, REQUIRED_FILES[backend], verify_checksums=verify)
-        if problems:  # the contract's cheap rules (service/core/model_checks.py), each naming its file
-            raise ModelDirError("; ".join(map(str, problems)))
         prior = manifest["prior"]
         card = ModelCard.from_manifest(manifest, backend)
         return ModelSpec(**vars(card), path=path, n_layer=int(prior["n_layer"]), n_head=int(prior["n_head"]),
                          head_dim=int(prior["head_dim"]), start_token_base=int(prior["start_token_base"]),
                          unconditional_token=int(prior["unconditional_token"]))
     except (KeyError, TypeError, ValueError) as e:
-        raise ModelDirError(f"{mf}: malformed manifest ({type(e).__name__}: {e})") from None
+        raise ModelDirError(f"{path / 'manifest.json'}: malformed manifest ({type(e).__name__}: {e})") from None
 
 
 def discover(model_dirs: list[Path]) -> list[Path]:

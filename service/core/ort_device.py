@@ -1,6 +1,6 @@
 """ONNX Runtime with the KV cache in device memory (I/O binding): the ONNX backend on CUDA.
 
-Per layer and kind the cache is one ORT-allocated [slots, H, D, hd] buffer on the session's
+Per layer and kind the cache is one ORT-allocated [slots, H, D, hd] buffer on the ORT session's
 device, zeroed once at load. A step binds, by address, each layer's rows 0..B-1 (a contiguous
 prefix) as the step graph's cache input and the first B rows of a [slots, H, hd] buffer as its
 `k_new_i`/`v_new_i` output; then the scatter graph (service/core/kv_graphs.py) writes those at
@@ -10,7 +10,7 @@ into a fresh host array: nothing else crosses, whatever the cache size (`transfe
 
 The bindings for a batch size are built once and kept: a step rebinds only tokens, positions and
 logits. ONNX Runtime synchronizes the device at the end of every run, so the scatter run sees
-the step run's outputs even if the two sessions use different CUDA streams.
+the step run's outputs even if the two ORT sessions use different CUDA streams.
 """
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ import numpy as np
 
 from .kv_graphs import cache_graphs, cache_names, new_names
 from .model_dir import ModelSpec
-from .runtime import Transfers, ort_sessions
+from .ort_sessions import ort_sessions
+from .staging import Transfers
 
 
 class OnnxDeviceRuntime:

@@ -11,14 +11,14 @@ service/core/ort_device.py), so that per step only tokens, positions and logits 
 """
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
+from ..settings import Settings
 from .model_dir import ModelSpec
-from .staging import HostStaging
+from .ort_sessions import intra_op_threads, ort_device, ort_sessions
+from .staging import HostStaging, Transfers
 
 
 class Runtime(Protocol):
@@ -35,43 +35,6 @@ class Runtime(Protocol):
 
     def decode(self, codes: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """codes [B, D] int64, lengths [B] int64 -> samples [B, ...] float32 in [0, 1]."""
-
-
-@dataclass
-class Transfers:
-    """Bytes handed between host memory and a runtime, counted where they cross its boundary
-    (what a GPU runtime copies between host and device; on the CPU, what a copy would cost)."""
-    to_device: int = 0
-    to_host: int = 0
-
-    def reset(self) -> None:
-        self.to_device = self.to_host = 0
-
-    @property
-    def total(self) -> int:
-        return self.to_device + self.to_host
-
-
-def _threads(threads: int = 0) -> int:
-    """Intra-op threads: the setting, else ANYTIME_THREADS (tests, benchmarks), else all cores."""
-    return threads or int(os.environ.get("ANYTIME_THREADS", "0")) or (os.cpu_count() or 1)
-
-
-def _ort_spinning(opts, mode: str | None = None) -> None:
-    """How idle ONNX Runtime intra-op threads wait (ANYTIME_ORT_SPIN): `off` (the default: never
-    spin, session.intra_op.allow_spinning=0), `run` (spin only while a run is in flight:
-    session.force_spinning_stop) or `on` (ORT's own default: they spin, also for a while after
-    each run). Spinning takes the CPU the HTTP event loop and the engine's Python need: at 2x load
-    `on` rejected 33% of requests, `run` 11%, `off` 5.6% (bench/results/thread-modes/modes.md);
-    on a 1-token request the spinning pool threads were 40% of the engine core's CPU, and `off`
-    halved that process's CPU per request (bench/results/cost/cost.md)."""
-    mode = mode or os.environ.get("ANYTIME_ORT_SPIN", "off")
-    if mode == "run":
-        opts.add_session_config_entry("session.force_spinning_stop", "1")
-    elif mode == "off":
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    elif mode != "on":
-        raise ValueError(f"ANYTIME_ORT_SPIN={mode!r}; choose on, run or off")
 
 
 def _step_names(n_layer: int) -> tuple[list[str], list[str]]:
@@ -97,7 +60,7 @@ class TorchScriptRuntime:
         belongs to the thread that first runs parallel work: set up from another thread, every
         step on the engine thread was 2-3x slower (1.5 vs 0.5 ms at batch 1)."""
         torch, spec, slots = self.torch, self._spec, self._slots
-        torch.set_num_threads(_threads(self._threads))
+        torch.set_num_threads(intra_op_threads(self._threads))
         self.decode_fn = torch.jit.load(str(spec.file("decoder_torchscript")), map_location=self.device).eval()
         shape = (slots, spec.n_head, spec.D, spec.head_dim)
         self.k = [torch.zeros(shape, device=self.device) for _ in range(spec.n_layer)]
@@ -131,31 +94,6 @@ class TorchScriptRuntime:
         with torch.inference_mode():
             out = self.decode_fn(self.staging.to_device("codes", codes), self.staging.to_device("lengths", lengths))
             return self.staging.to_host("samples", out)
-
-
-def ort_device(device: str | None) -> str:
-    """The device ONNX Runtime will run on: cuda when asked for or by default when
-    onnxruntime-gpu sees a GPU, else cpu."""
-    import onnxruntime as ort
-
-    cuda = device in (None, "cuda") and "CUDAExecutionProvider" in ort.get_available_providers()
-    return "cuda" if cuda else "cpu"
-
-
-def ort_sessions(spec: ModelSpec, device: str | None, threads: int, ort_spin: str | None):
-    """(device, step session, decode session) on ort_device(device)."""
-    import onnxruntime as ort
-
-    want_cuda = ort_device(device) == "cuda"
-    providers = (["CUDAExecutionProvider"] if want_cuda else []) + ["CPUExecutionProvider"]
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = _threads(threads)
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    _ort_spinning(opts, ort_spin)
-    step = ort.InferenceSession(str(spec.file("prior_step_onnx")), opts, providers=providers)
-    decode = ort.InferenceSession(str(spec.file("decoder_onnx")), opts, providers=providers)
-    return ("cuda" if want_cuda else "cpu"), step, decode
 
 
 class OnnxRuntime:
@@ -205,12 +143,17 @@ class OnnxRuntime:
         return out
 
 
-def make_runtime(spec: ModelSpec, backend: str, slots: int, device: str | None = None, threads: int = 0,
+def make_runtime(spec: ModelSpec, backend: str, slots: int, device: str | None = None, threads: int | None = None,
                  ort_spin: str | None = None, ort_io_binding: str = "auto") -> Runtime:
-    """threads 0 and ort_spin None: ANYTIME_THREADS / ANYTIME_ORT_SPIN, else all cores and `off`.
-    ort_io_binding: `on` keeps the ONNX KV cache in device memory (OnnxDeviceRuntime), `off` in
+    """threads and ort_spin as Settings has them (service/settings.py); None: as Settings reads them
+    from the environment, for a runtime built outside the service (tests, benchmarks). threads 0:
+    all cores. ort_io_binding: `on` keeps the ONNX KV cache in device memory (OnnxDeviceRuntime), `off` in
     host memory (OnnxRuntime), `auto` picks `on` on CUDA and `off` on the CPU, where the host
     cache is no copy and the extra scatter run would cost (bench/results/engine-io-binding/engine.md)."""
+    if threads is None or ort_spin is None:
+        env = Settings()
+        threads = env.threads if threads is None else threads
+        ort_spin = env.ort_spin if ort_spin is None else ort_spin
     if backend == "torchscript":
         return TorchScriptRuntime(spec, slots, device, threads)
     if backend != "onnx":

@@ -9,7 +9,24 @@ before the next call overwrites it. On the CPU the tensors share numpy's memory:
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+
+
+@dataclass
+class Transfers:
+    """Bytes handed between host memory and a runtime, counted where they cross its boundary
+    (what a GPU runtime copies between host and device; on the CPU, what a copy would cost)."""
+    to_device: int = 0
+    to_host: int = 0
+
+    def reset(self) -> None:
+        self.to_device = self.to_host = 0
+
+    @property
+    def total(self) -> int:
+        return self.to_device + self.to_host
 
 
 class HostStaging:

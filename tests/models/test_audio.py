@@ -9,7 +9,8 @@ import torch
 
 from models import checkpoint, classifier
 from models.audio import LogMel, fit_length, mel_filterbank, spectral_loss, wav_folder
-from models.data import Dataset, load_dataset
+from models.data import load_dataset
+from models.dataset import Dataset
 from models.ovqvae import OVQVAE, InverseSTFTHead, OVQVAEConfig
 from models.presets import ovqvae_config
 from service.core.model_dir import load_model_dir

@@ -1,5 +1,6 @@
 """`anytime check`: every rule passes on a good directory and fails on one that breaks it,
-naming the file; the service's start-up copy of the cheap rules agrees (service/core/model_checks.py)."""
+naming the file; the service's start-up refuses what the contract's cheap rules refuse
+(model_format.contract, shared by both)."""
 import hashlib
 import json
 import shutil
@@ -15,7 +16,7 @@ from models.check import RULES, check_model_dir
 from models.export import FILES, example_decoder_inputs, example_step_inputs, write_decoder_graph, write_step_graph
 from models.ovqvae import DecoderGraph
 from models.prior import PriorStep
-from service.core.model_checks import startup_problems
+from model_format.contract import cheap_problems
 from service.core.model_dir import ModelDirError, load_model_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,7 +69,7 @@ def failures(d: Path) -> dict[str, set[str]]:
 
 def assert_startup_agrees(d: Path, rule: str) -> None:
     m = json.loads((d / "manifest.json").read_text())
-    assert rule in {p.rule for p in startup_problems(m, d)}
+    assert rule in {p.rule for p in cheap_problems(m, d)}
     with pytest.raises(ModelDirError, match=f"rule {rule}"):
         load_model_dir(d, "onnx")
 
@@ -128,7 +129,7 @@ def test_missing_file(model_copy):
     (model_copy / "decoder.ts").unlink()
     assert failures(model_copy)["files"] == {"decoder.ts"}
     m = json.loads((model_copy / "manifest.json").read_text())
-    assert {p.rule for p in startup_problems(m, model_copy)} == {"files"}
+    assert {p.rule for p in cheap_problems(m, model_copy)} == {"files"}
 
 
 def test_corrupted_file(model_copy):
@@ -217,3 +218,16 @@ def test_cli_reports_each_failed_rule_and_exits_non_zero(model_copy, tiny_model_
     assert "FAIL  files              decoder.ts: file is missing (role decoder_torchscript)" in bad.stdout
     assert "FAIL  quality-curve      manifest.json: quality curve must be 1 at k = D" in bad.stdout
     assert "SKIP  loads" in bad.stdout
+
+
+def test_the_exporter_refuses_to_write_what_the_service_would_refuse(model_copy):
+    """models/export.write_manifest runs the same contract rules on what it wrote."""
+    from models.export import write_manifest
+
+    m = json.loads((model_copy / "manifest.json").read_text())
+    args = dict(name=m["name"], modality=m["modality"], D=m["D"], K=m["K"], output=m["output"],
+                classes=m["classes"], prior={k: m["prior"][k] for k in ("n_layer", "n_head", "head_dim")},
+                files={role: e["path"] for role, e in m["files"].items()}, provenance={})
+    assert write_manifest(model_copy, quality=m["quality"], **args)["format_version"] == 2
+    with pytest.raises(ValueError, match=r"quality curve must end at k = D .*\[rule quality-curve\]"):
+        write_manifest(model_copy, quality={"k": [1, 2], "quality": [0.5, 1.0]}, **args)

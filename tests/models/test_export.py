@@ -138,7 +138,8 @@ def test_same_seed_gives_same_tokens_on_every_backend(tiny_model_dir, eager):
 
 
 def test_ort_spinning_modes_give_the_same_step(tiny_model_dir, monkeypatch):
-    """ANYTIME_ORT_SPIN changes only how ORT's idle threads wait, never the result."""
+    """ANYTIME_ORT_SPIN changes only how ORT's idle threads wait, never the result; Settings reads
+    it (and ANYTIME_THREADS) for a runtime built without explicit values."""
     spec = load_model_dir(tiny_model_dir, "onnx")
     tokens, positions = np.array([spec.unconditional_token, 3]), np.array([0, 0])
     got = {}
@@ -149,5 +150,6 @@ def test_ort_spinning_modes_give_the_same_step(tiny_model_dir, monkeypatch):
     np.testing.assert_array_equal(got["on"], got["run"])
     np.testing.assert_array_equal(got["on"], got["off"])
     monkeypatch.setenv("ANYTIME_ORT_SPIN", "sometimes")
-    with pytest.raises(ValueError, match="ANYTIME_ORT_SPIN"):
+    with pytest.raises(ValueError, match="ort_spin"):
         make_runtime(spec, "onnx", slots=2)
+    assert make_runtime(spec, "onnx", slots=2, threads=1, ort_spin="off").step(tokens, positions).shape == got["on"].shape

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from models import checkpoint
-from models.data import Dataset
+from models.dataset import Dataset
 from models.ovqvae import OVQVAE
 from models.recover import recover
 from models.train_prior import train as train_prior

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from models import checkpoint
-from models.data import Dataset
+from models.dataset import Dataset
 from models.train_prior import train as train_prior
 from models.train_vqvae import train as train_vqvae
 from tests.utils.tiny_model import CLASSES, tiny_configs

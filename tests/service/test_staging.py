@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from service.core.runtime import Transfers
-from service.core.staging import HostStaging
+from service.core.staging import HostStaging, Transfers
 
 
 @pytest.fixture

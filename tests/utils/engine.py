@@ -1,4 +1,4 @@
-"""Helpers to drive a real engine without HTTP."""
+"""Functions that drive a real engine without HTTP."""
 from __future__ import annotations
 
 import threading

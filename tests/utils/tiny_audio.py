@@ -59,7 +59,7 @@ _BUILT: dict[str, Path] = {}
 
 
 def cached_audio_model_dir(tmp_path_factory) -> Path:
-    """One tiny exported audio model per test session, shared by every module that asks."""
+    """One tiny exported audio model per test run, shared by every module that asks."""
     if "dir" not in _BUILT:
         _BUILT["dir"] = build_audio_model_dir(tmp_path_factory.mktemp("audio-zoo"))
     return _BUILT["dir"]
