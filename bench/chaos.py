@@ -234,7 +234,7 @@ def write_report(report: ChaosReport, out: Path, header: str, commit: str, warmu
     rows += [(f"RSS of the {role} after {warmup_s:.0f} s of warm-up -> end, MB",
               f"{a:.1f} -> {b:.1f} ({g:+.2f}%)") for role, (a, b, g) in growth.items()]
     table = "\n".join(["| measure | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
-    (out / "chaos.md").write_text(f"{header}- commit: {commit}\n\n{table}\n\n![memory](memory.png)\n")
+    (out / "chaos.md").write_text(f"{header}\n{table}\n\n![memory](memory.png)\n")
     fig, ax = plt.subplots(figsize=(8, 4))
     for role in ("core", "workers", "supervisor"):
         ax.plot([t for t, _ in r.rss], [rss[role] / 1024 for _, rss in r.rss], label=role)
@@ -256,7 +256,9 @@ def run_cli(flags: list[str], args) -> None:
     kills = args.kill_every or None
     # kills come faster than the crash-loop limit would allow: that limit is for real crashes
     deaths = str(max(5, int(120 / kills) + 5)) if kills else "5"
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    from .machine import commit as measured_commit
+
+    commit = measured_commit()
     args.out.mkdir(parents=True, exist_ok=True)
     with serve(*flags, "--workers", str(args.workers), "--worker-deaths-limit", deaths,
                log_path=args.out / "server.log") as url:

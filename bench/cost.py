@@ -124,7 +124,7 @@ class Server:
 
 
 def start(checkout: Path, label: str, flags: list[str], log_path: Path) -> Server:
-    """`anytime serve` from a checkout (its own .venv when it has one), in its own session."""
+    """`anytime serve` from a checkout (its own .venv when it has one), in its own process group."""
     python = checkout / ".venv" / "bin" / "python"
     port = free_port()
     log = open(log_path, "wb")

@@ -18,11 +18,28 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def commit() -> str:
+    """The commit of the code being measured (short hash, `+changes` when the tree differs from it)."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return rev + (" +changes" if dirty else "")
+
+
 def header(title: str) -> str:
     cmd = "anytime " + shlex.join(sys.argv[1:]) if sys.argv and "anytime" in sys.argv[0] else shlex.join(sys.argv)
     return "\n".join([
         f"# {title}", "",
         f"- command: `{cmd}`",
+        f"- commit: {commit()}",
         f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
         f"- machine: {cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
         f"Python {platform.python_version()}",
