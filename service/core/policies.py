@@ -151,7 +151,7 @@ class Anytime(Policy):
 
     def __init__(self, config, budget: Budget):
         super().__init__(config, budget)
-        self.stepping = Stepping(config, budget)
+        self.stepping = Stepping(config, budget, self.long)
 
     def budget_for(self, req, view, state, cap, floor, idle_k):
         c, b = self.config, self.budget
