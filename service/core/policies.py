@@ -151,7 +151,7 @@ class Anytime(Policy):
 
     def __init__(self, config, budget: Budget):
         super().__init__(config, budget)
-        self.stepping = Stepping(config, budget)
+        self.stepping = Stepping(config, budget, self.long)
 
     def budget_for(self, req, view, state, cap, floor, idle_k):
         c, b = self.config, self.budget
@@ -165,6 +165,9 @@ class Anytime(Policy):
         # 1. everything admitted steps beside it (nobody stands aside for it)
         room = c.max_batch if share >= 1 else share * c.max_batch
         fit = self.fit_all(req, view, state) if share >= 1 or view.running + view.waiting + req.n <= room else 0
+        # pressure: did load take tokens from this request (were everything to step)? Standing
+        # aside for it is not free either: a burst that others stand aside for lowers the knee
+        state.observe_pressure(float(fit < idle_k), c.pressure_alpha)
         # 2. only if it would be refused that way: rows with laxity stand aside while it steps,
         #    so count just the rows that cannot, within the work already guaranteed to other
         #    deadlines (so that no admitted request is forced out later)
@@ -178,8 +181,6 @@ class Anytime(Policy):
             if promised < aside:
                 aside = max(0, math.floor(promised))
             fit = max(fit, aside)
-        # pressure: did load (not the deadline itself) take tokens from this request?
-        state.observe_pressure(float(fit < idle_k), c.pressure_alpha)
         k = min(cap, fit) if self.long(req) else min(want, fit)
         if min(k, want) < floor:
             return self.deadline_refusal(req, view, state, f"min_tokens={floor}", idle_k)

@@ -35,8 +35,9 @@ _deadline = operator.attrgetter("deadline")
 
 
 class Stepping:
-    def __init__(self, config, budget: Budget):
+    def __init__(self, config, budget: Budget, may_stand_aside=lambda r: True):
         self.config, self.budget, self.latency = config, budget, budget.latency
+        self.may_stand_aside = may_stand_aside  # requests with seconds to spare (policies.Anytime.long)
         self.caps = dict.fromkeys(PRIORITY_PRICE, budget.D)  # the quality knee per priority, set by each plan
         self._credit = 0.0  # seconds of preview decode the share has accrued
         self._credit_at: float | None = None
@@ -111,12 +112,16 @@ class Stepping:
             rows = sum(r.n for r in chosen)
             allow = min((self.allowance(r, now, dec_now, margin) for r in chosen), default=math.inf)
         taken = set(map(id, chosen))
-        for r in sorted(candidates, key=lambda r: (id(r) in late, not r.urgent, PRIORITY_RANK[r.priority], r.deadline)):
+        # a request that may not stand aside (its deadline is too near for its steps to come
+        # back later without a loss) steps whenever a row is free, as an urgent one does
+        first = {id(r) for r in candidates if r.urgent or not self.may_stand_aside(r)}
+        for r in sorted(candidates, key=lambda r: (id(r) in late, id(r) not in first, PRIORITY_RANK[r.priority],
+                                                   r.deadline)):
             k = kind[id(r)]
             if id(r) in taken or rows + r.n > c.max_batch or (k is WAITING and free_slots < r.n) \
                     or (k is PAUSED and free_slots < 1):
                 continue
-            if chosen and not r.urgent and c.safety * lat.step.paced(rows + r.n) > allow:
+            if chosen and id(r) not in first and c.safety * lat.step.paced(rows + r.n) > allow:
                 continue  # it has slack; joining now would cost someone in the batch its target
             chosen.append(r)
             rows += r.n
