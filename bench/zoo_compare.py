@@ -1,6 +1,6 @@
 """Prior step and decode time of two model directories in one run (old zoo vs a candidate).
 
-    /work/tools/exclusive .venv/bin/python -m bench.zoo_compare --old models/zoo/fashion-mnist \
+    .venv/bin/python -m bench.zoo_compare --old models/zoo/fashion-mnist \
         --new runs/fashion-mnist-v2/export/fashion-mnist --out bench/results/fashion-mnist-v2
 
 Rounds alternate old, new, old, new, ... so that drift in the machine's speed hits both alike;
