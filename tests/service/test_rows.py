@@ -31,6 +31,7 @@ def _check(table: RowTable, cache: FakeCache, paused: set) -> None:
         assert s.slot >= table.active and cache.content[s.slot] == id(s)
     assert table.paused == len(paused)
     assert table.free_slots() == table.slots - table.active - len(paused)
+    assert len(table._heap) <= table.slots  # the free-slot heap holds at most one entry per slot
 
 
 def test_pausing_the_last_row_copies_nothing_and_resuming_copies_one_row():
@@ -63,6 +64,19 @@ def test_starting_into_a_parked_slot_moves_the_parked_row_away():
     cache.apply(moves)
     cache.content[c.slot] = id(c)
     _check(table, cache, {a})
+
+
+def test_steady_starts_and_finishes_keep_the_table_bounded():
+    """The engine's steady state without pressure: sequences start and finish, none pauses.
+    The table's memory must not grow with the number of sequences served (it once kept one
+    heap entry per finished sequence, and the engine core's RSS grew with it)."""
+    table, moves = RowTable(16, 32), []
+    for i in range(5000):
+        s = _seq(i)
+        table.start(s, moves)
+        table.leave(s, moves)
+    assert table.active == 0 and table.free_slots() == 32
+    assert len(table._heap) <= table.slots
 
 
 @pytest.mark.parametrize("seed", range(20))
