@@ -34,6 +34,12 @@ PRIORITY_RANK = {"high": 0, "normal": 1, "low": 2}  # among requests with laxity
 _deadline = operator.attrgetter("deadline")
 
 
+def outranks(waiting: list[Request], running: list[Request]) -> bool:
+    """Does a waiting request have a higher priority than a running one (and so may take its row)?"""
+    return bool(waiting) and bool(running) and min(PRIORITY_RANK[r.priority] for r in waiting) < max(
+        PRIORITY_RANK[r.priority] for r in running)
+
+
 class Stepping:
     def __init__(self, config, budget: Budget, may_stand_aside=lambda r: True):
         self.config, self.budget, self.latency = config, budget, budget.latency
@@ -94,9 +100,21 @@ class Stepping:
         """The requests that step this iteration, within max_batch rows and the KV-cache slots
         left (a start takes a slot per row; a pause or a resume copies through one free slot)."""
         c, lat = self.config, self.latency
+        candidates = [*running, *paused, *waiting]
+        if not paused and not any(map(self.may_stand_aside, candidates)) and not outranks(waiting, running):
+            # nobody can stand aside, and no waiting request takes a row by priority: as
+            # --no-slack, the running rows go on and waiting requests start (late ones last,
+            # then by priority and deadline) while rows and slots last. No per-request laxity
+            # is computed: this is most iterations of short-deadline traffic.
+            chosen, rows = list(running), sum(r.n for r in running)
+            for r in sorted(waiting, key=lambda r: (id(r) in late, PRIORITY_RANK[r.priority], r.deadline)):
+                if rows + r.n <= c.max_batch and free_slots >= r.n:
+                    chosen.append(r)
+                    rows += r.n
+                    free_slots -= r.n
+            return chosen
         full = self.budget.full_step()
         kind = {id(r): k for k, group in ((RUNNING, running), (PAUSED, paused), (WAITING, waiting)) for r in group}
-        candidates = [*running, *paused, *waiting]
         for r in candidates:
             r.urgent = now >= self.urgent_at(r, full, margin)
         if not paused and free_slots >= sum(r.n for r in waiting):

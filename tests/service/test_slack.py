@@ -81,7 +81,8 @@ def test_a_request_whose_laxity_runs_out_steps_whatever_else_waits():
     tight = request(100, now, n=1, planned=50)
     # 64 tokens at a full-batch step (8 ms) need 512 ms: with 520 ms left it is urgent
     bulk = request(520, now, n=48)
-    for r in (tight, bulk):
+    spare = request(10_000, now, n=8)  # seconds to spare: laxity is weighed (not the no-slack fast path)
+    for r in (tight, bulk, spare):
         s.add(r)
     step(s, now)
     assert bulk.urgent and bulk.status is Status.RUNNING and tight.status is Status.RUNNING
