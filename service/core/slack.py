@@ -6,6 +6,9 @@ pressure the quality knee (Budget.quality_cap): tokens past the knee (planned on
 with seconds to spare, policies.LONG_GENERATIONS) are taken only from spare steps, never forced. Requests whose laxity is down to a few steps are *urgent* (until they
 reach the target: no pause-resume flapping at the boundary) and always step.
 
+When no request has seconds to spare (policies.LONG_GENERATIONS) and no waiting request has a
+higher priority than a running one, stepping is --no-slack's: running rows go on, waiting ones
+start as rows free up, and no laxity is computed (most iterations of short-deadline traffic).
 When every request fits the batch and the step every one of them can afford, everything steps:
 nobody gives anything up unless someone needs it. Otherwise urgent requests step first, then
 high priority before normal and low, then by deadline, as long as the batch they join stays
