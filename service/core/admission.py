@@ -30,8 +30,11 @@ class LoadSnapshot:
     running_rows: int = 0
     deadlines: tuple[float, ...] = ()  # running, paused and waiting requests, earliest first
     rows_before: tuple[int, ...] = (0,)  # rows_before[i]: rows of the requests before deadlines[i]
-    urgent_at: tuple[float, ...] = ()  # when each live request turns urgent (cannot stand aside), earliest first
+    stands_aside: bool = False  # some live request may stand aside for others (else all of them share every step)
+    urgent_at: tuple[float, ...] = ()  # when each live request can no longer stand aside, earliest first
     urgent_rows_before: tuple[int, ...] = (0,)
+    # when none may stand aside but for priority: live rows of each priority and higher ones
+    rows_at_or_above: dict[str, int] | None = None
     # the work guaranteed before each deadline, in row-steps (a row's step at a full batch)
     row_step_s: float = 0.0  # seconds per row-step at a full batch
     demand_before: tuple[int, ...] = (0,)  # demand_before[i]: row-steps due by deadlines[i] (exclusive)
@@ -56,6 +59,16 @@ class LoadSnapshot:
         """Rows that step beside a request due at `deadline`: those that turn urgent before it
         (the others have the laxity to stand aside while it steps)."""
         return self.urgent_rows_before[bisect.bisect_left(self.urgent_at, deadline)]
+
+    def rows_stepping_beside(self, deadline: float, priority: str) -> int | None:
+        """Rows that step beside a new request (due at `deadline`, of `priority`) rather than
+        stand aside for it; None: every row does (nobody stands aside for it)."""
+        if self.stands_aside:
+            return self.rows_sharing(deadline)
+        rows = self.rows_at_or_above
+        if rows and rows[priority] < rows["low"]:  # lower priorities give it their rows
+            return rows[priority]
+        return None
 
 
 class AdmissionState:

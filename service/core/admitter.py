@@ -28,8 +28,10 @@ class Admitter:
         # rows decoded before it when they finish together: those with earlier deadlines
         pending_ahead = sum(n for _, d, n, _ in pending if d < req.deadline)
         # rows that will step beside it: those that cannot stand aside before its deadline, and
-        # admissions not yet taken by the engine if they are due earlier
-        sharing = load.rows_sharing(req.deadline) + pending_ahead
+        # admissions not yet taken by the engine if they are due earlier (None: every row)
+        sharing = load.rows_stepping_beside(req.deadline, req.priority)
+        if sharing is not None:
+            sharing += pending_ahead
         pending_steps = sum(n * k for _, d, n, k in pending if d < req.deadline)
         view = AdmitView(time.monotonic(), load.running_rows, self.admitted_rows - dequeued_rows,
                          load.rows_ahead_of(req.deadline) + pending_ahead, sharing, pending_steps, load)

@@ -12,6 +12,7 @@ from .admission import LoadSnapshot
 from .planner import IterationPlan
 from .request import FinishReason, Request, Status
 from .rows import RowTable
+from .slack import PRIORITY_RANK
 
 _deadline = operator.attrgetter("deadline")
 
@@ -124,21 +125,31 @@ class Lifecycle:
         dst.append(r)
 
     def snapshot(self, stepping, budget) -> LoadSnapshot:
-        """The load as admission reads it: deadlines and rows in order, when each request turns
-        urgent (stepping: the anytime policy's Stepping, else None), and the work guaranteed
-        before each deadline."""
+        """The load as admission reads it: deadlines and rows in order, the work guaranteed
+        before each deadline and, for the anytime policy (stepping: its Stepping, else None),
+        who may stand aside: when each request with seconds to spare turns urgent (the others
+        never stand aside), or, when none has seconds to spare, only the rows of lower
+        priorities (standing aside for a higher one)."""
         reqs = sorted(self.running + self.paused + self.waiting, key=_deadline)
         deadlines = tuple(map(_deadline, reqs))
         rows_before = tuple(itertools.accumulate((r.n for r in reqs), initial=0))
         if stepping is None:
             return LoadSnapshot(len(self.rows), deadlines, rows_before)
-        full, margin = budget.full_step(), budget.margin()
-        keyed = sorted((stepping.urgent_at(r, full, margin), r.n) for r in reqs)
+        full = budget.full_step()
         row_step = full / self.config.max_batch
         demand = tuple(itertools.accumulate((r.n * max(0, stepping.target(r) - r.tokens) for r in reqs), initial=0))
         spare = [math.inf] * (len(reqs) + 1)
         for i in range(len(reqs) - 1, -1, -1):
             spare[i] = min(spare[i + 1], deadlines[i] / row_step - demand[i + 1])
-        return LoadSnapshot(len(self.rows), deadlines, rows_before, tuple(t for t, _ in keyed),
-                            tuple(itertools.accumulate((n for _, n in keyed), initial=0)),
-                            row_step, demand, tuple(spare))
+        guaranteed = dict(row_step_s=row_step, demand_before=demand, spare_after=tuple(spare))
+        if not any(map(stepping.may_stand_aside, reqs)):
+            rows = dict.fromkeys(PRIORITY_RANK, 0)
+            for r in reqs:
+                rows[r.priority] += r.n
+            at_or_above = dict(zip(PRIORITY_RANK, itertools.accumulate(rows[p] for p in PRIORITY_RANK)))
+            return LoadSnapshot(len(self.rows), deadlines, rows_before, rows_at_or_above=at_or_above, **guaranteed)
+        margin = budget.margin()
+        keyed = sorted((stepping.urgent_at(r, full, margin) if stepping.may_stand_aside(r) else -math.inf, r.n)
+                       for r in reqs)
+        return LoadSnapshot(len(self.rows), deadlines, rows_before, True, tuple(t for t, _ in keyed),
+                            tuple(itertools.accumulate((n for _, n in keyed), initial=0)), **guaranteed)

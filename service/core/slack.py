@@ -6,6 +6,9 @@ pressure the quality knee (Budget.quality_cap): tokens past the knee (planned on
 with seconds to spare, policies.LONG_GENERATIONS) are taken only from spare steps, never forced. Requests whose laxity is down to a few steps are *urgent* (until they
 reach the target: no pause-resume flapping at the boundary) and always step.
 
+When no request has seconds to spare (policies.LONG_GENERATIONS) and no waiting request has a
+higher priority than a running one, stepping is --no-slack's: running rows go on, waiting ones
+start as rows free up, and no laxity is computed (most iterations of short-deadline traffic).
 When every request fits the batch and the step every one of them can afford, everything steps:
 nobody gives anything up unless someone needs it. Otherwise urgent requests step first, then
 high priority before normal and low, then by deadline, as long as the batch they join stays
@@ -32,6 +35,12 @@ HORIZON_STEPS = 3  # laxity (in full-batch steps) at which a request turns urgen
 PRIORITY_RANK = {"high": 0, "normal": 1, "low": 2}  # among requests with laxity, who steps first
 
 _deadline = operator.attrgetter("deadline")
+
+
+def outranks(waiting: list[Request], running: list[Request]) -> bool:
+    """Does a waiting request have a higher priority than a running one (and so may take its row)?"""
+    return bool(waiting) and bool(running) and min(PRIORITY_RANK[r.priority] for r in waiting) < max(
+        PRIORITY_RANK[r.priority] for r in running)
 
 
 class Stepping:
@@ -94,9 +103,21 @@ class Stepping:
         """The requests that step this iteration, within max_batch rows and the KV-cache slots
         left (a start takes a slot per row; a pause or a resume copies through one free slot)."""
         c, lat = self.config, self.latency
+        candidates = [*running, *paused, *waiting]
+        if not paused and not any(map(self.may_stand_aside, candidates)) and not outranks(waiting, running):
+            # nobody can stand aside, and no waiting request takes a row by priority: as
+            # --no-slack, the running rows go on and waiting requests start (late ones last,
+            # then by priority and deadline) while rows and slots last. No per-request laxity
+            # is computed: this is most iterations of short-deadline traffic.
+            chosen, rows = list(running), sum(r.n for r in running)
+            for r in sorted(waiting, key=lambda r: (id(r) in late, PRIORITY_RANK[r.priority], r.deadline)):
+                if rows + r.n <= c.max_batch and free_slots >= r.n:
+                    chosen.append(r)
+                    rows += r.n
+                    free_slots -= r.n
+            return chosen
         full = self.budget.full_step()
         kind = {id(r): k for k, group in ((RUNNING, running), (PAUSED, paused), (WAITING, waiting)) for r in group}
-        candidates = [*running, *paused, *waiting]
         for r in candidates:
             r.urgent = now >= self.urgent_at(r, full, margin)
         if not paused and free_slots >= sum(r.n for r in waiting):

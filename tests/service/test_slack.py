@@ -81,7 +81,8 @@ def test_a_request_whose_laxity_runs_out_steps_whatever_else_waits():
     tight = request(100, now, n=1, planned=50)
     # 64 tokens at a full-batch step (8 ms) need 512 ms: with 520 ms left it is urgent
     bulk = request(520, now, n=48)
-    for r in (tight, bulk):
+    spare = request(10_000, now, n=8)  # seconds to spare: laxity is weighed (not the no-slack fast path)
+    for r in (tight, bulk, spare):
         s.add(r)
     step(s, now)
     assert bulk.urgent and bulk.status is Status.RUNNING and tight.status is Status.RUNNING
@@ -256,3 +257,30 @@ def test_among_requests_with_laxity_high_priority_steps_first():
         s.add(r)
     step(s, now)
     assert high.status is Status.RUNNING and normal.status is Status.WAITING
+
+
+def test_without_seconds_to_spare_running_rows_go_on_and_only_priority_takes_a_row():
+    s = scheduler(max_batch=8, park_rows=8)
+    now = 100.0
+    running = [request(400, now, n=4, planned=20) for _ in range(2)]  # none has seconds to spare
+    for r in running:
+        s.add(r)
+    step(s, now)
+    assert not s.load.stands_aside and s.load.rows_stepping_beside(now + 0.1, "normal") is None
+    sooner = request(100, now, n=4, planned=10)  # an earlier deadline does not pause anyone
+    s.add(sooner)
+    step(s, now)
+    assert all(r.status is Status.RUNNING for r in running) and sooner.status is Status.WAITING
+    assert s.table.paused == 0
+    for r in running:
+        r.priority = "low"
+    step(s, now)
+    # low rows stand aside for a higher priority: admission counts only the rows at or above it
+    assert s.load.rows_stepping_beside(now + 0.1, "normal") == 4
+    high = request(100, now, n=4, planned=10)
+    high.priority = "high"
+    s.add(high)
+    step(s, now)
+    # both higher priorities (high, and the waiting normal one) take the low rows, which pause
+    assert high.status is Status.RUNNING and sooner.status is Status.RUNNING
+    assert all(r.status is Status.PAUSED for r in running)
