@@ -150,11 +150,13 @@ def make_runtime(spec: ModelSpec, backend: str, slots: int, device: str | None =
     all cores. ort_io_binding: `on` keeps the ONNX KV cache in device memory (OnnxDeviceRuntime), `off` in
     host memory (OnnxRuntime), `auto` picks `on` on CUDA and `off` on the CPU, where the host
     cache is no copy and the extra scatter run would cost (bench/results/engine-io-binding/engine.md)."""
-    if threads is None or ort_spin is None or decode_threads is None:
+    if threads is None or ort_spin is None:
         env = Settings()
         threads = env.threads if threads is None else threads
         ort_spin = env.ort_spin if ort_spin is None else ort_spin
         decode_threads = env.decode_threads if decode_threads is None else decode_threads
+    elif decode_threads is None:  # the others given: no environment read
+        decode_threads = Settings.model_fields["decode_threads"].default
     if backend == "torchscript":
         return TorchScriptRuntime(spec, slots, device, threads)
     if backend != "onnx":
