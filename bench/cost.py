@@ -225,6 +225,9 @@ def profile(server: Server, shape: Shape, seconds: float, tmp: Path, out: Path) 
                    capture_output=True)
     for p in procs:
         p.wait(60)
+    for svg in svgs:  # py-spy writes its own command line into the graph: no machine paths
+        if svg.exists():
+            svg.write_text(svg.read_text().replace(str(Path(spy).parent) + "/", ""))
     return [s for s in svgs if s.exists()]
 
 
