@@ -84,6 +84,15 @@ def role_of(pid: int) -> str:
     return "supervisor"
 
 
+def is_standby(pid: int) -> bool:
+    """A frontend worker held in reserve (it waits for `go` and serves nothing; it renames
+    itself anytime-worker when it starts serving)."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == "anytime-standby"
+    except OSError:
+        return True
+
+
 def cpu_s(pid: int) -> float:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -205,7 +214,7 @@ def profile(server: Server, shape: Shape, seconds: float, tmp: Path, out: Path) 
     slug = re.sub(r"[^a-z0-9]+", "-", f"{server.label}-{shape.name}".lower()).strip("-")
     svgs, procs = [], []
     for role in ("core", "frontend"):
-        for pid in server.pids.get(role, [])[:1]:
+        for pid in [p for p in server.pids.get(role, []) if not is_standby(p)][:1]:
             svg = out / f"flame-{slug}-{role}.svg"
             procs.append(subprocess.Popen([spy, "record", "--pid", str(pid), "--duration", str(int(seconds)),
                                            "--rate", "250", "--nonblocking", "--threads", "-o", str(svg)],
@@ -216,6 +225,9 @@ def profile(server: Server, shape: Shape, seconds: float, tmp: Path, out: Path) 
                    capture_output=True)
     for p in procs:
         p.wait(60)
+    for svg in svgs:  # py-spy writes its own command line into the graph: no machine paths
+        if svg.exists():
+            svg.write_text(svg.read_text().replace(str(Path(spy).parent) + "/", ""))
     return [s for s in svgs if s.exists()]
 
 

@@ -38,6 +38,10 @@ class AddRequest(msgspec.Struct, array_like=True, gc=False):
     seeds: list[int] | None = None
     labels: list[int] | None = None
     priority: str = "normal"  # high | normal | low
+    # True: the engine core answers the admission either way (a stream starts its response on
+    # it). False: only a refusal is answered; the request's output is its admission (one
+    # message per request fewer each way)
+    ack: bool = True
 
 
 class Admitted(msgspec.Struct, array_like=True, gc=False):

@@ -50,7 +50,8 @@ class EngineCore:
             if spec.name in self.engines:
                 continue
             config = SchedulerConfig.from_settings(s)
-            runtime = make_runtime(spec, s.backend, config.slots(), s.device, s.threads, s.ort_spin, s.ort_io_binding)
+            runtime = make_runtime(spec, s.backend, config.slots(), s.device, s.threads, s.ort_spin, s.ort_io_binding,
+                                   s.decode_threads)
             spec.device = runtime.device
             engine = Engine(spec, runtime, config)
             if s.test_step_delay_ms:

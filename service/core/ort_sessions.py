@@ -37,8 +37,9 @@ def ort_device(device: str | None) -> str:
     return "cuda" if cuda else "cpu"
 
 
-def ort_sessions(spec: ModelSpec, device: str | None, threads: int, ort_spin: str):
-    """(device, step graph InferenceSession, decoder InferenceSession) on ort_device(device)."""
+def ort_sessions(spec: ModelSpec, device: str | None, threads: int, ort_spin: str, decode_threads: int = 0):
+    """(device, step graph InferenceSession, decoder InferenceSession) on ort_device(device);
+    the decoder with decode_threads intra-op threads (0: as the step graph)."""
     import onnxruntime as ort
 
     want_cuda = ort_device(device) == "cuda"
@@ -49,5 +50,7 @@ def ort_sessions(spec: ModelSpec, device: str | None, threads: int, ort_spin: st
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     _ort_spinning(opts, ort_spin)
     step = ort.InferenceSession(str(spec.file("prior_step_onnx")), opts, providers=providers)
+    if decode_threads:
+        opts.intra_op_num_threads = decode_threads
     decode = ort.InferenceSession(str(spec.file("decoder_onnx")), opts, providers=providers)
     return ("cuda" if want_cuda else "cpu"), step, decode

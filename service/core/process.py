@@ -109,6 +109,8 @@ class CoreServer:
             except Exception:  # this request's failure only (say, rows the engine cannot build)
                 log.exception("engine core: admission failed", extra={"request_id": msg.request_id})
                 adm = ipc.Admitted(msg.id, False, reason=Refusal.ERROR, message="the engine core could not take the request")
+        if adm.ok and not msg.ack:
+            return  # its output will say so
         admitted = self._admitted.get(frontend)
         if admitted is None:
             admitted = self._admitted[frontend] = []

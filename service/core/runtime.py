@@ -104,8 +104,8 @@ class OnnxRuntime:
     io_binding = False
 
     def __init__(self, spec: ModelSpec, slots: int, device: str | None = None, threads: int = 0,
-                 ort_spin: str | None = None):
-        self.device, self.step_sess, self.decode_sess = ort_sessions(spec, device, threads, ort_spin)
+                 ort_spin: str | None = None, decode_threads: int = 0):
+        self.device, self.step_sess, self.decode_sess = ort_sessions(spec, device, threads, ort_spin, decode_threads)
         shape = (slots, spec.n_head, spec.D, spec.head_dim)
         # Host cache; ORT reads each layer's contiguous prefix [:B] in place on the CPU provider.
         self.k = [np.zeros(shape, dtype=np.float32) for _ in range(spec.n_layer)]
@@ -144,7 +144,7 @@ class OnnxRuntime:
 
 
 def make_runtime(spec: ModelSpec, backend: str, slots: int, device: str | None = None, threads: int | None = None,
-                 ort_spin: str | None = None, ort_io_binding: str = "auto") -> Runtime:
+                 ort_spin: str | None = None, ort_io_binding: str = "auto", decode_threads: int | None = None) -> Runtime:
     """threads and ort_spin as Settings has them (service/settings.py); None: as Settings reads them
     from the environment, for a runtime built outside the service (tests, benchmarks). threads 0:
     all cores. ort_io_binding: `on` keeps the ONNX KV cache in device memory (OnnxDeviceRuntime), `off` in
@@ -154,6 +154,9 @@ def make_runtime(spec: ModelSpec, backend: str, slots: int, device: str | None =
         env = Settings()
         threads = env.threads if threads is None else threads
         ort_spin = env.ort_spin if ort_spin is None else ort_spin
+        decode_threads = env.decode_threads if decode_threads is None else decode_threads
+    elif decode_threads is None:  # the others given: no environment read
+        decode_threads = Settings.model_fields["decode_threads"].default
     if backend == "torchscript":
         return TorchScriptRuntime(spec, slots, device, threads)
     if backend != "onnx":
@@ -167,4 +170,4 @@ def make_runtime(spec: ModelSpec, backend: str, slots: int, device: str | None =
             raise RuntimeError(f"ort_io_binding=on needs the {e.name!r} package (in the GPU image and the "
                                "dev install); on the CPU the host-memory cache (off) is the faster one") from e
         return OnnxDeviceRuntime(spec, slots, device, threads, ort_spin)
-    return OnnxRuntime(spec, slots, device, threads, ort_spin)
+    return OnnxRuntime(spec, slots, device, threads, ort_spin, decode_threads)

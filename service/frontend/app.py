@@ -10,6 +10,7 @@ from ..settings import Settings
 from . import errors
 from .auth import ApiKeyAuth, load_keys
 from .core_client import EngineClient
+from .fast_generate import FastGenerate
 from .middleware import ArrivalAndLimits
 from .oip import router as oip_router
 from .routes import router
@@ -49,7 +50,8 @@ def create_app(settings: Settings, client: EngineClient) -> FastAPI:
     app.include_router(router)
     app.include_router(oip_router)
     keys = load_keys(settings.api_keys, settings.api_keys_file)
-    app.add_middleware(ApiKeyAuth, keys=keys, open_paths={p.strip() for p in settings.open_paths.split(",")})
+    open_paths = {p.strip() for p in settings.open_paths.split(",")}
+    app.add_middleware(ApiKeyAuth, keys=keys, open_paths=open_paths)
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:  # off by default: a browser page elsewhere cannot call the API unless allowed here
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
@@ -57,7 +59,10 @@ def create_app(settings: Settings, client: EngineClient) -> FastAPI:
     # before the body is read or the key checked: shedding must cost less than what it saves
     app.add_middleware(LoadShedding, lag=lag, max_lag_s=settings.shed_lag_ms / 1000, on_shed=state.shed)
     # added last = outermost: every request gets its arrival time and id before anything else
-    app.add_middleware(ArrivalAndLimits, max_body_bytes=settings.max_body_bytes)
+    # a well-formed POST /generate is served from there, past the layers in between (not with
+    # CORS configured: its middleware must see every response)
+    fast = None if origins else FastGenerate(state, lag, settings.shed_lag_ms / 1000, keys, open_paths)
+    app.add_middleware(ArrivalAndLimits, max_body_bytes=settings.max_body_bytes, fast=fast)
     if tracing:  # outermost of all: the span covers everything the request meets here
         app.add_middleware(TracingMiddleware, tracer=tracing.tracer)
     return app

@@ -22,24 +22,29 @@ def load_keys(inline: str, file: str | None) -> list[bytes]:
     return [k.encode() for k in keys]
 
 
+def _authorized(header: bytes, keys: list[bytes]) -> bool:
+    scheme, _, token = header.partition(b" ")
+    if scheme.lower() != b"bearer" or not token:
+        return False
+    ok = False
+    for key in keys:  # no early exit: time does not depend on which key matched
+        ok |= hmac.compare_digest(token.strip(), key)
+    return ok
+
+
+def allowed(scope, keys: list[bytes], open_paths: set[str]) -> bool:
+    """No keys configured, an open path, or a valid key in the Authorization header."""
+    if not keys or scope["path"] in open_paths:
+        return True
+    return _authorized(dict(scope.get("headers") or []).get(b"authorization", b""), keys)
+
+
 class ApiKeyAuth:
     def __init__(self, app, keys: list[bytes], open_paths: set[str]):
         self.app, self.keys, self.open_paths = app, keys, open_paths
 
-    def _authorized(self, header: bytes) -> bool:
-        scheme, _, token = header.partition(b" ")
-        if scheme.lower() != b"bearer" or not token:
-            return False
-        ok = False
-        for key in self.keys:  # no early exit: time does not depend on which key matched
-            ok |= hmac.compare_digest(token.strip(), key)
-        return ok
-
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or not self.keys or scope["path"] in self.open_paths:
-            return await self.app(scope, receive, send)
-        header = dict(scope.get("headers") or []).get(b"authorization", b"")
-        if self._authorized(header):
+        if scope["type"] != "http" or allowed(scope, self.keys, self.open_paths):
             return await self.app(scope, receive, send)
         body = json.dumps(error_body(scope["path"], 401, "missing or invalid API key "
                                      "(send Authorization: Bearer <key>)")).encode()

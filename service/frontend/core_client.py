@@ -190,12 +190,14 @@ class MPClient(EngineClient):
         if self._dead:
             return ipc.Admitted(msg.id, False, reason=Refusal.ENGINE_DEAD, message=ENGINE_DEAD,
                                 retry_after_s=1), None
-        fut = asyncio.get_running_loop().create_future()
         stream = Stream(msg.id)
-        self._admissions[msg.id] = fut
         self._streams[msg.id] = stream  # before sending: an output may follow the decision at once
         self._batch.adds.append(msg)
         self._soon()
+        if not msg.ack:  # taken as admitted: a refusal arrives on the stream, as an ipc.Admitted
+            return ipc.Admitted(msg.id, True), stream
+        fut = asyncio.get_running_loop().create_future()
+        self._admissions[msg.id] = fut
         adm = await fut
         if not adm.ok:
             self._streams.pop(msg.id, None)
@@ -250,8 +252,11 @@ class MPClient(EngineClient):
             admissions = self._admissions
             for adm in batch.admitted:
                 fut = admissions.pop(adm.id, None)
-                if fut is not None and not fut.done():
-                    fut.set_result(adm)
+                if fut is not None:
+                    if not fut.done():
+                        fut.set_result(adm)
+                elif (stream := self._streams.pop(adm.id, None)) is not None:  # refused, not acked
+                    stream.put((adm, None))
             if batch.outputs:
                 self._deliver(batch.outputs, ipc.split_samples(batch.outputs, frames[2] if len(frames) > 2 else None))
         elif kind == ipc.METRICS_TEXT:

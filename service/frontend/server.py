@@ -11,6 +11,7 @@ import time
 
 import uvicorn
 
+from .http_protocol import CoalescingHttpToolsProtocol
 from .state import FrontendState
 
 log = logging.getLogger("anytime.serve")
@@ -83,7 +84,7 @@ def serve(app, settings, sockets=None, supervised: bool = False, on_started=None
     if supervised:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
-                            timeout_graceful_shutdown=5)
+                            timeout_graceful_shutdown=5, http=CoalescingHttpToolsProtocol)
     server = DrainingServer(config, app.state.frontend, settings.drain_timeout_s,
                             (signal.SIGTERM,) if supervised else SIGNALS, on_started)
     server.run(sockets=sockets)

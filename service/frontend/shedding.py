@@ -68,6 +68,16 @@ def is_generation(scope) -> bool:
                                                                   and path.endswith("/infer")))
 
 
+def shed_lag(scope, lag: LoopLag, max_lag_s: float) -> float | None:
+    """How far behind the loop runs when this request is to be shed, else None."""
+    if not max_lag_s or not is_generation(scope) or (behind := lag.behind(time.monotonic())) <= max_lag_s:
+        return None
+    deadline = peek_deadline_s(scope.get("state", {}).get("body", b""))
+    if deadline is not None and behind <= LAG_SHARE * deadline:
+        return None
+    return behind
+
+
 class LoadShedding:
     """ASGI middleware: 503 `overloaded` for a generation request while the loop lags more than
     max_lag_s (0: never) and more than LAG_SHARE of the request's deadline. Runs inside
@@ -78,11 +88,7 @@ class LoadShedding:
         self.app, self.lag, self.max_lag_s, self.on_shed = app, lag, max_lag_s, on_shed
 
     async def __call__(self, scope, receive, send):
-        if (scope["type"] != "http" or not self.max_lag_s or not is_generation(scope)
-                or (behind := self.lag.behind(time.monotonic())) <= self.max_lag_s):
-            return await self.app(scope, receive, send)
-        deadline = peek_deadline_s(scope.get("state", {}).get("body", b""))
-        if deadline is not None and behind <= LAG_SHARE * deadline:
+        if scope["type"] != "http" or (behind := shed_lag(scope, self.lag, self.max_lag_s)) is None:
             return await self.app(scope, receive, send)
         self.on_shed()
         message = f"overloaded: this worker is {behind * 1000:.0f} ms behind; retry shortly"

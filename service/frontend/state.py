@@ -111,9 +111,7 @@ class FrontendState:
             raise
         if not adm.ok:
             self._inflight -= 1
-            status = _refusal_status(adm.reason)
-            headers = {"Retry-After": str(max(1, round(adm.retry_after_s)))} if status == 503 else None
-            raise ApiError(status, adm.message, headers)
+            raise _refused(adm)
         return stream
 
     def shed(self) -> None:
@@ -151,6 +149,8 @@ class FrontendState:
                 self.client.cancel(stream)  # the engine core frees its rows
                 return None
             out, samples = item
+            if type(out) is ipc.Admitted:  # a refusal of a request sent without ack (core_client.add)
+                raise _refused(out)
             return self.outcome(card, msg, out, samples)
         finally:
             gone.cancel()
@@ -167,6 +167,12 @@ class FrontendState:
         self.client.answered(ipc.Answered(result.card.name, latency, msg.deadline_s, out.tokens, result.quality,
                                           msg.n, out.finish_reason, now - (out.finished or now), met))
         return latency, met
+
+
+def _refused(adm: ipc.Admitted) -> ApiError:
+    status = _refusal_status(adm.reason)
+    headers = {"Retry-After": str(max(1, round(adm.retry_after_s)))} if status == 503 else None
+    return ApiError(status, adm.message, headers)
 
 
 def _refusal_status(reason: str) -> int:

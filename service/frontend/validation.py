@@ -107,4 +107,5 @@ def to_core_request(body: GenerateRequest, card: ModelCard, rid: int, arrival: f
     return AddRequest(id=rid, model=card.name, n=body.n, seed=seed, label=label, deadline_s=body.deadline_ms / 1000,
                       arrival=arrival, min_tokens=body.min_tokens or 1, max_tokens=min(body.max_tokens or card.D, card.D),
                       temperature=body.temperature, top_k=body.top_k, top_p=body.top_p, preview_every=preview_every,
-                      request_id=request_id, seeds=seeds, labels=row_labels, priority=body.priority)
+                      request_id=request_id, seeds=seeds, labels=row_labels, priority=body.priority,
+                      ack=body.stream)

@@ -74,6 +74,50 @@ def test_admissions_of_one_loop_iteration_leave_as_one_message(tmp_path):
     assert all(not adm.ok and adm.reason == "queue_full" and stream is None for adm, stream in decisions)
 
 
+def test_a_request_sent_without_ack_is_admitted_by_its_output_and_refused_on_its_stream(tmp_path):
+    """A non-streaming request (ack=False) needs no admission reply: the client hands out its
+    stream at once; its output is the answer, and a refusal arrives on the stream."""
+    address = f"ipc://{tmp_path}/core.sock"
+    ctx = zmq.Context()
+    core = ctx.socket(zmq.ROUTER)  # stands in for the engine core
+    core.bind(address)
+
+    async def go():
+        client = MPClient(address)
+        client._sock.connect(address)
+        client._reader = asyncio.get_running_loop().create_task(client._read())
+        msgs = [ipc.AddRequest(client.next_id(), "m", 1, i, None, 1.0, time.monotonic(), 1, 8, 1.0, 0, 1.0, 0, "",
+                               ack=False) for i in range(2)]
+        # both come back at once, before the engine core has said anything
+        added = await asyncio.wait_for(asyncio.gather(*(client.add(m) for m in msgs)), 1)
+        assert all(adm.ok and stream is not None for adm, stream in added)
+        while not core.poll(0):
+            await asyncio.sleep(0.001)
+        frontend, kind, payload = core.recv_multipart()
+        batch = ipc.decode(kind, payload)
+        assert [m.ack for m in batch.adds] == [False, False]
+        refused = ipc.ToFrontend(admitted=[ipc.Admitted(msgs[0].id, False, reason="deadline", message="too late",
+                                                        retry_after_s=2.0)])
+        core.send_multipart([frontend, *ipc.to_frontend_frames(refused, [])])
+        answer = ipc.ToFrontend(outputs=[ipc.Output(msgs[1].id, True, 8, finish_reason="budget")])
+        core.send_multipart([frontend, *ipc.to_frontend_frames(answer, [np.zeros((1, 1, 2, 2), np.float32)])])
+        got = [await asyncio.wait_for(stream.first(), 5) for _, stream in added]
+        client._reader.cancel()
+        client._sock.close(0)
+        return got, client
+
+    try:
+        (first, second), client = asyncio.run(go())
+    finally:
+        core.close(0)
+        ctx.term()
+    adm, samples = first
+    assert isinstance(adm, ipc.Admitted) and not adm.ok and adm.message == "too late" and samples is None
+    out, samples = second
+    assert out.final and out.tokens == 8 and samples.shape == (1, 1, 2, 2)
+    assert client._streams == {}  # nothing left waiting
+
+
 def test_png_samples_decode_to_the_same_pixels():
     rng = np.random.default_rng(1)
     for shape in [(1, 28, 28), (28, 28), (3, 16, 12), (4, 5, 7), (1, 80, 80)]:  # the last is compressed
