@@ -53,9 +53,6 @@ class EngineCore:
             runtime = make_runtime(spec, s.backend, config.slots(), s.device, s.threads, s.ort_spin, s.ort_io_binding)
             spec.device = runtime.device
             engine = Engine(spec, runtime, config)
-            if s.test_step_delay_ms:
-                delay = s.test_step_delay_ms / 1000
-                engine.fault_hook = lambda batch: time.sleep(delay)
             self.metrics.watch_engine(engine)
             engine.on_outputs = self._outputs
             engine.start()

@@ -16,12 +16,13 @@ from service.frontend.state import FrontendState
 from service.frontend.validation import GenerateRequest
 from service.inproc import InprocClient
 from service.settings import Settings
+from tests.utils.faults import slow_engines
 from tests.utils.server import running_server
 
 
 def test_in_flight_limit_and_queue_limit_reject_fast(tiny_model_dir):
     with running_server(model_dirs=str(tiny_model_dir), max_inflight=2, max_queue=4, max_batch=8,
-                        test_step_delay_ms=30) as (base, core):
+                        step_delay_ms=30) as (base, core):
         engine = core.engines["tiny"]
         results = []
 
@@ -53,8 +54,9 @@ def test_overload_leaves_nothing_behind(tiny_model_dir):
     use: answered, rejected (in-flight limit, full queue, deadline), expired and cancelled
     ones all let go of their Request objects, rows, queue entries and in-flight slots."""
     core = EngineCore(Settings(model_dirs=str(tiny_model_dir), max_inflight=12, max_queue=24, max_batch=16,
-                               test_step_delay_ms=2, workers=0))
-    core.load()
+                               workers=0))
+    with slow_engines(2):
+        core.load()
     state = FrontendState(core.settings, InprocClient(core))
     asyncio.run(state.start())
     engine = core.engines["tiny"]

@@ -80,7 +80,7 @@ def test_split_server_matches_in_process_and_counts_across_workers(tiny_model_di
 
 
 def test_a_killed_engine_core_means_503_at_once_and_a_non_zero_exit(tiny_model_dir, tmp_path):
-    with serve_process(tiny_model_dir, "--workers", "1", "--test-step-delay-ms", "200",
+    with serve_process(tiny_model_dir, "--workers", "1", step_delay_ms=200,
                        log_path=tmp_path / "server.log") as (base, proc):
         core = children(proc.pid, "service.core.process")[0]
         results = {}

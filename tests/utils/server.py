@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import httpx
@@ -20,6 +20,7 @@ from service.core.engine_core import EngineCore
 from service.frontend.app import create_app
 from service.inproc import InprocClient
 from service.settings import Settings
+from tests.utils.faults import slow_engines, slow_server_env
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -31,8 +32,20 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(**settings):
-    """Yields (base_url, core): the EngineCore serving it in this process."""
+def running_server(step_delay_ms: float = 0, **settings):
+    """Yields (base_url, core): the EngineCore serving it in this process. `step_delay_ms`: every
+    prior step sleeps that long first (tests/utils/faults.py)."""
+    with slow_engines(step_delay_ms) if step_delay_ms else nullcontext():
+        started = _start_server(settings)
+        base, core, server, thread = next(started)
+    try:
+        yield base, core
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def _start_server(settings):
     port = free_port()
     cfg = Settings(host="127.0.0.1", port=port, workers=0, **settings)
     core = EngineCore(cfg)
@@ -53,23 +66,21 @@ def running_server(**settings):
         time.sleep(0.05)
     else:
         raise RuntimeError("server did not become ready")
-    try:
-        yield base, core
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    yield base, core, server, thread
 
 
 @contextmanager
-def serve_process(model_dir, *flags: str, log_path: Path, ready_timeout: float = 60):
+def serve_process(model_dir, *flags: str, log_path: Path, ready_timeout: float = 60, step_delay_ms: float = 0):
     """A real `anytime serve` on loopback, for tests that send it signals. Yields
     (base_url, Popen) once /readyz answers 200; the JSON log goes to log_path (a file, not a
-    pipe: a chatty server must never block on a full pipe). Killed if still running at exit."""
+    pipe: a chatty server must never block on a full pipe). Killed if still running at exit.
+    `step_delay_ms`: every prior step sleeps that long first (tests/utils/faults.py)."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "anytime_cli", "serve", "--model-dirs", str(model_dir),
-                                 "--port", str(port), *flags], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+                                 "--port", str(port), *flags], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                env=slow_server_env(step_delay_ms) if step_delay_ms else None)
         try:
             wait_ready(proc, base, ready_timeout, log_path)
             yield base, proc
