@@ -1,7 +1,8 @@
-"""Real servers on loopback: uvicorn in a thread of the test process with the engine core
-in-process (so tests can reach the engines for fault hooks while talking HTTP to them), or a
-whole `anytime serve` (supervisor, engine-core process, frontend workers) for signals and
-process-level behaviour."""
+"""Real servers on loopback: uvicorn in a thread of the test process, talking to the engine
+core through the production path (the ZeroMQ client, socket, messages and the core's message loop,
+on a thread of this process: service/inproc.py), so tests can reach the engines to slow or fail
+their steps while talking HTTP to them; or a whole `anytime serve` (supervisor, engine-core
+process, frontend workers) for signals and process-level behaviour."""
 from __future__ import annotations
 
 import socket
@@ -16,9 +17,8 @@ import httpx
 import uvicorn
 
 from bench.server_proc import wait_ready
-from service.core.engine_core import EngineCore
 from service.frontend.app import create_app
-from service.inproc import InprocClient
+from service.inproc import CoreThread
 from service.settings import Settings
 from tests.utils.faults import slow_engines, slow_server_env
 
@@ -33,40 +33,38 @@ def free_port() -> int:
 
 @contextmanager
 def running_server(step_delay_ms: float = 0, **settings):
-    """Yields (base_url, core): the EngineCore serving it in this process. `step_delay_ms`: every
-    prior step sleeps that long first (tests/utils/faults.py)."""
+    """Yields (base_url, core): an HTTP server on loopback and the EngineCore behind its socket.
+    `step_delay_ms`: every prior step sleeps that long first (tests/utils/faults.py)."""
+    port = free_port()
+    cfg = Settings(host="127.0.0.1", port=port, workers=0, **settings)
+    core = CoreThread(cfg)
     with slow_engines(step_delay_ms) if step_delay_ms else nullcontext():
-        started = _start_server(settings)
-        base, core, server, thread = next(started)
+        core.start()
+    server = uvicorn.Server(uvicorn.Config(create_app(cfg, core.client()), host="127.0.0.1", port=port,
+                                           log_config=None, access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
     try:
-        yield base, core
+        wait_for_readiness(f"http://127.0.0.1:{port}", cfg)
+        yield f"http://127.0.0.1:{port}", core.core
     finally:
         server.should_exit = True
         thread.join(10)
+        core.stop()
 
 
-def _start_server(settings):
-    port = free_port()
-    cfg = Settings(host="127.0.0.1", port=port, workers=0, **settings)
-    core = EngineCore(cfg)
-    app = create_app(cfg, InprocClient(core))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    end = time.monotonic() + 60
+def wait_for_readiness(base: str, cfg: Settings, timeout: float = 60) -> None:
     key = cfg.api_keys.split(",")[0].strip()
     headers = {"Authorization": f"Bearer {key}"} if key else {}
+    end = time.monotonic() + timeout
     while time.monotonic() < end:
         try:
             if httpx.get(base + "/readyz", timeout=1, headers=headers).status_code == 200:
-                break
+                return
         except httpx.HTTPError:
             pass
         time.sleep(0.05)
-    else:
-        raise RuntimeError("server did not become ready")
-    yield base, core, server, thread
+    raise RuntimeError("server did not become ready")
 
 
 @contextmanager
