@@ -198,14 +198,13 @@ bench-audio: install
 # (GPU_VENV) with the `gpu` extra in place of `cpu` (onnxruntime-gpu alone: the two builds share
 # the module name, so they never meet in one venv) and torch from PyPI (its Linux wheel is the CUDA
 # build); then the CUDA parity tests, `anytime bench engine --device cuda` and 60 s load tests at
-# 1x and 2x capacity; results and a one-screen summary in bench/results/gpu/ (README, "GPU check").
+# 1x and 2x capacity; results and a one-screen summary in bench/results/gpu/ (docs/gpu.md).
 # Stops at the first failing step and names it. Flags: GPU_CHECK_FLAGS="--steps ...".
 GPU_VENV ?= .venv-gpu
 GPU_PY := $(GPU_VENV)/bin/python
-GPU_CHECK_STEPS ?= device,parity,engine,load-1x,load-2x
 .PHONY: gpu-check
 gpu-check: $(GPU_VENV)/.installed
-	$(GPU_PY) -m bench.gpu_check --steps $(GPU_CHECK_STEPS) $(GPU_CHECK_FLAGS)
+	$(GPU_PY) -m bench.gpu_check $(GPU_CHECK_FLAGS)
 
 $(GPU_VENV)/.installed: pyproject.toml
 	test -x $(GPU_PY) || python3 -m venv $(GPU_VENV)
