@@ -1,5 +1,5 @@
-"""Other work on the machine. /work/tools/exclusive keeps other benchmarks and background
-training away, not other sessions' test runs, and every server here shares the same 2 cores. So
+"""Other work on the machine. A machine-wide benchmark lock keeps other benchmarks and background
+training away, not other developers' test runs, and every server here shares the same 2 cores. So
 each cell starts when other processes are quiet (or after a bounded wait), and records how much CPU
 processes outside this benchmark took while it ran."""
 from __future__ import annotations
