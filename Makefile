@@ -129,7 +129,7 @@ zoo-v2-plain: $(V2_RUNS)/v1_vqvae.pt
 		--out $(V2_PLAIN)
 
 # Evaluated with the classifier shipped in the v1 zoo (zoo v2 ships the same one), so FD values
-# compare with v1's; the plain pipeline when its decoder exists (else bench/zoo_targets.py compares
+# compare with v1's; the plain pipeline when its decoder exists (else bench/model/zoo_targets.py compares
 # with v1's plain numbers).
 # The pipelines are evaluated side by side, one core each, and merged: each one's samples come
 # from its own seeded generators, so the rows are those of one joint `anytime evaluate`.
@@ -144,9 +144,9 @@ evaluate-v2-plain: $(V1_ZOO)/manifest.json
 
 evaluate-v2:
 	$(MAKE) -j2 evaluate-v2-ordered $(if $(wildcard $(V2_PLAIN)),evaluate-v2-plain)
-	$(PY) -m bench.evaluation_merge --out $(V2_RESULTS) $(V2_RUNS)/eval-ordered \
+	$(PY) -m bench.model.evaluation_merge --out $(V2_RESULTS) $(V2_RUNS)/eval-ordered \
 		$(if $(wildcard $(V2_PLAIN)),$(V2_RUNS)/eval-plain)
-	$(PY) -m bench.zoo_targets --new $(V2_RESULTS) --old $(V1_RESULTS) --out $(V2_RESULTS)/targets.md
+	$(PY) -m bench.model.zoo_targets --new $(V2_RESULTS) --old $(V1_RESULTS) --out $(V2_RESULTS)/targets.md
 
 export-v2: $(V1_ZOO)/manifest.json
 	$(ANYTIME) export --name fashion-mnist --vqvae $(V2_VQVAE) --prior $(V2_RUNS)/prior_ordered.pt \
@@ -192,20 +192,19 @@ export-audio:
 # The served model answers POST /generate {"label": "seven", "deadline_ms": 300, "format": "wav"}
 # with a 16 kHz WAV the shipped classifier recognises (bench/results/spoken-digits/service-wav.md).
 bench-audio: install
-	$(PY) -m bench.spoken_digits_wav --model-dir $(SD_ZOO) --out $(SD_RESULTS)
+	$(PY) -m bench.model.spoken_digits_wav --model-dir $(SD_ZOO) --out $(SD_RESULTS)
 
 # On a machine with an NVIDIA GPU and access to the package registries: a venv of its own
 # (GPU_VENV) with the `gpu` extra in place of `cpu` (onnxruntime-gpu alone: the two builds share
 # the module name, so they never meet in one venv) and torch from PyPI (its Linux wheel is the CUDA
 # build); then the CUDA parity tests, `anytime bench engine --device cuda` and 60 s load tests at
-# 1x and 2x capacity; results and a one-screen summary in bench/results/gpu/ (README, "GPU check").
+# 1x and 2x capacity; results and a one-screen summary in bench/results/gpu/ (docs/gpu.md).
 # Stops at the first failing step and names it. Flags: GPU_CHECK_FLAGS="--steps ...".
 GPU_VENV ?= .venv-gpu
 GPU_PY := $(GPU_VENV)/bin/python
-GPU_CHECK_STEPS ?= device,parity,engine,load-1x,load-2x
 .PHONY: gpu-check
 gpu-check: $(GPU_VENV)/.installed
-	$(GPU_PY) -m bench.gpu_check --steps $(GPU_CHECK_STEPS) $(GPU_CHECK_FLAGS)
+	$(GPU_PY) -m bench.gpu_check $(GPU_CHECK_FLAGS)
 
 $(GPU_VENV)/.installed: pyproject.toml
 	test -x $(GPU_PY) || python3 -m venv $(GPU_VENV)

@@ -3,9 +3,10 @@
 Steps, in order, each logged to OUT/<step>.log; the first failure stops the check, is named on
 stderr and in the summary, and the exit code is 1:
 
-  device   nvidia-smi sees a GPU (before minutes are spent installing)
-  install  the `gpu` extra into this venv: onnxruntime-gpu in place of onnxruntime, nvidia-ml-py,
-           onnx, and torch with CUDA when the installed one has none; then checks all three see it
+  device   nvidia-smi sees a GPU
+  runtimes this venv (make gpu-check builds it from the `gpu` extra, which gives onnxruntime-gpu
+           and never onnxruntime) has ONNX Runtime's CUDA provider, a torch that sees the GPU and
+           NVML, and no CPU-only onnxruntime beside onnxruntime-gpu (both are the module onnxruntime)
   parity   the runtime parity tests on CUDA for both backends (ANYTIME_EXPECT_DEVICE=cuda fails
            them if a runtime fell back to the CPU; NVIDIA_TF32_OVERRIDE=0: fp32 as on the CPU)
   engine   `anytime bench engine --device cuda`: step and decode vs batch against the GPU's GEMM
@@ -29,17 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-STEPS = ("device", "install", "parity", "engine", "load-1x", "load-2x")
+STEPS = ("device", "runtimes", "parity", "engine", "load-1x", "load-2x")
 PARITY_TESTS = ("tests/models/test_export.py", "tests/service/test_ort_device.py",
                 "tests/service/test_device_metrics.py")
-
-
-def pinned(package: str) -> str:
-    """`package==version` as docker/requirements-gpu.txt pins it (one list of GPU versions)."""
-    for line in (ROOT / "docker" / "requirements-gpu.txt").read_text().splitlines():
-        if line.split("==")[0].strip() == package:
-            return line.split("#")[0].strip()
-    raise KeyError(f"{package} is not pinned in docker/requirements-gpu.txt")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,10 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--model-dir", type=Path, default=ROOT / "models" / "zoo" / "fashion-mnist")
     ap.add_argument("--duration", type=float, default=60.0, help="seconds of arrivals per load run")
     ap.add_argument("--steps", default=",".join(STEPS), help="comma-separated subset of: " + ", ".join(STEPS))
-    ap.add_argument("--torch-index", default="https://pypi.org/simple",
-                    help="pip index for torch when the installed one has no CUDA (PyPI's Linux wheel is the "
-                         "CUDA 13 build the GPU image uses; e.g. https://download.pytorch.org/whl/cu128 for an "
-                         "older driver)")
     ap.add_argument("--dry-run", action="store_true", help="print each step's commands, run nothing")
     return ap
 
@@ -74,36 +63,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @dataclass
 class Command:
     argv: list[str]
-    unless: list[str] | None = None  # skip argv when this command succeeds
 
     def text(self) -> str:
-        return (f"{shlex.join(self.unless)} || " if self.unless else "") + shlex.join(self.argv)
+        return shlex.join(self.argv)
 
 
 def commands(step: str, args: argparse.Namespace) -> list[Command]:
     """The commands of one step; `{rate_2x}` is filled in from load-1x's result when it runs."""
     py, out = sys.executable, args.out
-    pip = [py, "-m", "pip", "install", "--quiet"]
     anytime = [py, "-m", "anytime_cli"]
     load = [*anytime, "bench", "load", "--model-dir", str(args.model_dir), "--backend", "onnx",
             "--duration", str(args.duration), "--server-flag=--device=cuda"]
     if step == "device":
         return [Command(["nvidia-smi", "--query-gpu=index,name,driver_version,memory.total",
                          "--format=csv,noheader"])]
-    if step == "install":
-        check = ("import onnxruntime as o, torch, pynvml, onnx; pynvml.nvmlInit(); "
-                 "assert 'CUDAExecutionProvider' in o.get_available_providers(), o.get_available_providers(); "
-                 "assert torch.cuda.is_available(), 'torch ' + torch.__version__ + ' sees no GPU'; "
-                 "print('onnxruntime', o.__version__, 'torch', torch.__version__, 'cuda', torch.version.cuda, "
-                 "'gpus', pynvml.nvmlDeviceGetCount())")
-        # onnxruntime and onnxruntime-gpu install the same module: the CPU one must go first
-        has_cuda_torch = [py, "-c", "import torch, sys; sys.exit(0 if torch.version.cuda else 1)"]
-        return [Command([py, "-m", "pip", "uninstall", "--yes", "--quiet", "onnxruntime", "onnxruntime-gpu"]),
-                Command([*pip, pinned("onnxruntime-gpu"), pinned("nvidia-ml-py"), pinned("onnx")]),
-                # a CPU build of the same version satisfies `torch==2.13.0`: replace it explicitly
-                Command([py, "-m", "pip", "uninstall", "--yes", "--quiet", "torch"], unless=has_cuda_torch),
-                Command([*pip, "--index-url", args.torch_index, pinned("torch")], unless=has_cuda_torch),
-                Command([py, "-c", check])]
+    if step == "runtimes":
+        return [Command([py, "-c", RUNTIMES_CHECK])]
     if step == "parity":
         return [Command([py, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={out / 'parity.xml'}",
                          *PARITY_TESTS])]
@@ -116,6 +91,19 @@ def commands(step: str, args: argparse.Namespace) -> list[Command]:
         return [Command([*load, "--rate", "{rate_2x}", "--out", str(out / "load-2x")])]
     raise ValueError(step)
 
+
+# onnxruntime (CPU) beside onnxruntime-gpu would shadow the CUDA build: both are the module onnxruntime
+RUNTIMES_CHECK = (
+    "import importlib.metadata as m, re; "
+    "names = {re.sub(r'[-_.]+', '-', d.metadata['Name']).lower() for d in m.distributions()}; "
+    "assert 'onnxruntime' not in names, 'onnxruntime (CPU) is installed, and shadows onnxruntime-gpu: "
+    "build this venv from the gpu extra alone'; "
+    "assert 'onnxruntime-gpu' in names, 'onnxruntime-gpu is not installed'; "
+    "import onnxruntime as o, torch, pynvml; pynvml.nvmlInit(); "
+    "assert 'CUDAExecutionProvider' in o.get_available_providers(), o.get_available_providers(); "
+    "assert torch.cuda.is_available(), 'torch ' + torch.__version__ + ' sees no GPU'; "
+    "print('onnxruntime-gpu', o.__version__, 'torch', torch.__version__, 'cuda', torch.version.cuda, "
+    "'gpus', pynvml.nvmlDeviceGetCount())")
 
 STEP_ENV = {"parity": {"ANYTIME_EXPECT_DEVICE": "cuda", "NVIDIA_TF32_OVERRIDE": "0"}}
 
@@ -145,8 +133,6 @@ class Check:
         t = time.monotonic()
         with open(log_path, "w") as log:
             for cmd in commands(step, self.args):
-                if cmd.unless and _run(cmd.unless, env, log) == 0:
-                    continue
                 argv = self._fill(cmd.argv)
                 code = _run(argv, env, log)
                 if code != 0:

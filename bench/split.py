@@ -1,6 +1,7 @@
-"""The process split, measured: the same server in-process (`--workers 0`, the shape before
-issue #9) and split into an engine-core process and 1 or 2 frontend workers, side by side in
-one run, driven from outside by `hey` (closed loop):
+"""The process split, measured: the same server in one process (`--workers 0`: the engine
+core's message loop on a thread, behind the same socket; before issue #26 the frontend called the
+core directly, the shape before issue #9) and split into an engine-core process and 1 or 2
+frontend workers, side by side in one run, driven from outside by `hey` (closed loop):
 
 - n=1 full-length requests/s against n=64 samples/s (per-request overhead vs batched work);
 - 1-token requests/s against GET /healthz requests/s (the generate path vs the HTTP floor);
@@ -25,7 +26,7 @@ from .machine import header
 from .overhead import run as overhead
 from .server_proc import serve
 
-CONFIGS = (("in-process (before)", "0"), ("split, 1 worker", "1"), ("split, 2 workers", "2"))
+CONFIGS = (("one process", "0"), ("split, 1 worker", "1"), ("split, 2 workers", "2"))
 
 
 def hey_rps(url: str, seconds: float, conc: int, body: dict | None = None) -> float:

@@ -1,5 +1,6 @@
 """The anytime policy on both server shapes at the same offered loads, side by side in one run:
-in-process (`--workers 0`, the shape before issue #9) and the default split. The loads are
+in one process (`--workers 0`: the engine core's loop on a thread, behind the same socket) and
+the default split. The loads are
 multiples of the in-process server's full-length capacity, so both shapes get the same
 absolute traffic; then n=1 requests only at 2x, where per-request work counts most."""
 from __future__ import annotations

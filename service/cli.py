@@ -59,18 +59,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve_inprocess(settings: Settings) -> int:
-    from .core.engine_core import EngineCore
+    """`--workers 0`: one process, the engine core's message loop on a thread of it."""
     from .core.model_dir import ModelDirError
     from .frontend.app import create_app
     from .frontend.server import serve
-    from .inproc import InprocClient
+    from .inproc import CoreThread
 
-    core = EngineCore(settings)
+    core = CoreThread(settings)
     try:
-        core.load()
+        core.start()
     except ModelDirError as e:
         return _cannot_start(str(e))
-    return serve(create_app(settings, InprocClient(core)), settings)
+    try:
+        return serve(create_app(settings, core.client()), settings)
+    finally:
+        core.stop()
 
 
 def _cannot_start(message: str) -> int:

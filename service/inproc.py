@@ -1,66 +1,61 @@
-"""The engine core inside the HTTP process (`--workers 0`): the same message API as the
-engine-core process, by direct calls. Admission runs on the event loop thread; outputs come
-back from the engine threads through call_soon_threadsafe. Tests use it to reach the engines
-(fault hooks) while talking HTTP to the server."""
+"""The engine core on a thread of this process (`--workers 0`, and the servers of the tests),
+behind the same ZeroMQ socket, messages and message loop (core/process.py's CoreServer) as the
+engine-core process, reached through the same client (frontend/core_client.py's MPClient). Only
+the process boundary is missing: what runs here is what `anytime serve` runs, so a test of the
+HTTP path also tests the IPC and the core's loop."""
 from __future__ import annotations
 
-import asyncio
-import itertools
+import os
+import shutil
+import tempfile
+import threading
 
-from . import ipc
 from .core.engine_core import EngineCore
-from .frontend.core_client import EngineClient, Stream
+from .core.process import CoreServer
+from .frontend.core_client import MPClient
+from .settings import Settings
 
 
-class InprocClient(EngineClient):
-    def __init__(self, core: EngineCore):
-        self.core = core
-        self.cards, self.default_model = {}, None
-        self._ids = itertools.count(1)
-        self._streams: dict[int, Stream] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
+class CoreThread:
+    """`start()` loads and warms the models (raises ModelDirError), binds the socket and runs the
+    core's message loop on a thread; `client()` is a frontend's handle on it; `stop()` ends both."""
 
-    @property
-    def alive(self) -> bool:
-        return True
+    def __init__(self, settings: Settings | EngineCore):
+        self.core = settings if isinstance(settings, EngineCore) else EngineCore(settings)
+        self._dir = tempfile.mkdtemp(prefix="anytime-core-")
+        self.address = f"ipc://{self._dir}/core.sock"
+        self._server: CoreServer | None = None
+        self._thread: threading.Thread | None = None
 
-    def next_id(self) -> int:
-        return next(self._ids)
-
-    async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self.core.sink = self._sink
+    def start(self) -> CoreThread:
         if not self.core.ready:
             self.core.load()
-        self._set_cards(self.core.info())
+        # bound here, before any client connects; used only by the loop's thread from then on
+        # (starting a thread is the memory barrier ZeroMQ asks for when a socket changes threads)
+        self._server = CoreServer(self.core, self.address)
+        self._thread = threading.Thread(target=self._server.run, args=(os.getppid(),), name="anytime-core-ipc",
+                                        daemon=True)
+        self._thread.start()
+        return self
 
-    async def close(self) -> None:
+    def client(self) -> MPClient:
+        return MPClient(self.address)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        server, thread = self._server, self._thread
+        if server is not None and thread is not None:
+            server.stopped.set()
+            thread.join(timeout)
         self.core.shutdown()
+        if server is not None:
+            for fd in server.frontends.values():
+                if fd >= 0:
+                    os.close(fd)
+            server.ctx.destroy(linger=0)  # the engine threads' output sockets too; they have stopped
+        shutil.rmtree(self._dir, ignore_errors=True)
 
-    def _sink(self, frontend, outputs: list[ipc.Output], samples: list) -> None:  # on an engine thread
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._deliver, outputs, samples)
+    def __enter__(self) -> CoreThread:
+        return self.start()
 
-    async def add(self, msg: ipc.AddRequest) -> tuple[ipc.Admitted, Stream | None]:
-        self._loop = asyncio.get_running_loop()  # outputs go to the loop that waits for them
-        stream = Stream(msg.id)
-        self._streams[msg.id] = stream  # before admission: the engine may answer at once
-        adm = self.core.add(msg)
-        if not adm.ok:
-            self._streams.pop(msg.id, None)
-            return adm, None
-        return adm, stream
-
-    def cancel(self, stream: Stream) -> None:
-        if self._streams.pop(stream.id, None) is not None:
-            self.core.cancel(None, stream.id)
-
-    def answered(self, msg: ipc.Answered) -> None:
-        self.core.answered(msg)
-
-    def rejected(self, model: str, reason: str) -> None:
-        self.core.rejected(model, reason)
-
-    async def metrics(self) -> bytes:
-        return self.core.metrics_text()
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -101,7 +101,6 @@ class Settings(BaseSettings):
     open_paths: str = Field("/healthz,/readyz,/metrics,/v2/health/live,/v2/health/ready",
                             description="paths open without an API key")
     cors_origins: str = Field("", description="comma-separated allowed CORS origins (empty: CORS off)")
-    test_step_delay_ms: float = Field(0.0, ge=0, description="test hook: sleep before every prior step")
 
     def model_paths(self) -> list[Path]:
         return [Path(p.strip()) for p in self.model_dirs.split(",") if p.strip()]

@@ -16,9 +16,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RECORD_WORDS = re.compile(r"\bsessions?\b|\bhelpers?\b|/work/|/farm/|/root/|/home/\w", re.I)
 TECHNICAL = re.compile(r"\b(?:ORT|ONNX Runtime)(?: \w+)? sessions?\b|\bsession\.[a-z_]|onnx\.helper\b|\bhelper\.", re.I)
-# Scripts under bench/ change on another branch (the benchmarks' reorganisation); until that lands
-# their comments keep the old wording. Shrink this list, never grow it.
-PENDING = {"bench/peers/contention.py", "bench/peers/report.py", "bench/zoo_compare.py"}
 
 
 def violations(text: str) -> list[str]:
@@ -61,7 +58,7 @@ def test_the_rule_is_precise():
 def test_no_tracked_file_speaks_of_sessions_helpers_or_machine_paths():
     found = {}
     for name in tracked_text_files():
-        if name not in PENDING and name != "tests/test_records.py":
+        if name != "tests/test_records.py":
             if bad := file_violations(name):
                 found[name] = sorted(set(bad))
     assert found == {}

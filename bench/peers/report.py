@@ -134,7 +134,7 @@ NOTES = [
     "a peer's sample equals Anytime's at k = D for the same seed (tests/bench/test_peers.py checks it).",
     "- **The machine.** Capacities here are below the policy sweep's (426.8 samples/s for Anytime in "
     "bench/results/policies, an earlier run): this shared 2-vCPU VM ran slower today (a bare full-length batch "
-    "of 32 took about 85-100 ms). Every server here was measured in the same session. Each cell starts once "
+    "of 32 took about 85-100 ms). Every server here was measured in the same run. Each cell starts once "
     "processes outside the benchmark use under 0.25 cores (at most 60 s of waiting); the last column says how "
     "much CPU they took during the cell. The load generator shares the two cores.",
     "- **Scoring on the client's clock** charges Anytime the loopback and client parsing too (its own "

@@ -63,7 +63,6 @@ class Engine(EngineOutputs):
         self._stop = False
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self.fault_hook = None  # tests: callable(batch_size) run before each step; may raise or sleep
         # The engine core's one outputs hook: callable(finished requests, previews as (request,
         # tokens, samples)), called on the engine thread once per decode chunk (and once for
         # requests that end without a decode), never once per request. A request may also carry
@@ -280,8 +279,6 @@ class Engine(EngineOutputs):
             self._sampling = self._sampling_batch()
         t = time.perf_counter()
         try:
-            if self.fault_hook is not None:
-                self.fault_hook(B)
             logits = self.runtime.step(self._tokens, self._positions)
         except Exception as e:  # fail the requests of this step only; the engine goes on
             log.exception("prior step failed")

@@ -1,6 +1,6 @@
 """The engine core: every model's engine and the one metrics registry, behind the message API
-of service/ipc.py. The same object serves in-process (service/inproc.py) and in its own
-process (service/core/process.py); either way admission runs on one thread (the caller's) and
+of service/ipc.py, served by process.py's message loop: in its own process, or on a thread of
+the one process with `--workers 0` (service/inproc.py); either way admission runs on one thread and
 each model's generation on its engine thread. Outputs leave through one `sink` call per
 frontend per engine decode (usually once per iteration), never one per request."""
 from __future__ import annotations
@@ -54,9 +54,6 @@ class EngineCore:
                                    s.decode_threads)
             spec.device = runtime.device
             engine = Engine(spec, runtime, config)
-            if s.test_step_delay_ms:
-                delay = s.test_step_delay_ms / 1000
-                engine.fault_hook = lambda batch: time.sleep(delay)
             self.metrics.watch_engine(engine)
             engine.on_outputs = self._outputs
             engine.start()

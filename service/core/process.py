@@ -43,6 +43,7 @@ class CoreServer:
         self._push = threading.local()  # one PUSH socket per engine thread
         core.sink = self.send_outputs
         self.draining = False
+        self.stopped = threading.Event()  # set by another thread: the loop ends (service/inproc.py)
         self.poller = zmq.Poller()
         # each frontend's pid, watched through a pidfd: a worker that dies (kill -9, OOM) sends
         # no cancels, so its requests are cancelled here and their rows freed
@@ -75,6 +76,8 @@ class CoreServer:
                 self._frontend_gone(self._watched[fd], clean=False)
             if os.getppid() != parent:
                 log.error("supervisor is gone; engine core exits")
+                return
+            if self.stopped.is_set():
                 return
             if self.draining and not self.core.live and self.core.idle():
                 log.info("engine core drained")

@@ -1,7 +1,7 @@
 """The frontend's handle on the engine core (vLLM v1's EngineCoreClient): `MPClient` talks to
-an engine-core process over ZeroMQ; service/inproc.py has the in-process twin. Both run on the
-frontend's event loop and give the same API: add (admission decision, then a queue of outputs),
-cancel, answered, metrics."""
+an engine-core process over ZeroMQ (or a core on a thread of this process, service/inproc.py,
+behind the same socket). It runs on the frontend's event loop: add (admission decision, then a
+queue of outputs), cancel, answered, metrics."""
 from __future__ import annotations
 
 import asyncio

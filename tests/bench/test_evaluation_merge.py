@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from bench.evaluation_merge import main, merge
+from bench.model.evaluation_merge import main, merge
 
 
 def run(name: str, fd: float, date: str) -> dict:
@@ -36,4 +36,4 @@ def test_main_writes_the_joint_report_and_copies_the_figures(tmp_path):
     text = (out / "evaluation.md").read_text()
     assert "FD ordered" in text and "FD plain" in text and "Claims checked" in text
     assert (out / "samples-plain.png").read_bytes() == b"png" and (out / "anytime-curve.png").exists()
-    assert "bench.evaluation_merge" in json.loads((out / "evaluation.json").read_text())["command"]
+    assert "bench.model.evaluation_merge" in json.loads((out / "evaluation.json").read_text())["command"]

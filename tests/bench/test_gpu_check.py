@@ -14,7 +14,7 @@ from bench.gpu_check import STEPS, Check, StepResult, commands, main, parse_args
 
 def test_default_runs_every_step_in_order(tmp_path):
     args = parse_args(["--out", str(tmp_path)])
-    assert args.steps == list(STEPS) == ["device", "install", "parity", "engine", "load-1x", "load-2x"]
+    assert args.steps == list(STEPS) == ["device", "runtimes", "parity", "engine", "load-1x", "load-2x"]
     assert args.duration == 60.0
 
 
@@ -51,10 +51,9 @@ def test_dry_run_prints_what_each_step_runs(tmp_path, capsys):
         step, cmd = line.split(": ", 1)
         by_step.setdefault(step, []).append(cmd)
     assert list(by_step) == list(STEPS)
-    install = " ".join(by_step["install"])
-    assert "uninstall --yes --quiet onnxruntime onnxruntime-gpu" in install  # the CPU build must go
-    assert gpu_check.pinned("onnxruntime-gpu") in install and "nvidia-ml-py==" in install
-    assert "torch.version.cuda" in install and "torch==2.13.0" in install
+    runtimes = " ".join(by_step["runtimes"])
+    assert "CUDAExecutionProvider" in runtimes and "torch.cuda.is_available()" in runtimes
+    assert not any("pip" in cmd for cmds in by_step.values() for cmd in cmds)  # the gpu extra installs; the check never does
     parity = by_step["parity"][0]
     assert parity.startswith("ANYTIME_EXPECT_DEVICE=cuda NVIDIA_TF32_OVERRIDE=0 ")
     for test_file in gpu_check.PARITY_TESTS:
@@ -78,11 +77,11 @@ def _fake_nvidia_smi(tmp_path, monkeypatch, body: str):
 def test_a_failing_step_is_named_and_stops_the_check(tmp_path, monkeypatch, capsys):
     _fake_nvidia_smi(tmp_path, monkeypatch, "echo 'NVIDIA-SMI has failed: no driver' >&2; exit 9")
     out = tmp_path / "gpu"
-    assert main(["--out", str(out), "--steps", "device,install"]) == 1
+    assert main(["--out", str(out), "--steps", "device,runtimes"]) == 1
     err = capsys.readouterr().err
     assert "GPU CHECK FAILED at step 'device'" in err and "exited with 9" in err
     text = (out / "summary.md").read_text()
-    assert "device:FAILED" in text and "install" not in text.split("steps:")[1].splitlines()[0]
+    assert "device:FAILED" in text and "runtimes" not in text.split("steps:")[1].splitlines()[0]
     assert "NVIDIA-SMI has failed" in (out / "device.log").read_text()
 
 
@@ -141,9 +140,19 @@ def test_summary_from_fake_results_fits_one_screen(tmp_path):
 
 
 def test_summary_with_missing_results_says_so(tmp_path):
-    text = summary(tmp_path, [StepResult("device", True, 1.0), StepResult("install", False, 5.0, "pip exited 1")])
-    assert "FAILED at step 'install': pip exited 1" in text
+    text = summary(tmp_path, [StepResult("device", True, 1.0), StepResult("runtimes", False, 5.0, "python exited 1")])
+    assert "FAILED at step 'runtimes': python exited 1" in text
     assert "parity: no result" in text and "engine: no result" in text and "| load-2x | no result" in text
+
+
+def test_the_runtimes_check_refuses_the_cpu_onnxruntime(tmp_path):
+    """Here (the dev venv: onnxruntime for the CPU) the check fails on that, before importing anything
+    a GPU venv has and this one lacks."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", gpu_check.RUNTIMES_CHECK], capture_output=True, text=True)
+    assert r.returncode != 0 and "onnxruntime (CPU) is installed" in r.stderr
 
 
 def test_make_target_runs_the_module():

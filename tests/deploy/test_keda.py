@@ -33,6 +33,7 @@ from bench.server_proc import serve
 from tests.deploy.crd_schemas import PROMETHEUS_TRIGGER_KEYS, PROMETHEUS_TRIGGER_REQUIRED, scaled_object_schema
 from tests.deploy.test_prometheus import NAMESPACE, Prometheus, eventually, pod_meta, prometheus_config
 from tests.deploy.tools import ADAPTER_RULES, K8S, SCALED_OBJECT, tool
+from tests.utils.faults import slow_server_env
 
 TOLERANCE = 0.1  # the HPA's default --horizontal-pod-autoscaler-tolerance
 POD_SELECTOR = 'pod=~"anytime-[^-]+-[^-]+"'
@@ -168,11 +169,11 @@ class TightTraffic:
 @pytest.fixture(scope="module")
 def scaled(tiny_model_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("keda")
-    flags = ("--model-dirs", str(tiny_model_dir), "--test-step-delay-ms", str(STEP_DELAY_MS),
-             "--max-batch", str(MAX_BATCH), "--workers", "1")
+    flags = ("--model-dirs", str(tiny_model_dir), "--max-batch", str(MAX_BATCH), "--workers", "1")
+    env = slow_server_env(STEP_DELAY_MS)
     with ExitStack() as stack:
-        tight = stack.enter_context(serve(*flags, log_path=tmp / "tight.log"))
-        loaded = stack.enter_context(serve(*flags, log_path=tmp / "loaded.log"))
+        tight = stack.enter_context(serve(*flags, log_path=tmp / "tight.log", env=env))
+        loaded = stack.enter_context(serve(*flags, log_path=tmp / "loaded.log", env=env))
         targets = [{"targets": [tight.removeprefix("http://")], "labels": pod_meta(TIGHT)},
                    {"targets": [loaded.removeprefix("http://")], "labels": pod_meta(LOADED)}]
         prom = Prometheus(prometheus_config(tmp, targets), tmp / "data")

@@ -69,7 +69,7 @@ def test_models_endpoint_reports_audio_output(base):
 
 
 def test_bench_wav_check_accepts_the_servers_wav_and_rejects_others(base):
-    from bench.spoken_digits_wav import check_wav
+    from bench.model.spoken_digits_wav import check_wav
 
     data = post(base, deadline_ms=2000, seed=7, format="wav").content
     assert check_wav(data, 16000, 256).shape == (256,)

@@ -7,6 +7,7 @@ import pytest
 
 from service.core.request import FinishReason, Status
 from tests.utils.engine import make_engine, run, submit
+from tests.utils.faults import set_step_hook
 
 
 @pytest.fixture(params=["onnx", "torchscript"])
@@ -34,14 +35,14 @@ def test_same_seed_same_sample_and_shorter_is_prefix(engine):
 def test_mixed_positions_in_one_batch_give_the_same_tokens_as_alone(engine):
     alone = {s: codes(run(engine, seed=s, label=s % 3)) for s in range(6)}
     slow = lambda B: time.sleep(0.01)  # noqa: E731 - keep every request in flight long enough to overlap
-    engine.fault_hook = slow
+    set_step_hook(engine, slow)
     reqs = []
     for s in range(6):  # staggered arrivals: each joins the batch at a different position of the others
         reqs.append(submit(engine, seed=s, label=s % 3))
         time.sleep(0.025)
     for r, done in reqs:
         assert done.wait(10)
-    engine.fault_hook = None
+    set_step_hook(engine, None)
     assert {r.seed: codes(r) for r, _ in reqs} == alone
     assert max(e for e in engine_batch_sizes(reqs)) > 1
 
@@ -75,9 +76,9 @@ def test_a_failing_step_fails_only_its_requests(engine):
         if calls["n"] == 2:
             raise RuntimeError("injected")
 
-    engine.fault_hook = fail_once
+    set_step_hook(engine, fail_once)
     failed = run(engine, seed=1)
-    engine.fault_hook = None
+    set_step_hook(engine, None)
     assert failed.finish_reason is FinishReason.ERROR and failed.error_status == 500
     assert "runtime step failed" in failed.error
     ok = run(engine, seed=1)
@@ -98,22 +99,22 @@ def test_non_finite_logits_fail_that_request_only(engine):
         return logits
 
     engine.runtime.step = step
-    engine.fault_hook = lambda B: time.sleep(0.005)
+    set_step_hook(engine, lambda B: time.sleep(0.005))
     bad, bad_done = submit(engine, seed=666)
     good, good_done = submit(engine, seed=5)
     assert bad_done.wait(10) and good_done.wait(10)
     engine.runtime.step = real_step
-    engine.fault_hook = None
+    set_step_hook(engine, None)
     assert poisoned and bad.finish_reason is FinishReason.ERROR and "non-finite" in bad.error
     assert good.finish_reason is FinishReason.BUDGET
     assert codes(good) == codes(run(engine, seed=5))
 
 
 def test_slow_steps_make_the_guard_truncate_instead_of_running_late(engine):
-    engine.fault_hook = lambda B: time.sleep(0.04)  # 8 steps would take 320 ms
+    set_step_hook(engine, lambda B: time.sleep(0.04))  # 8 steps would take 320 ms
     t0 = time.monotonic()
     req = run(engine, seed=3, deadline_ms=200)
-    engine.fault_hook = None
+    set_step_hook(engine, None)
     latency = req.finished - req.arrival
     assert req.finish_reason is FinishReason.DEADLINE_GUARD
     assert 1 <= req.tokens < engine.spec.D
@@ -122,25 +123,25 @@ def test_slow_steps_make_the_guard_truncate_instead_of_running_late(engine):
 
 
 def test_cancel_frees_rows(engine):
-    engine.fault_hook = lambda B: time.sleep(0.02)
+    set_step_hook(engine, lambda B: time.sleep(0.02))
     req, done = submit(engine, seed=1, n=4)
     time.sleep(0.05)
     assert engine.active_sequences == 4
     engine.cancel(req)
     assert done.wait(5)
-    engine.fault_hook = None
+    set_step_hook(engine, None)
     assert req.finish_reason is FinishReason.CANCELLED and req.status is Status.FINISHED
     assert engine.active_sequences == 0 and engine.queued_sequences == 0
 
 
 def test_a_request_arriving_mid_generation_starts_within_one_step(engine):
-    engine.fault_hook = lambda B: time.sleep(0.02)
+    set_step_hook(engine, lambda B: time.sleep(0.02))
     first, first_done = submit(engine, seed=1)
     time.sleep(0.05)
     assert first.status is Status.RUNNING
     second, second_done = submit(engine, seed=2)
     assert second_done.wait(10) and first_done.wait(10)
-    engine.fault_hook = None
+    set_step_hook(engine, None)
     assert second.started - second.arrival <= 0.02 + 0.015  # at most one (slowed) step, plus slack
     assert second.started < first.finished  # it did not wait for the first to end
 
@@ -154,7 +155,7 @@ def test_finishing_requests_are_decoded_and_answered_in_deadline_order(engine):
         return decode(codes, lengths)
 
     engine.runtime.decode = slow_decode
-    engine.fault_hook = lambda B: time.sleep(0.02)
+    set_step_hook(engine, lambda B: time.sleep(0.02))
     busy, _ = submit(engine, seed=1, deadline_ms=60000)  # keeps a step in flight while the next two queue
     time.sleep(0.005)
     big, big_done = submit(engine, seed=2, n=8, deadline_ms=30000, max_tokens=3)

@@ -9,19 +9,19 @@ from collections import Counter
 
 import httpx
 
-from service.core.engine_core import EngineCore
 from service.core.request import Request
 from service.frontend.errors import ApiError
 from service.frontend.state import FrontendState
 from service.frontend.validation import GenerateRequest
-from service.inproc import InprocClient
+from service.inproc import CoreThread
 from service.settings import Settings
+from tests.utils.faults import slow_engines
 from tests.utils.server import running_server
 
 
 def test_in_flight_limit_and_queue_limit_reject_fast(tiny_model_dir):
     with running_server(model_dirs=str(tiny_model_dir), max_inflight=2, max_queue=4, max_batch=8,
-                        test_step_delay_ms=30) as (base, core):
+                        step_delay_ms=30) as (base, core):
         engine = core.engines["tiny"]
         results = []
 
@@ -52,12 +52,12 @@ def test_overload_leaves_nothing_behind(tiny_model_dir):
     """Thousands of requests against small limits, through the same generate flow the routes
     use: answered, rejected (in-flight limit, full queue, deadline), expired and cancelled
     ones all let go of their Request objects, rows, queue entries and in-flight slots."""
-    core = EngineCore(Settings(model_dirs=str(tiny_model_dir), max_inflight=12, max_queue=24, max_batch=16,
-                               test_step_delay_ms=2, workers=0))
-    core.load()
-    state = FrontendState(core.settings, InprocClient(core))
-    asyncio.run(state.start())
-    engine = core.engines["tiny"]
+    settings = Settings(model_dirs=str(tiny_model_dir), max_inflight=12, max_queue=24, max_batch=16, workers=0)
+    core = CoreThread(settings)
+    with slow_engines(2):
+        core.start()
+    engine = core.core.engines["tiny"]
+    state = FrontendState(settings, core.client())
     try:
         def live_requests() -> int:
             gc.collect()
@@ -92,21 +92,27 @@ def test_overload_leaves_nothing_behind(tiny_model_dir):
             await asyncio.gather(*tasks)
             return outcomes
 
-        def settled() -> None:  # cancelled requests leave the engine at its next iteration
+        async def settled() -> None:  # cancelled requests leave the engine at its next iteration
             end = time.monotonic() + 5
             while engine.active_sequences or engine.queued_sequences or not engine.inbox.empty():
                 assert time.monotonic() < end, "the engine kept requests"
-                time.sleep(0.01)
+                await asyncio.sleep(0.01)
+
+        async def twice() -> tuple[Counter, Counter, int]:
+            await state.start()  # the client's socket lives on this one loop
+            first = await burst(50, 40)
+            await settled()
+            gc.collect()  # count live objects, not garbage a later collection would free
+            objects = len(gc.get_objects())
+            second = await burst(50, 40)
+            await settled()
+            gc.collect()
+            growth = len(gc.get_objects()) - objects
+            await state.client.close()
+            return first, second, growth
 
         before = live_requests()
-        first = asyncio.run(burst(50, 40))
-        settled()
-        gc.collect()  # count live objects, not garbage a later collection would free
-        objects = len(gc.get_objects())
-        second = asyncio.run(burst(50, 40))
-        settled()
-        gc.collect()
-        growth = len(gc.get_objects()) - objects
+        first, second, growth = asyncio.run(twice())
         for outcomes in (first, second):
             assert sum(outcomes.values()) == 2000, outcomes
         seen = first + second
@@ -121,4 +127,4 @@ def test_overload_leaves_nothing_behind(tiny_model_dir):
         sched = engine.scheduler
         assert not sched.rows and not sched.running and not sched.waiting and engine.inbox.empty()
     finally:
-        core.shutdown()
+        core.stop()

@@ -33,7 +33,7 @@ def test_playground_generates_and_tokens_follow_the_deadline(browser, tiny_model
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    with running_server(model_dirs=str(tiny_model_dir), backend="onnx", test_step_delay_ms=5) as (base, _):
+    with running_server(model_dirs=str(tiny_model_dir), backend="onnx", step_delay_ms=5) as (base, _):
         browser.get(base + "/")
         wait = WebDriverWait(browser, 20)
         wait.until(lambda d: d.find_element(By.ID, "model").get_attribute("value") == "tiny")

@@ -17,7 +17,7 @@ from tests.utils.server import ROOT, free_port, serve_process
 
 
 def test_a_killed_worker_is_replaced_and_the_other_workers_requests_complete(tiny_model_dir, tmp_path):
-    with serve_process(tiny_model_dir, "--workers", "2", "--test-step-delay-ms", "100",
+    with serve_process(tiny_model_dir, "--workers", "2", step_delay_ms=100,
                        log_path=tmp_path / "server.log") as (base, proc):
         first = worker_pids(proc.pid)
         assert len(first) == 2

@@ -79,8 +79,21 @@ def test_split_server_matches_in_process_and_counts_across_workers(tiny_model_di
     assert log.count("drained 0 in-flight requests") == 2 and "engine core drained" in log
 
 
+def test_one_process_mode_serves_through_the_core_socket_and_drains(tiny_model_dir, tmp_path):
+    """`--workers 0`: no child processes, the core's message loop on a thread behind the same
+    socket; answers, metrics and a clean drain on SIGTERM."""
+    with serve_process(tiny_model_dir, "--workers", "0", log_path=tmp_path / "server.log") as (base, proc):
+        assert subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True).stdout == b""
+        r = httpx.post(base + "/generate", json={"deadline_ms": 5000, "seed": 3, "max_tokens": 4}, timeout=30)
+        assert r.status_code == 200 and r.json()["tokens"] == 4
+        time.sleep(0.2)  # the answered-report reaches the core asynchronously
+        assert counter(httpx.get(base + "/metrics").text, "anytime_requests_total", model="tiny", outcome="ok") == 1
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+
+
 def test_a_killed_engine_core_means_503_at_once_and_a_non_zero_exit(tiny_model_dir, tmp_path):
-    with serve_process(tiny_model_dir, "--workers", "1", "--test-step-delay-ms", "200",
+    with serve_process(tiny_model_dir, "--workers", "1", step_delay_ms=200,
                        log_path=tmp_path / "server.log") as (base, proc):
         core = children(proc.pid, "service.core.process")[0]
         results = {}

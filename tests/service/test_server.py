@@ -11,6 +11,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.utils.server import running_server
+from tests.utils.faults import set_step_hook
 
 
 @pytest.fixture(scope="module", params=["onnx", "torchscript"])
@@ -129,7 +130,7 @@ def test_unknown_route_and_models_endpoints(base):
 def test_a_request_arriving_mid_generation_joins_within_one_step(server):
     base, state = server
     engine = state.engines["tiny"]
-    engine.fault_hook = lambda B: time.sleep(0.03)
+    set_step_hook(engine, lambda B: time.sleep(0.03))
     results = {}
 
     def call(name, **body):
@@ -143,7 +144,7 @@ def test_a_request_arriving_mid_generation_joins_within_one_step(server):
     second_latency = time.monotonic() - t
     first_still_running = first.is_alive()
     first.join()
-    engine.fault_hook = None
+    set_step_hook(engine, None)
     # the second finished its 2 steps while the first's 8 steps were still going
     assert second["tokens"] == 2 and first_still_running and second_latency < 0.2
     assert results["first"]["tokens"] == 8
@@ -175,13 +176,13 @@ def test_metrics_parse_and_cover_the_design(base):
 def test_client_disconnect_cancels_its_sequences(server):
     base, state = server
     engine = state.engines["tiny"]
-    engine.fault_hook = lambda B: time.sleep(0.05)
+    set_step_hook(engine, lambda B: time.sleep(0.05))
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(base + "/generate", json={"deadline_ms": 10000, "n": 4, "seed": 1}, timeout=0.12)
     end = time.monotonic() + 3
     while engine.active_sequences and time.monotonic() < end:
         time.sleep(0.01)
-    engine.fault_hook = None
+    set_step_hook(engine, None)
     assert engine.active_sequences == 0 and engine.queued_sequences == 0
     text = httpx.get(base + "/metrics").text
     assert 'anytime_requests_total{model="tiny",outcome="cancelled"}' in text

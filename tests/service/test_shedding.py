@@ -8,11 +8,10 @@ import time
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.core.engine_core import EngineCore
 from service.frontend.middleware import ArrivalAndLimits
 from service.frontend.shedding import LoadShedding, LoopLag
 from service.frontend.state import FrontendState
-from service.inproc import InprocClient
+from service.inproc import CoreThread
 from service.settings import Settings
 
 
@@ -106,17 +105,20 @@ def test_shedding_off_serves_however_far_behind():
 
 
 def test_shed_requests_count_as_overloaded_refusals_of_the_default_model(tiny_model_dir):
-    core = EngineCore(Settings(model_dirs=str(tiny_model_dir)))
-    core.load()
-    try:
-        state = FrontendState(Settings(model_dirs=str(tiny_model_dir)), InprocClient(core))
-        asyncio.run(state.start())
+    settings = Settings(model_dirs=str(tiny_model_dir))
+
+    async def shed_twice() -> bytes:
+        state = FrontendState(settings, core.client())
+        await state.start()
         state.shed()
         state.shed()
+        text = await state.client.metrics()  # the reports leave first, on the same socket
+        await state.client.close()
+        return text
+
+    with CoreThread(settings) as core:
         values = {(s.name, s.labels.get("reason")): s.value
-                  for f in text_string_to_metric_families(core.metrics_text().decode()) for s in f.samples
+                  for f in text_string_to_metric_families(asyncio.run(shed_twice()).decode()) for s in f.samples
                   if s.labels.get("model") == "tiny"}
-        assert values[("anytime_rejections_total", "overloaded")] == 2
-        assert values[("anytime_load_refusals_total", "overloaded")] == 2  # the autoscaling signal sees it
-    finally:
-        core.shutdown()
+    assert values[("anytime_rejections_total", "overloaded")] == 2
+    assert values[("anytime_load_refusals_total", "overloaded")] == 2  # the autoscaling signal sees it

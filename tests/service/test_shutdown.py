@@ -8,6 +8,7 @@ import time
 
 import httpx
 
+from tests.utils.faults import slow_server_env
 from tests.utils.server import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -17,7 +18,7 @@ def test_sigterm_drains_then_exits(tiny_model_dir):
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([sys.executable, "-m", "anytime_cli", "serve", "--model-dirs", str(tiny_model_dir),
-                             "--port", str(port), "--test-step-delay-ms", "60"], cwd=ROOT,
+                             "--port", str(port)], cwd=ROOT, env=slow_server_env(60),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         end = time.monotonic() + 60

@@ -33,7 +33,8 @@ AFTER_EXIT = 5  # requests sent once the process has exited: all must be refused
 # 25 ms per step on top of the tiny model (D = 8) and 32 batch rows: a full sample takes
 # about 200 ms and the burst needs more rows than there are, so at the signal dozens of
 # requests are running or queued, with deadlines from 50 ms (a token or two) to 2 s.
-SERVER_FLAGS = ("--test-step-delay-ms", "25", "--max-batch", "32")
+SERVER_FLAGS = ("--max-batch", "32")
+STEP_DELAY_MS = 25
 CLIENT_SLACK_MS = 300  # client-observed latency bound on top of the deadline (same 2 cores)
 READY_OFF_WITHIN_S = 0.1
 
@@ -144,7 +145,7 @@ def server_log(path) -> tuple[dict[str, int], list[dict]]:
 def test_sigterm_under_load_answers_every_admitted_request(tiny_model_dir, tmp_path):
     log_path = tmp_path / "server.log"
     started = time.monotonic()
-    with serve_process(tiny_model_dir, *SERVER_FLAGS, log_path=log_path) as (base, proc):
+    with serve_process(tiny_model_dir, *SERVER_FLAGS, step_delay_ms=STEP_DELAY_MS, log_path=log_path) as (base, proc):
         calls, marks = asyncio.run(drive(base, proc))
         exit_code = proc.wait(10)
     seen, records = server_log(log_path)
@@ -204,7 +205,7 @@ def test_second_signal_exits_at_once(tiny_model_dir, tmp_path):
     """The first SIGTERM drains; a second one stops without waiting for in-flight work."""
     log_path = tmp_path / "server.log"
     # 100 ms steps: the one request in flight would need about 0.8 s to finish
-    with serve_process(tiny_model_dir, "--test-step-delay-ms", "100", log_path=log_path) as (base, proc):
+    with serve_process(tiny_model_dir, step_delay_ms=100, log_path=log_path) as (base, proc):
         async def go():
             async with httpx.AsyncClient(base_url=base, timeout=10) as client:
                 slow = asyncio.create_task(client.post("/generate", json={"deadline_ms": 5000}))

@@ -11,6 +11,7 @@ from service.core.latency import LatencyModel
 from service.core.request import FinishReason, Request, Sequence, Status
 from service.core.scheduler import Scheduler, SchedulerConfig
 from tests.utils.engine import make_engine, run, submit
+from tests.utils.faults import set_step_hook
 
 D = 64
 STEP = {1: 0.001, 8: 0.002, 64: 0.008}  # seconds per step vs batch
@@ -218,7 +219,7 @@ def test_pausing_does_not_change_a_sample(small_engine):
     engine = small_engine
     alone = run(engine, seed=11, n=2, deadline_ms=20_000)
     paused_seen = []
-    engine.fault_hook = lambda B: (time.sleep(0.005), paused_seen.append(engine.paused_sequences))
+    set_step_hook(engine, lambda B: (time.sleep(0.005), paused_seen.append(engine.paused_sequences)))
     try:
         bulk, bulk_done = submit(engine, seed=11, n=2, deadline_ms=20_000)
         while bulk.tokens < 2:
@@ -226,7 +227,7 @@ def test_pausing_does_not_change_a_sample(small_engine):
         tight = run(engine, seed=5, n=1, deadline_ms=2_000)  # both rows are taken: the bulk one pauses
         assert bulk_done.wait(30)
     finally:
-        engine.fault_hook = None
+        set_step_hook(engine, None)
     assert max(paused_seen) == 2 and tight.finish_reason is FinishReason.BUDGET
     assert bulk.finish_reason is FinishReason.BUDGET and bulk.tokens == alone.tokens == engine.spec.D
     assert [s.codes for s in bulk.sequences] == [s.codes for s in alone.sequences]

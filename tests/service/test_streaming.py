@@ -6,6 +6,7 @@ import httpx
 import pytest
 
 from tests.utils.server import running_server
+from tests.utils.faults import set_step_hook
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +56,11 @@ def test_previews_then_final_in_order_and_prefix_consistent(server):
 
 def test_default_preview_interval_and_deadline_held_with_slow_steps(server):
     base, state = server
-    state.engines["tiny"].fault_hook = lambda B: time.sleep(0.03)
+    set_step_hook(state.engines["tiny"], lambda B: time.sleep(0.03))
     try:
         events = stream(base, deadline_ms=150, seed=4)
     finally:
-        state.engines["tiny"].fault_hook = None
+        set_step_hook(state.engines["tiny"], None)
     final = events[-1][1]
     assert events[-1][0] == "final" and final["deadline_met"] and final["latency_ms"] <= 150
     assert final["tokens"] < 8 and final["finish_reason"] == "deadline_guard"
@@ -77,7 +78,7 @@ def test_stream_admission_errors_are_plain_json(server):
 def test_disconnect_mid_stream_frees_the_sequences(server):
     base, state = server
     engine = state.engines["tiny"]
-    engine.fault_hook = lambda B: time.sleep(0.05)
+    set_step_hook(engine, lambda B: time.sleep(0.05))
     try:
         with httpx.stream("POST", base + "/generate", json={"deadline_ms": 10000, "n": 3, "stream": True,
                                                              "preview_every": 1}, timeout=10) as r:
@@ -89,14 +90,14 @@ def test_disconnect_mid_stream_frees_the_sequences(server):
             time.sleep(0.01)
         assert engine.active_sequences == 0 and engine.queued_sequences == 0
     finally:
-        engine.fault_hook = None
+        set_step_hook(engine, None)
 
 
 def test_previews_keep_their_minimum_interval_and_the_final_always_comes(tiny_model_dir):
     # best-effort previews are the default (policy anytime)
     with running_server(model_dirs=str(tiny_model_dir), backend="onnx", max_batch=32,
                         preview_interval_ms=50) as (base, core):
-        core.engines["tiny"].fault_hook = lambda B: time.sleep(0.015)
+        set_step_hook(core.engines["tiny"], lambda B: time.sleep(0.015))
         events = stream(base, deadline_ms=5000, seed=5, preview_every=1)
         skipped = core.metrics.previews_skipped.labels("tiny")._value.get()
     previews = [d for e, d in events if e == "preview"]

@@ -1,6 +1,6 @@
 """Issue 16's zoo targets, measured: a new evaluation against the old one and the step timing.
 
-    python -m bench.zoo_targets --new bench/results/fashion-mnist-v2 --old bench/results/fashion-mnist \
+    python -m bench.model.zoo_targets --new bench/results/fashion-mnist-v2 --old bench/results/fashion-mnist \
         --out bench/results/fashion-mnist-v2/targets.md
 """
 from __future__ import annotations
@@ -53,7 +53,7 @@ def targets(new: dict, old: dict, step: dict | None) -> list[tuple[str, str, str
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.zoo_targets")
+    ap = argparse.ArgumentParser(prog="python -m bench.model.zoo_targets")
     ap.add_argument("--new", type=Path, required=True, help="folder with the new evaluation.json")
     ap.add_argument("--old", type=Path, required=True, help="folder with the old evaluation.json")
     ap.add_argument("--out", type=Path, required=True)
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     step_file = args.new / "step-compare.json"
     step = json.loads(step_file.read_text()) if step_file.exists() else None
     lines = ["# Zoo v2 targets (issue 16)", "",
-             f"- command: `python -m bench.zoo_targets {shlex.join(sys.argv[1:] if argv is None else argv)}`",
+             f"- command: `python -m bench.model.zoo_targets {shlex.join(sys.argv[1:] if argv is None else argv)}`",
              f"- new evaluation: `{new['command']}` ({new['date']}, {new['machine']})",
              f"- old evaluation: `{old['command']}` ({old['date']})",
              f"- step timing: {'`' + step['command'] + '` (' + step['date'] + ')' if step else 'not measured'}", "",

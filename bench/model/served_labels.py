@@ -5,7 +5,7 @@ Starts a real `anytime serve` with the model directory, asks every class for sam
 request at a time, so every sample gets all D tokens), and lets the classifier shipped with the
 model recognise them: the served counterpart of `anytime evaluate`'s label accuracy at k = D.
 
-    python -m bench.served_labels --model-dir models/zoo/fashion-mnist --out bench/results/fashion-mnist
+    python -m bench.model.served_labels --model-dir models/zoo/fashion-mnist --out bench/results/fashion-mnist
 """
 from __future__ import annotations
 
@@ -22,10 +22,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from .machine import cpu_model
-from .server_proc import serve
+from ..machine import cpu_model
+from ..server_proc import serve
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(url: str, model_dir: Path, per_label: int, n: int, deadline_ms: int, temperature: float) -> dict:
@@ -74,7 +74,7 @@ def report(result: dict, backend: str, command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.served_labels")
+    ap = argparse.ArgumentParser(prog="python -m bench.model.served_labels")
     ap.add_argument("--model-dir", type=Path, default=ROOT / "models" / "zoo" / "fashion-mnist")
     ap.add_argument("--backend", default="onnx", choices=["onnx", "torchscript"])
     ap.add_argument("--per-label", type=int, default=100, help="samples per class")
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run(url, args.model_dir, args.per_label, args.n, args.deadline_ms, args.temperature)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "served-labels.json").write_text(json.dumps(result, indent=1))
-    text = report(result, args.backend, "python -m bench.served_labels " + shlex.join(argv))
+    text = report(result, args.backend, "python -m bench.model.served_labels " + shlex.join(argv))
     (args.out / "served-labels.md").write_text(text)
     print(text)
     return 0

@@ -1,6 +1,6 @@
 """One evaluation from `anytime evaluate` runs of single pipelines (run side by side, one core each).
 
-    python -m bench.evaluation_merge --out bench/results/fashion-mnist \
+    python -m bench.model.evaluation_merge --out bench/results/fashion-mnist \
         runs/fashion-mnist-v2/eval-ordered runs/fashion-mnist-v2/eval-plain
 
 Every pipeline's samples come from its own seeded generators, so a pipeline evaluated alone gives
@@ -34,7 +34,7 @@ def merge(runs: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.evaluation_merge")
+    ap = argparse.ArgumentParser(prog="python -m bench.model.evaluation_merge")
     ap.add_argument("runs", type=Path, nargs="+", help="folders of `anytime evaluate` runs")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
                   for f in res.get("figures", [])}:
             if (d / f).resolve() != (args.out / f).resolve():
                 shutil.copyfile(d / f, args.out / f)
-    result["command"] += " ; python -m bench.evaluation_merge " + shlex.join(sys.argv[1:] if argv is None else argv)
+    result["command"] += " ; python -m bench.model.evaluation_merge " + shlex.join(sys.argv[1:] if argv is None else argv)
     (args.out / "evaluation.json").write_text(json.dumps(result, indent=1))
     plot_curves(result, args.out / "anytime-curve.png")
     (args.out / "evaluation.md").write_text(report_markdown(result))

@@ -5,7 +5,7 @@ Starts a real `anytime serve` with the exported model, sends `POST /generate {"m
 a valid WAV at the manifest's sample rate (mono, 16-bit PCM, the model's length), and lets the
 classifier shipped with the model recognise it. Writes `service-wav.md` / `.json`.
 
-    python -m bench.spoken_digits_wav [--model-dir models/zoo/spoken-digits] [--out bench/results/spoken-digits]
+    python -m bench.model.spoken_digits_wav [--model-dir models/zoo/spoken-digits] [--out bench/results/spoken-digits]
 """
 from __future__ import annotations
 
@@ -22,10 +22,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from .machine import cpu_model
-from .server_proc import serve
+from ..machine import cpu_model
+from ..server_proc import serve
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def check_wav(data: bytes, sample_rate: int, length: int) -> np.ndarray:
@@ -113,7 +113,7 @@ def report(result: dict, s: dict, backend: str, command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.spoken_digits_wav")
+    ap = argparse.ArgumentParser(prog="python -m bench.model.spoken_digits_wav")
     ap.add_argument("--model-dir", type=Path, default=ROOT / "models" / "zoo" / "spoken-digits")
     ap.add_argument("--backend", default="onnx", choices=["onnx", "torchscript"])
     ap.add_argument("--url", default=None, help="a running server with the model; default: start one")
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     s = summarize(result, args.label)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "service-wav.json").write_text(json.dumps({"summary": s, **result}, indent=1))
-    text = report(result, s, args.backend, "python -m bench.spoken_digits_wav " + shlex.join(argv))
+    text = report(result, s, args.backend, "python -m bench.model.spoken_digits_wav " + shlex.join(argv))
     (args.out / "service-wav.md").write_text(text)
     print(text)
     return 0
