@@ -64,3 +64,6 @@ class InprocClient(EngineClient):
 
     async def metrics(self) -> bytes:
         return self.core.metrics_text()
+
+    async def headroom(self) -> dict[str, float]:
+        return self.core.headroom()

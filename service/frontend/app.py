@@ -10,8 +10,10 @@ from ..settings import Settings
 from . import errors
 from .auth import ApiKeyAuth, load_keys
 from .core_client import EngineClient
+from .headroom import AgentServer, router as headroom_router
 from .middleware import ArrivalAndLimits
 from .oip import router as oip_router
+from .retry_budget import ArrivalFromBalancer
 from .routes import router
 from .shedding import LoadShedding, LoopLag
 from .state import FrontendState
@@ -24,6 +26,7 @@ def create_app(settings: Settings, client: EngineClient) -> FastAPI:
     state = FrontendState(settings, client)
     tracing = setup_tracing()  # None unless OTEL_* variables turn it on
     lag = LoopLag()
+    agent = AgentServer(state, settings)  # HAProxy's agent check, when --agent-port is set
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -33,7 +36,9 @@ def create_app(settings: Settings, client: EngineClient) -> FastAPI:
             state.start_error = f"{type(e).__name__}: {e}"
             raise
         lag.start()
+        await agent.start()
         yield
+        await agent.stop()
         lag.stop()
         await client.close()
         if tracing:
@@ -48,6 +53,7 @@ def create_app(settings: Settings, client: EngineClient) -> FastAPI:
     errors.install(app)
     app.include_router(router)
     app.include_router(oip_router)
+    app.include_router(headroom_router)
     keys = load_keys(settings.api_keys, settings.api_keys_file)
     app.add_middleware(ApiKeyAuth, keys=keys, open_paths={p.strip() for p in settings.open_paths.split(",")})
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
@@ -56,6 +62,8 @@ def create_app(settings: Settings, client: EngineClient) -> FastAPI:
                            allow_headers=["Authorization", "Content-Type"])
     # before the body is read or the key checked: shedding must cost less than what it saves
     app.add_middleware(LoadShedding, lag=lag, max_lag_s=settings.shed_lag_ms / 1000, on_shed=state.shed)
+    # just inside ArrivalAndLimits: a load balancer's retry keeps its first arrival time
+    app.add_middleware(ArrivalFromBalancer)
     # added last = outermost: every request gets its arrival time and id before anything else
     app.add_middleware(ArrivalAndLimits, max_body_bytes=settings.max_body_bytes)
     if tracing:  # outermost of all: the span covers everything the request meets here
