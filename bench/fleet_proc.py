@@ -102,7 +102,7 @@ def haproxy(servers: list[Replica], log_path: Path, config: Path = HAPROXY_CFG, 
     """HAProxy (Debian's `haproxy`, in the foreground) with `config`, its replicas from the
     environment the config reads; yields once every replica is UP."""
     port = free_port()
-    stats = Path(log_path).with_suffix(".sock")
+    stats = Path(log_path).resolve().with_suffix(".sock")  # absolute: HAProxy reads anything else as host:port
     env = {**os.environ, "ANYTIME_LB_BIND": f"127.0.0.1:{port}", "ANYTIME_LB_STATS": str(stats)}
     for i, r in enumerate(servers, 1):
         env[f"ANYTIME_REPLICA_{i}"] = f"127.0.0.1:{r.port}"

@@ -48,9 +48,11 @@ def test_headroom_weights_and_retries_behind_haproxy(tiny_model_dir, tmp_path):
 
         # 1. bulk work straight at one replica: its weight falls, interactive work goes elsewhere
         stop, bulk = threading.Event(), []
-        flood = closed_loop(busy.base + "/generate", {"deadline_ms": 2000, "n": 4}, 16, stop, bulk)
+        # (due in 800 ms: their promised steps fill the replica's throughput, so a 100 ms request
+        # could be promised nothing there)
+        flood = closed_loop(busy.base + "/generate", {"deadline_ms": 800, "n": 4}, 16, stop, bulk)
         try:
-            end = time.monotonic() + 5
+            end = time.monotonic() + 10
             while lb.weight("replica1") > 30 and time.monotonic() < end:
                 time.sleep(0.05)
             assert lb.weight("replica1") <= 30, "the agent did not lower the busy replica's weight"
