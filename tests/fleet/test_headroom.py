@@ -65,16 +65,16 @@ def test_headroom_falls_under_load_and_probing_changes_nothing(tiny_model_dir):
             t.join(10)
         assert statuses == [200] * 8
 
-        # a closed loop of bulk work keeps the batch and its promised steps full: a 100 ms
+        # a closed loop of work due in 400 ms keeps the batch and its promised steps full: a 100 ms
         # request would get little or nothing here, and the signal says so
         stop = threading.Event()
 
         def flood():
             with httpx.Client() as c:
                 while not stop.is_set():
-                    c.post(base + "/generate", json={"deadline_ms": 1000, "n": 2}, timeout=10)
+                    c.post(base + "/generate", json={"deadline_ms": 400, "n": 2}, timeout=10)
 
-        threads = [threading.Thread(target=flood) for _ in range(8)]
+        threads = [threading.Thread(target=flood) for _ in range(12)]
         for t in threads:
             t.start()
         time.sleep(0.3)
