@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 BACKEND ?= onnx
 # Debian packages the tests and the default-model pipeline use.
-APT_PACKAGES ?= dataset-fashion-mnist espeak-ng chromium chromium-driver prometheus shellcheck hey
+APT_PACKAGES ?= dataset-fashion-mnist espeak-ng chromium chromium-driver prometheus shellcheck hey haproxy
 RUNS ?= runs/fashion-mnist
 ZOO := models/zoo/fashion-mnist
 RESULTS := bench/results/fashion-mnist

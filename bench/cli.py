@@ -61,6 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
     chaos.add_argument("--warmup", type=float, default=60.0, help="memory growth is judged after this")
     chaos.add_argument("--server-flag", action="append", default=[], help="extra `anytime serve` flag (repeat)")
     chaos.add_argument("--out", type=Path, required=True)
+    fleet = sub.add_parser("fleet", help="two replicas behind HAProxy, one loaded by bulk work: headroom routing "
+                           "+ retry vs round robin on the same interactive arrivals")
+    fleet.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL)
+    fleet.add_argument("--rate", type=float, default=20.0, help="interactive requests/s through the balancer")
+    fleet.add_argument("--duration", type=float, default=12.0, help="seconds of interactive arrivals per run")
+    fleet.add_argument("--rounds", type=int, default=4, help="runs per balancer (alternating which goes first)")
+    fleet.add_argument("--deadlines", default="loguniform:100:400", help="interactive deadlines in ms")
+    fleet.add_argument("--min-tokens", type=int, default=32, help="interactive quality floor (of D=64 by default)")
+    fleet.add_argument("--bulk-clients", type=int, default=16, help="closed-loop bulk clients on replica 1")
+    fleet.add_argument("--bulk-n", type=int, default=16)
+    fleet.add_argument("--bulk-deadline-ms", type=int, default=600)
+    fleet.add_argument("--server-flag", action="append", default=[], help="extra `anytime serve` flag (repeat)")
+    fleet.add_argument("--out", type=Path, default=Path("bench/results/fleet"))
     cost = sub.add_parser("cost", help="CPU per request by process role and request shape (--baseline: vs another checkout)")
     cost.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL)
     cost.add_argument("--backend", default="onnx", choices=["onnx", "torchscript"])
@@ -112,6 +125,15 @@ def main(argv: list[str] | None = None) -> int:
 
         run(args.model_dir, args.out, args.prior, device=args.device)
         print((args.out / "engine.md").read_text())
+        return 0
+    if args.what == "fleet":
+        from .fleet import run
+
+        flags = ["--workers", "1", "--no-standby-worker", "--threads", "1", *args.server_flag]
+        run(args.model_dir, args.out, args.rate, args.duration, args.rounds, args.deadlines, args.min_tokens,
+            args.bulk_clients,
+            args.bulk_n, args.bulk_deadline_ms, flags)
+        print((args.out / "fleet.md").read_text())
         return 0
     if args.what == "cost":
         from .cost import report, run

@@ -120,6 +120,7 @@ ADD, CANCEL, ANSWERED, REJECTED, METRICS, INFO = b"A", b"C", b"R", b"X", b"M", b
 TO_CORE = b"B"  # frontend -> core: a ToCore batch (the single-message kinds above still decode)
 BYE = b"Q"  # frontend -> core: a clean exit (not counted as a lost worker)
 ADMITTED, OUTPUT, METRICS_TEXT, INFO_REPLY = b"a", b"o", b"m", b"i"  # core -> frontend
+HEADROOM, HEADROOM_REPLY = b"H", b"h"  # frontend -> core: each model's headroom, asked; the reply: {model: fraction}
 TO_FRONTEND = b"b"  # core -> frontend: a ToFrontend batch (+ one samples frame)
 
 _encoder = msgspec.msgpack.Encoder()

@@ -93,12 +93,16 @@ class Settings(BaseSettings):
     preview_share: float = Field(0.25, gt=0, le=1, description="most of the engine's time spent on previews (policy anytime)")
     fair_share: float = Field(0.5, gt=0, le=1, description="under load, the largest share of max_batch one "
                               "request may ask for (policy anytime; larger ones get 503 fair_share)")
+    headroom_deadline_ms: float = Field(100.0, gt=0, description="the reference request's deadline for the "
+                                        "headroom signal (n=1): /headroom, anytime_headroom, the agent port")
+    agent_port: int = Field(0, ge=0, le=65535, description="TCP port answering HAProxy's agent-check with this "
+                            "replica's headroom as a weight (`75%`) or `drain` when not ready (0: off)")
     verify_checksums: bool = True
     drain_timeout_s: float = Field(65.0, description="longest wait for in-flight work on SIGTERM")
     log_level: str = "info"
     api_keys: str = Field("", description="comma-separated API keys; empty with no file: no auth")
     api_keys_file: str | None = Field(None, description="file with one API key per line")
-    open_paths: str = Field("/healthz,/readyz,/metrics,/v2/health/live,/v2/health/ready",
+    open_paths: str = Field("/healthz,/readyz,/headroom,/metrics,/v2/health/live,/v2/health/ready",
                             description="paths open without an API key")
     cors_origins: str = Field("", description="comma-separated allowed CORS origins (empty: CORS off)")
 

@@ -6,6 +6,7 @@ its own state (AdmissionState, the pending list)."""
 from __future__ import annotations
 
 import collections
+import copy
 import time
 
 from .admission import Admission, AdmissionState, AdmitView, LoadSnapshot
@@ -48,3 +49,15 @@ class Admitter:
         the learned pressure changes."""
         return self.policy.admit(req, AdmitView(now, running, waiting, ahead, sharing, pending_steps,
                                                 load or LoadSnapshot()), self.state)
+
+    def probe(self, req: Request, load: LoadSnapshot, taken_id: int, dequeued_rows: int) -> Admission:
+        """What admit() would decide for `req` now, changing nothing: the same view of the load
+        and the pending admissions, the policy run on a copy of the learned state (headroom.py
+        asks this for a reference request). Call it on the admitting thread, like admit()."""
+        pending = [p for p in self._pending if p[0] > taken_id]
+        pending_ahead = sum(n for _, d, n, _ in pending if d < req.deadline)
+        sharing = load.rows_sharing(req.deadline) + pending_ahead
+        pending_steps = sum(n * k for _, d, n, k in pending if d < req.deadline)
+        view = AdmitView(time.monotonic(), load.running_rows, self.admitted_rows - dequeued_rows,
+                         load.rows_ahead_of(req.deadline) + pending_ahead, sharing, pending_steps, load)
+        return self.policy.admit(req, view, copy.copy(self.state))

@@ -16,6 +16,7 @@ from .. import ipc
 from ..refusals import Refusal
 from ..settings import Settings
 from .engine import Engine
+from .headroom import HeadroomCollector, replica_headroom
 from .metrics import Metrics
 from .model_dir import ModelDirError, discover, load_model_dir
 from .request import FinishReason, Request, SamplingParams
@@ -68,6 +69,7 @@ class EngineCore:
         gc.collect()
         gc.freeze()
         self.ready = True
+        self.metrics.registry.register(HeadroomCollector(self))
         self.metrics.ready.set(1)
         self.metrics.core_start.set(time.time())
 
@@ -170,6 +172,10 @@ class EngineCore:
         engine = self.engines.get(model)
         if engine is not None:
             self.metrics.admission(model, 1, engine.spec.D, engine.spec.D, reason)
+
+    def headroom(self) -> dict[str, float]:
+        """Each model's headroom (service/core/headroom.py); on the admitting thread."""
+        return replica_headroom(self)
 
     def metrics_text(self) -> bytes:
         return self.metrics.exposition()[0]

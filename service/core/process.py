@@ -142,6 +142,9 @@ class CoreServer:
             core.rejected(msg.model, msg.reason)
         elif kind == ipc.METRICS:
             self.router.send_multipart([frontend, ipc.METRICS_TEXT, core.metrics_text()])
+        elif kind == ipc.HEADROOM:  # the draining core has none: a load balancer should send nothing
+            headroom = dict.fromkeys(core.engines, 0.0) if self.draining else core.headroom()
+            self.router.send_multipart([frontend, ipc.HEADROOM_REPLY, ipc.encode(headroom)])
         elif kind == ipc.INFO:
             self.router.send_multipart([frontend, ipc.INFO_REPLY, ipc.encode(core.info())])
         elif kind == ipc.BYE:

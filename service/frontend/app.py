@@ -11,6 +11,7 @@ from . import errors
 from .auth import ApiKeyAuth, load_keys
 from .core_client import EngineClient
 from .fast_generate import FastGenerate
+from .headroom import AgentServer, router as headroom_router
 from .middleware import ArrivalAndLimits
 from .oip import router as oip_router
 from .routes import router
@@ -25,6 +26,7 @@ def create_app(settings: Settings, client: EngineClient) -> FastAPI:
     state = FrontendState(settings, client)
     tracing = setup_tracing()  # None unless OTEL_* variables turn it on
     lag = LoopLag()
+    agent = AgentServer(state, settings)  # HAProxy's agent check, when --agent-port is set
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -34,7 +36,9 @@ def create_app(settings: Settings, client: EngineClient) -> FastAPI:
             state.start_error = f"{type(e).__name__}: {e}"
             raise
         lag.start()
+        await agent.start()
         yield
+        await agent.stop()
         lag.stop()
         await client.close()
         if tracing:
@@ -49,6 +53,7 @@ def create_app(settings: Settings, client: EngineClient) -> FastAPI:
     errors.install(app)
     app.include_router(router)
     app.include_router(oip_router)
+    app.include_router(headroom_router)
     keys = load_keys(settings.api_keys, settings.api_keys_file)
     open_paths = {p.strip() for p in settings.open_paths.split(",")}
     app.add_middleware(ApiKeyAuth, keys=keys, open_paths=open_paths)

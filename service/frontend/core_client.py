@@ -87,6 +87,8 @@ class EngineClient:
 
     async def metrics(self) -> bytes: ...
 
+    async def headroom(self) -> dict[str, float]: ...
+
     def _set_cards(self, info: dict) -> None:
         self.default_model = info["default_model"]
         self.cards = {name: ModelCard.from_manifest(m["manifest"], m["backend"], m["device"])
@@ -224,6 +226,11 @@ class MPClient(EngineClient):
             return b""
         return await asyncio.wait_for(self._query(ipc.METRICS, ipc.METRICS_TEXT), 10)
 
+    async def headroom(self) -> dict[str, float]:
+        if self._dead:
+            return {}
+        return await asyncio.wait_for(self._query(ipc.HEADROOM, ipc.HEADROOM_REPLY), 10)
+
     async def _query(self, kind: bytes, reply: bytes):
         fut = self._replies.get(reply)
         if fut is None or fut.done():  # concurrent queries share one round trip
@@ -261,7 +268,7 @@ class MPClient(EngineClient):
                 self._deliver(batch.outputs, ipc.split_samples(batch.outputs, frames[2] if len(frames) > 2 else None))
         elif kind == ipc.METRICS_TEXT:
             self._resolve(kind, frames[1])
-        elif kind == ipc.INFO_REPLY:
+        elif kind in (ipc.INFO_REPLY, ipc.HEADROOM_REPLY):
             self._resolve(kind, ipc.decode(kind, frames[1]))
 
     def _resolve(self, kind: bytes, value) -> None:

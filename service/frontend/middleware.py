@@ -7,6 +7,7 @@ import logging
 import os
 import time
 
+from . import retry_budget
 from .errors import error_body
 from .validation import body_too_large
 
@@ -26,14 +27,23 @@ class ArrivalAndLimits:
             return await self.app(scope, receive, send)
         state = scope.setdefault("state", {})
         state["arrival"] = time.monotonic()
-        rid, length = "", None
+        rid, length, stamp = "", None, None
         for name, value in scope.get("headers") or ():
             if name == b"x-request-id":
                 rid = value.decode("latin-1")[:64]
             elif name == b"content-length":
                 length = value
+            elif name == retry_budget.HEADER:
+                stamp = value
         rid = rid or os.urandom(8).hex()  # 16 hex digits, as a uuid4's first 16 were
         state["request_id"] = rid
+        if stamp is not None:  # a load balancer's retry counts from the first arrival (retry_budget.py)
+            try:
+                elapsed = retry_budget.elapsed_since_stamp(stamp)
+            except ValueError:
+                return await retry_budget.bad_stamp(send, scope["path"], stamp, rid)
+            state["arrival"] -= elapsed
+            state["balancer_elapsed_s"] = elapsed
         if body_too_large(length, 0, self.max_body):
             return await _reject(send, scope["path"], rid, self.max_body)
         # Read the (small, capped) body here so an oversized chunked upload is refused before

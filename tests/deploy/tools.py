@@ -19,7 +19,7 @@ PROMETHEUS_RULE = K8S / "monitoring" / "prometheusrule.yaml"
 ALERTS_SCRIPT = K8S / "monitoring" / "alerts.py"
 SCALED_OBJECT = K8S / "overlays" / "keda" / "scaledobject.yaml"
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
-KUSTOMIZATIONS = ["base", "overlays/cpu", "overlays/gpu", "overlays/keda", "grafana", "monitoring"]
+KUSTOMIZATIONS = ["base", "overlays/cpu", "overlays/gpu", "overlays/keda", "overlays/haproxy", "grafana", "monitoring"]
 
 
 def tool(name: str) -> str:
