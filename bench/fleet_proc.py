@@ -46,9 +46,10 @@ class Replica:
 
 
 @contextmanager
-def replicas(model_dir, count: int, *flags: str, log_dir: Path, ready_timeout: float = 120):
-    """`count` replicas of `anytime serve --model-dirs model_dir FLAGS --agent-port ...`,
-    started side by side; yields them once all answer /readyz."""
+def replicas(model_dir, count: int, *flags: str, log_dir: Path, ready_timeout: float = 120, env: dict | None = None):
+    """`count` replicas of `anytime serve --model-dirs model_dir FLAGS --agent-port ...`
+    (environment `env`, default this process's), started side by side; yields them once all
+    answer /readyz."""
     started: list[Replica] = []
     try:
         for i in range(1, count + 1):
@@ -56,7 +57,7 @@ def replicas(model_dir, count: int, *flags: str, log_dir: Path, ready_timeout: f
             log = open(Path(log_dir) / f"replica{i}.log", "wb")
             proc = subprocess.Popen([sys.executable, "-m", "anytime_cli", "serve", "--model-dirs", str(model_dir),
                                      "--port", str(port), "--agent-port", str(agent), *flags],
-                                    cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                    cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
             log.close()
             started.append(Replica(f"replica{i}", proc, port, agent))
         for r in started:

@@ -14,11 +14,12 @@ import httpx
 import pytest
 
 from bench.fleet_proc import haproxy, replicas
+from tests.utils.faults import slow_server_env
 
 pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed (make apt)")
 
-FLAGS = ("--workers", "1", "--no-standby-worker", "--threads", "1", "--max-batch", "4",
-         "--test-step-delay-ms", "10")
+FLAGS = ("--workers", "1", "--no-standby-worker", "--threads", "1", "--max-batch", "4")
+STEP_DELAY_MS = 10  # every prior step of the replicas sleeps this long (tests/utils/faults.py)
 
 
 def closed_loop(url: str, body: dict, threads: int, stop: threading.Event, record: list) -> list[threading.Thread]:
@@ -42,7 +43,7 @@ def closed_loop(url: str, body: dict, threads: int, stop: threading.Event, recor
 
 
 def test_headroom_weights_and_retries_behind_haproxy(tiny_model_dir, tmp_path):
-    with replicas(tiny_model_dir, 2, *FLAGS, log_dir=tmp_path) as (busy, other), \
+    with replicas(tiny_model_dir, 2, *FLAGS, log_dir=tmp_path, env=slow_server_env(STEP_DELAY_MS)) as (busy, other), \
             haproxy([busy, other], tmp_path / "haproxy.log") as lb:
         assert lb.weight("replica1") == lb.weight("replica2") == 100  # idle: all of D fits 100 ms
 

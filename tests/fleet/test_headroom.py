@@ -28,7 +28,7 @@ def metric(text: str, name: str) -> dict[str, float]:
 
 def test_headroom_falls_under_load_and_probing_changes_nothing(tiny_model_dir):
     agent = free_port()
-    with running_server(model_dirs=str(tiny_model_dir), max_batch=4, test_step_delay_ms=10,
+    with running_server(model_dirs=str(tiny_model_dir), max_batch=4, step_delay_ms=10,
                         agent_port=agent) as (base, core):
         idle = httpx.get(base + "/headroom").json()
         assert idle["models"]["tiny"] == 1.0 and idle["weight"] == 100  # 8 tokens fit 100 ms when idle
@@ -97,17 +97,16 @@ def test_agent_says_drain_while_the_replica_admits_nothing(tiny_model_dir):
     line while admitting, `drain` once draining, as HAProxy's agent protocol has it."""
     import asyncio
 
-    from service.core.engine_core import EngineCore
     from service.frontend.headroom import AgentServer
     from service.frontend.state import FrontendState
-    from service.inproc import InprocClient
+    from service.inproc import CoreThread
     from service.settings import Settings
 
     port = free_port()
     settings = Settings(model_dirs=str(tiny_model_dir), workers=0, agent_port=port)
 
-    async def check() -> tuple[bytes, bytes]:
-        state = FrontendState(settings, InprocClient(EngineCore(settings)))
+    async def check(core: CoreThread) -> tuple[bytes, bytes]:
+        state = FrontendState(settings, core.client())
         await state.start()
         agent = AgentServer(state, settings)
         await agent.start()
@@ -119,12 +118,13 @@ def test_agent_says_drain_while_the_replica_admits_nothing(tiny_model_dir):
             await agent.stop()
             await state.client.close()
 
-    ready, draining = asyncio.run(check())
+    with CoreThread(settings) as core:
+        ready, draining = asyncio.run(check(core))
     assert ready == b"ready 100%\n" and draining == b"drain\n"
 
 
 def test_retry_budget_header_counts_from_the_first_arrival(tiny_model_dir):
-    with running_server(model_dirs=str(tiny_model_dir), test_step_delay_ms=1) as (base, _):
+    with running_server(model_dirs=str(tiny_model_dir), step_delay_ms=1) as (base, _):
         now_ms = time.time() * 1000
         r = httpx.post(base + "/generate", json={"deadline_ms": 1000, "format": "json"},
                        headers={"X-Anytime-Arrival-Ms": f"{now_ms - 300:.0f}"})
