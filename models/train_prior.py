@@ -80,7 +80,8 @@ def train(train_ds: Dataset, vqvae_path: Path, out: Path, preset: str = "fashion
 
     def save(epoch_done: int, partial: dict | None) -> None:
         checkpoint.save(out, kind="prior", config=config.to_dict(), model=model.state_dict(), optimizer=opt.state_dict(),
-                        epoch=epoch_done, history=history, vqvae=str(vqvae_path), meta=meta or {}, partial=partial)
+                        epoch=epoch_done, history=history, vqvae=str(vqvae_path), meta=meta or {}, partial=partial,
+                        label_dropout=label_dropout)
 
     for epoch in range(start_epoch, epochs):
         model.train()
