@@ -38,6 +38,9 @@ class AddRequest(msgspec.Struct, array_like=True, gc=False):
     seeds: list[int] | None = None
     labels: list[int] | None = None
     priority: str = "normal"  # high | normal | low
+    # classifier-free guidance w, resolved by the frontend ("auto" is never sent); 0: off; > 0
+    # the model supports it (manifest prior.guidance) and each sample steps two rows
+    guidance: float = 0.0
 
 
 class Admitted(msgspec.Struct, array_like=True, gc=False):

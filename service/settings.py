@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     preview_share: float = Field(0.25, gt=0, le=1, description="most of the engine's time spent on previews (policy anytime)")
     fair_share: float = Field(0.5, gt=0, le=1, description="under load, the largest share of max_batch one "
                               "request may ask for (policy anytime; larger ones get 503 fair_share)")
+    guidance_default: float = Field(1.5, ge=0, le=20, description="classifier-free guidance of labelled "
+                                    "`guidance: \"auto\"` requests to a model that supports guidance and whose "
+                                    "manifest names no default (0: off)")
     verify_checksums: bool = True
     drain_timeout_s: float = Field(65.0, description="longest wait for in-flight work on SIGTERM")
     log_level: str = "info"
