@@ -44,6 +44,6 @@ def match_loudness(vqvae, prior, reference: torch.Tensor, samples: int = 200, se
         gain *= 10 ** ((target - after) / 20)
     after = level_db((raw * gain).clamp(-1, 1))
     report = {"metric": "mean per-clip RMS, dBFS", "training_clips_db": round(target, 3),
-              "decoder_db": round(before, 3), "gain_db": round(20 * math.log10(gain), 3),
+              "decoder_db": round(before, 3), "gain": gain, "gain_db": round(20 * math.log10(gain), 3),
               "generated_db": round(after, 3), "samples": samples}
     return gain, report
