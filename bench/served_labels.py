@@ -47,6 +47,7 @@ def run(url: str, model_dir: Path, per_label: int, n: int, deadline_ms: int, tem
                 _, pred = classifier.predict(clf, x)
                 rows.append({"label": label, "tokens": int(r.headers["x-anytime-tokens"]),
                              "deadline_met": r.headers["x-anytime-deadline-met"] == "true",
+                             "guidance": float(r.headers.get("x-anytime-guidance", 0.0)),
                              "recognised": int((pred == c).sum()), "samples": len(pred)})
     return {"model": manifest["name"], "D": manifest["D"], "deadline_ms": deadline_ms, "temperature": temperature,
             "requests": rows}
