@@ -22,7 +22,7 @@ MAX_SAMPLES = 64
 # what an OIP inference request may set through its `parameters`, with /generate's meaning
 OIP_PARAMETERS = ("deadline_ms", "min_tokens", "max_tokens", "temperature", "top_k", "top_p", "priority",
                   "guidance")
-Guidance = Annotated[float, Field(ge=0.0, le=MAX_GUIDANCE, allow_inf_nan=False)] | Literal["auto"]
+Guidance = Annotated[float, Field(ge=0.0, le=MAX_GUIDANCE, allow_inf_nan=False, strict=True)] | Literal["auto"]
 
 
 def body_too_large(content_length: bytes | None, received: int, limit: int) -> bool:

@@ -130,6 +130,8 @@ def test_pinned_guidance_changes_the_samples_and_repeats(base):
     ({"label": "one", "guidance": -1}, 422, "guidance"),
     ({"label": "one", "guidance": 21}, 422, "guidance"),
     ({"label": "one", "guidance": "strong"}, 422, "guidance"),
+    ({"label": "one", "guidance": True}, 422, "guidance"),  # strict: a number or "auto"
+    ({"label": "one", "guidance": "1.5"}, 422, "guidance"),
 ])
 def test_bad_guidance_is_a_clear_422(base, body, status, text):
     r = post(base, **body)
