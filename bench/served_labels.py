@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from .machine import cpu_model
+from .machine import commit, cpu_model
 from .server_proc import serve
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,7 +62,8 @@ def report(result: dict, backend: str, command: str) -> str:
     hits, total = sum(h for h, _ in by_label.values()), sum(t for _, t in by_label.values())
     full = sum(r["tokens"] == result["D"] for r in rows)
     lines = [f"# Served samples recognised as their label: {result['model']} ({backend})", "",
-             f"- command: `{command}`", f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
+             f"- command: `{command}`", f"- commit: {commit()}",
+             f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
              f"- machine: {cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}", "",
              f"`POST /generate {{\"label\": L, \"n\": {rows[0]['samples']}, \"seed\": i, \"temperature\": "
              f"{result['temperature']}, \"deadline_ms\": {result['deadline_ms']}, \"format\": \"npy\"}}`, one request at a "

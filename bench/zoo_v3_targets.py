@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .machine import commit
+
 DECODE_BATCH = 64
 Claim = tuple[str, str, str, "bool | None"]  # claim, measured, target, met (None: not measured)
 
@@ -145,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     claims += audio_claims(args.audio_zoo, args.audio_served)
     all_met = all(met is True for *_, met in claims)
     lines = ["# Zoo v3 targets (issue 27)", "",
-             f"- command: `python -m bench.zoo_v3_targets {shlex.join(argv)}`",
+             f"- command: `python -m bench.zoo_v3_targets {shlex.join(argv)}`", f"- commit: {commit()}",
              f"- evaluation: `{evaluation['command']}` ({evaluation['date']}, {evaluation['machine']})",
              f"- exported model: commit {manifest['provenance'].get('commit')}, default guidance {guidance:g}", "",
              "| claim | measured | target | met |", "|---|---|---|---|"]

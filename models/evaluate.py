@@ -106,7 +106,7 @@ def evaluate_pipelines(test_ds: Dataset, pipelines: list[tuple[str, str, str]], 
     torch.manual_seed(seed)
     clf, clf_ck = classifier.load(classifier_path)
     result = {
-        "command": command, "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "command": command, "commit": checkpoint.git_commit(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
         "classifier_test_accuracy": clf_ck["test_accuracy"], "dataset": test_ds.name,
         "modality": "audio" if test_ds.x.dim() == 3 else "image", "test_samples": len(test_ds), "pipelines": {},
@@ -178,7 +178,8 @@ def report_markdown(result: dict) -> str:
     unit, scale = ("clips", "[0, 1] sample scale") if audio else ("images", "[0, 1] pixels")
     lines = [
         f"# Anytime quality curve: {result['dataset']}", "",
-        f"- command: `{result['command']}`", f"- date: {result['date']}", f"- machine: {result['machine']}",
+        f"- command: `{result['command']}`", f"- commit: {result.get('commit', 'not recorded')}",
+        f"- date: {result['date']}", f"- machine: {result['machine']}",
         f"- Frechet distance in the shipped classifier's feature space (test accuracy "
         f"{result['classifier_test_accuracy']:.4f}), {result['pipelines'][names[0]]['unconditional_samples']} "
         f"unconditional samples vs the {result['test_samples']} test {unit}; reconstruction MSE on the test split "
