@@ -12,7 +12,9 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 def dry_run(*flags: str) -> list[str]:
-    out = subprocess.run(["make", "-n", "--no-print-directory", "zoo-v3-steps", *flags], cwd=ROOT,
+    """The commands `make zoo-v3-steps` would run, every target out of date (-B), whatever
+    runs/ holds."""
+    out = subprocess.run(["make", "-n", "-B", "--no-print-directory", "zoo-v3-steps", *flags], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return out.stdout.replace("\\\n", " ").splitlines()
