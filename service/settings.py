@@ -90,9 +90,10 @@ class Settings(BaseSettings):
     preview_share: float = Field(0.25, gt=0, le=1, description="most of the engine's time spent on previews (policy anytime)")
     fair_share: float = Field(0.5, gt=0, le=1, description="under load, the largest share of max_batch one "
                               "request may ask for (policy anytime; larger ones get 503 fair_share)")
-    guidance_default: float = Field(1.5, ge=0, le=20, description="classifier-free guidance of labelled "
+    guidance_default: float = Field(1.0, ge=0, le=20, description="classifier-free guidance of labelled "
                                     "`guidance: \"auto\"` requests to a model that supports guidance and whose "
-                                    "manifest names no default (0: off)")
+                                    "manifest names no default (0: off; 1 measured best for FD on zoo v2's prior: "
+                                    "bench/results/guidance-zoo-v2)")
     verify_checksums: bool = True
     drain_timeout_s: float = Field(65.0, description="longest wait for in-flight work on SIGTERM")
     log_level: str = "info"
