@@ -31,6 +31,17 @@ BACKEND_ROLES = {
 MODALITIES = {"image": 3, "audio": 2}  # modality -> dimensions of one sample (C, H, W or 1, T)
 DECODER_INPUTS = {"codes": "int64[B,D]", "lengths": "int64[B]"}
 DECODER_OUTPUTS = {"samples": "float32[B,C,*shape] in [0,1]"}
+MAX_GUIDANCE = 20.0  # the largest guidance scale a request may ask for
+
+
+def guided_logits(cond, uncond, guidance):
+    """Classifier-free guidance: the conditional logits pushed away from the unconditional
+    (null-label) ones, `cond + w * (cond - uncond)`. w = 0 is plain conditional sampling
+    (guidance off); in the other common convention this is scale s = 1 + w applied as
+    `uncond + s * (cond - uncond)`. Works on numpy arrays and torch tensors alike (w a scalar,
+    or one value per row shaped to broadcast); the one definition that the models' sampler, the
+    exported-graph sampler and the service use."""
+    return cond + guidance * (cond - uncond)
 
 
 def step_signature(n_layer: int) -> tuple[dict, dict]:
@@ -116,6 +127,8 @@ def manifest_field_problems(manifest: dict) -> list[Problem]:
             malformed(prior.get("start_token_base") == K, f"`prior.start_token_base` must be K = {K}")
             malformed(prior.get("unconditional_token") == K + len(classes),
                       f"`prior.unconditional_token` must be K + number of classes = {K + len(classes)}")
+            if "guidance" in prior:
+                bad += guidance_problems(prior["guidance"], K + len(classes), classes)
     files = manifest.get("files")
     if malformed(isinstance(files, dict), "`files` is missing"):
         for role, entry in files.items():
@@ -126,6 +139,28 @@ def manifest_field_problems(manifest: dict) -> list[Problem]:
                                                                        "directory")
     malformed(isinstance(manifest.get("graphs"), dict), "`graphs` is missing")
     malformed(isinstance(manifest.get("quality"), dict), "`quality` is missing")
+    return bad
+
+
+def guidance_problems(guidance, null_token: int, classes: list) -> list[Problem]:
+    """`prior.guidance` (optional): the prior supports classifier-free guidance. Its null label
+    is the unconditional start token, and the prior saw it in place of the class some fraction
+    of the time in training (label dropout), so the null-label logits are a trained
+    unconditional model, not noise."""
+    bad = []
+    malformed = lambda ok, msg: ok or bad.append(Problem("manifest-fields", MANIFEST, f"malformed manifest: {msg}"))
+    if not malformed(isinstance(guidance, dict), "`prior.guidance` must be an object"):
+        return bad
+    malformed(len(classes) > 0, "`prior.guidance` needs classes: guidance pushes a class away from the null label")
+    malformed(guidance.get("null_token") == null_token,
+              f"`prior.guidance.null_token` must be the unconditional token {null_token}")
+    drop = guidance.get("label_dropout")
+    malformed(isinstance(drop, (int, float)) and not isinstance(drop, bool) and 0 < drop < 1,
+              "`prior.guidance.label_dropout` must be in (0, 1): the fraction of training rows with the null label")
+    if "default" in guidance:
+        d = guidance["default"]
+        malformed(isinstance(d, (int, float)) and not isinstance(d, bool) and 0 <= d <= MAX_GUIDANCE,
+                  f"`prior.guidance.default` must be a number in [0, {MAX_GUIDANCE}]")
     return bad
 
 

@@ -77,6 +77,44 @@ class AudioClassifier(nn.Module):
         return x + level * torch.randn_like(x)
 
 
+def feature_maps(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """Activations a feature-matching loss compares: for the image classifier, the output of each
+    pooling stage and the penultimate features (coarse to fine detail, then what the head reads);
+    for others, the penultimate features."""
+    if not isinstance(model, ImageClassifier):
+        return [model.features(x)]
+    maps, h = [], x
+    for layer in model.body:
+        h = layer(h)
+        if isinstance(layer, (nn.MaxPool2d, nn.AdaptiveAvgPool2d)):
+            maps.append(h)
+    return maps + [h]
+
+
+class FeatureMatching(nn.Module):
+    """A loss that makes reconstructions look like their inputs to a frozen classifier: for each
+    of its feature maps, the squared error relative to the input's own energy (so every map
+    counts alike, whatever its scale). The classifier's weights never train and it runs in eval
+    mode (batch-norm statistics and dropout fixed)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    def train(self, mode: bool = True):  # stays in eval mode inside a training model
+        return self
+
+    def forward(self, rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            targets = feature_maps(self.model, x)
+        total = rec.new_zeros(())
+        for got, want in zip(feature_maps(self.model, rec), targets):
+            total = total + (got - want).pow(2).mean() / want.pow(2).mean().clamp(min=1e-8)
+        return total / len(targets)
+
+
 def build(kind: str, **kwargs) -> nn.Module:
     if kind == "image":
         return ImageClassifier(**kwargs)
@@ -111,8 +149,10 @@ def accuracy(model: nn.Module, ds: Dataset) -> float:
 
 
 def train(train_ds: Dataset, test_ds: Dataset, out: Path, epochs: int = 4, seed: int = 0, lr: float = 2e-3,
-          batch_size: int = 128, kind: str | None = None, meta: dict | None = None) -> nn.Module:
-    """kind: 'image' or 'audio'; by default from the data ([N, C, H, W] images, [N, 1, T] audio)."""
+          batch_size: int = 128, kind: str | None = None, meta: dict | None = None,
+          steps_per_epoch: int | None = None) -> nn.Module:
+    """kind: 'image' or 'audio'; by default from the data ([N, C, H, W] images, [N, 1, T] audio).
+    steps_per_epoch: stop every epoch after this many steps (smoke runs)."""
     torch.manual_seed(seed)
     dev = checkpoint.device()
     kind = kind or ("audio" if train_ds.x.dim() == 3 else "image")
@@ -123,12 +163,14 @@ def train(train_ds: Dataset, test_ds: Dataset, out: Path, epochs: int = 4, seed:
         args["sample_rate"] = train_ds.sample_rate or 16000
     model = build(kind, **args).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    steps = epochs * ((len(train_ds) + batch_size - 1) // batch_size)
+    per_epoch = (len(train_ds) + batch_size - 1) // batch_size
+    per_epoch = min(per_epoch, steps_per_epoch) if steps_per_epoch else per_epoch
+    steps = epochs * per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     gen = torch.Generator().manual_seed(seed)
     for epoch in range(epochs):
         model.train()
-        bar = tqdm(list(batches(train_ds, batch_size, True, gen)), desc=f"classifier {epoch + 1}/{epochs}")
+        bar = tqdm(list(batches(train_ds, batch_size, True, gen))[:per_epoch], desc=f"classifier {epoch + 1}/{epochs}")
         for i, (x, y) in enumerate(bar):
             x, y = x.to(dev), y.to(dev)
             loss = F.cross_entropy(model(model.augment(x)), y)

@@ -14,6 +14,26 @@ def _command_line(argv: list[str]) -> str:
 def _dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist | folder | spoken-digits | wav-folder")
     p.add_argument("--data-dir", default=None, help="folder of the data set (defaults per data set)")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N examples of each split (smoke runs)")
+
+
+def _steps_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps-per-epoch", type=int, default=None,
+                   help="stop every epoch after this many steps (smoke runs; default: the whole split)")
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v.strip()]
+
+
+def _load(args, split: str):
+    from .data import load_dataset
+    from .dataset import Dataset
+
+    ds = load_dataset(args.dataset, split, args.data_dir)
+    if args.limit:
+        ds = Dataset(ds.x[: args.limit], ds.y[: args.limit], ds.classes, ds.name, ds.sample_rate)
+    return ds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--lr", type=float, default=1e-3)
     v.add_argument("--batch-size", type=int, default=128)
     v.add_argument("--min-cut", type=int, default=1, help="smallest nested-dropout cut")
+    v.add_argument("--init-decoder", action="store_true",
+                   help="stage decoder: start from --init's decoder (same widths) instead of a new one")
+    v.add_argument("--feature-classifier", type=Path, default=None,
+                   help="frozen classifier whose features the reconstructions must match (not the one the "
+                        "evaluation measures with)")
+    v.add_argument("--feature-weight", type=float, default=0.0, help="weight of the feature-matching loss")
+    _steps_arg(v)
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--out", type=Path, required=True)
 
@@ -43,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--label-dropout", type=float, default=0.1)
     p.add_argument("--init", type=Path, default=None, help="prior checkpoint to start from (same tokens)")
+    _steps_arg(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True)
 
@@ -50,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     _dataset_args(c)
     c.add_argument("--epochs", type=int, default=4)
     c.add_argument("--seed", type=int, default=0)
+    _steps_arg(c)
     c.add_argument("--out", type=Path, required=True)
 
     e = sub.add_parser("evaluate", help="quality vs k for one or more pipelines")
@@ -59,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--samples", type=int, default=5000)
     e.add_argument("--conditional-samples", type=int, default=1000)
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--guidance", type=_floats, default=[],
+                   help="comma-separated guidance values: label accuracy and FD of guided conditional samples "
+                        "at every k for each (the quality curves over k and guidance)")
     e.add_argument("--out", type=Path, required=True, help="folder for the markdown report, JSON and plots")
 
     d = sub.add_parser("data", help="build a data set").add_subparsers(dest="what", required=True)
@@ -76,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--evaluation", type=Path, default=None, help="evaluation JSON with the quality curve")
     x.add_argument("--pipeline-name", default="ordered", help="pipeline of the evaluation JSON to ship")
     x.add_argument("--classifier", type=Path, default=None, help="evaluation classifier to ship alongside")
+    x.add_argument("--label-dropout", type=float, default=None,
+                   help="the prior's training label dropout, for a checkpoint that predates recording it")
+    x.add_argument("--guidance-default", type=float, default=None,
+                   help="guidance the server uses for labelled \"auto\" requests (manifest prior.guidance.default)")
+    x.add_argument("--match-loudness", action="store_true",
+                   help="audio: measure the decoder gain that matches the training clips' level (--dataset)")
+    _dataset_args(x)
     x.add_argument("--out", type=Path, required=True)
 
     k = sub.add_parser("check", help="check model directories against the contract (docs/model-format.md)")
@@ -89,35 +128,33 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cmd = _command_line(argv)
     if args.command == "train" and args.what == "vqvae":
-        from .data import load_dataset
         from .presets import ovqvae_config
         from .train_vqvae import train
 
-        ds = load_dataset(args.dataset, "train", args.data_dir)
+        ds = _load(args, "train")
         train(ds, args.out, ovqvae_config(args.preset), stage=args.stage, epochs=args.epochs, init=args.init,
               lr=args.lr, batch_size=args.batch_size, seed=args.seed, min_cut=args.min_cut,
+              init_decoder=args.init_decoder, feature_classifier=args.feature_classifier,
+              feature_weight=args.feature_weight, steps_per_epoch=args.steps_per_epoch,
               meta={"command": cmd, "dataset": ds.name, "classes": ds.classes})
     elif args.command == "train" and args.what == "prior":
-        from .data import load_dataset
         from .train_prior import train
 
-        ds = load_dataset(args.dataset, "train", args.data_dir)
+        ds = _load(args, "train")
         train(ds, args.vqvae, args.out, preset=args.preset, epochs=args.epochs, lr=args.lr,
               batch_size=args.batch_size, label_dropout=args.label_dropout, seed=args.seed, init=args.init,
-              meta={"command": cmd, "dataset": ds.name, "classes": ds.classes})
+              steps_per_epoch=args.steps_per_epoch, meta={"command": cmd, "dataset": ds.name, "classes": ds.classes})
     elif args.command == "train" and args.what == "classifier":
         from .classifier import train
-        from .data import load_dataset
 
-        train(load_dataset(args.dataset, "train", args.data_dir), load_dataset(args.dataset, "test", args.data_dir),
-              args.out, epochs=args.epochs, seed=args.seed, meta={"command": cmd})
+        train(_load(args, "train"), _load(args, "test"), args.out, epochs=args.epochs, seed=args.seed,
+              steps_per_epoch=args.steps_per_epoch, meta={"command": cmd})
     elif args.command == "evaluate":
-        from .data import load_dataset
         from .evaluate import evaluate_pipelines
 
-        evaluate_pipelines(load_dataset(args.dataset, "test", args.data_dir), args.pipeline, args.classifier,
+        evaluate_pipelines(_load(args, "test"), args.pipeline, args.classifier,
                            args.out, samples=args.samples, conditional_samples=args.conditional_samples,
-                           seed=args.seed, command=cmd)
+                           seed=args.seed, command=cmd, guidance=args.guidance)
     elif args.command == "data":
         from .spoken_digits import build
 
@@ -132,7 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "export":
         from .export import export_model
 
+        reference = _load(args, "train").x if args.match_loudness else None
         export_model(args.name, args.vqvae, args.prior, args.out, evaluation=args.evaluation,
                      pipeline=args.pipeline_name, command=cmd,
-                     extra_files={"classifier": args.classifier} if args.classifier else None)
+                     extra_files={"classifier": args.classifier} if args.classifier else None,
+                     label_dropout=args.label_dropout, guidance_default=args.guidance_default,
+                     loudness_reference=reference)
     return 0

@@ -9,10 +9,11 @@ from .prior import sample
 
 @torch.no_grad()
 def sample_codes(prior, n: int, labels: list[int | None] | None, seed: int, batch: int = 500,
-                 temperature: float = 1.0) -> torch.Tensor:
+                 temperature: float = 1.0, guidance: float = 0.0) -> torch.Tensor:
     gen = torch.Generator(device=next(prior.parameters()).device).manual_seed(seed)
     labels = labels if labels is not None else [None] * n
-    return torch.cat([sample(prior, labels[i : i + batch], temperature=temperature, generator=gen).cpu()
+    return torch.cat([sample(prior, labels[i : i + batch], temperature=temperature, generator=gen,
+                             guidance=guidance).cpu()
                       for i in range(0, n, batch)])
 
 

@@ -31,8 +31,30 @@ def k_grid(D: int, fractions=FRACTIONS) -> list[int]:
 COLD_TEMPERATURE = 0.7  # label accuracy is also measured for conditional samples at this temperature
 
 
+def guided_curves(test_ds: Dataset, vqvae, prior, clf, conditional_samples: int, guidance: list[float], seed: int,
+                  ks: list[int], ref: tuple) -> list[dict]:
+    """Quality over k and guidance: for each guidance w (0 included, as the baseline), class-balanced
+    conditional samples drawn with it at full length, and at every k the FD of those samples to the
+    test split and how often they are recognised as their label. What the scheduler's pricing of
+    guidance against tokens reads."""
+    n_cls = prior.config.num_classes
+    labels = [i % n_cls for i in range(conditional_samples)]
+    want = torch.tensor(labels)
+    out = []
+    for i, w in enumerate(sorted({0.0, *guidance})):
+        codes = sample_codes(prior, len(labels), labels, seed + 10 + i, guidance=w)
+        rows = []
+        for k in ks:
+            feats, pred = classifier.predict(clf, decode(vqvae, codes, k))
+            rows.append({"k": k, "fraction": round(k / prior.config.D, 4), "frechet": frechet_distance(*statistics(feats.numpy()), *ref),
+                         "label_accuracy": (pred == want).float().mean().item()})
+        print(f"guidance {w}: FD(D) {rows[-1]['frechet']:.3f} label acc {rows[-1]['label_accuracy']:.3f}")
+        out.append({"guidance": w, "samples": len(labels), "curve": rows})
+    return out
+
+
 def evaluate_pipeline(test_ds: Dataset, vqvae, prior, clf, samples: int, conditional_samples: int,
-                      seed: int) -> dict:
+                      seed: int, guidance: list[float] | None = None) -> dict:
     D = vqvae.config.D
     ks = k_grid(D)
     ref_mu, ref_sigma = statistics(classifier.predict(clf, test_ds.x)[0].numpy())
@@ -63,8 +85,12 @@ def evaluate_pipeline(test_ds: Dataset, vqvae, prior, clf, samples: int, conditi
         rows.append({"k": k, "fraction": round(k / D, 4), "frechet": fd, "mse": mse[k], "label_accuracy": acc,
                      "label_accuracy_cold": acc_cold, "reconstruction_accuracy": acc_recon})
         print(f"k={k:3d} frechet={fd:8.3f} mse={mse[k]:.5f} label_acc={acc} cold={acc_cold} recon={acc_recon}")
-    return {"D": D, "K": vqvae.config.K, "curve": rows, "unconditional_samples": samples,
-            "conditional_samples": len(cond_labels), "cold_temperature": COLD_TEMPERATURE}
+    result = {"D": D, "K": vqvae.config.K, "curve": rows, "unconditional_samples": samples,
+              "conditional_samples": len(cond_labels), "cold_temperature": COLD_TEMPERATURE}
+    if guidance and n_cls:
+        result["guided"] = guided_curves(test_ds, vqvae, prior, clf, conditional_samples, guidance, seed, ks,
+                                         (ref_mu, ref_sigma))
+    return result
 
 
 def quality_from_frechet(curve: list[dict]) -> list[float]:
@@ -75,11 +101,12 @@ def quality_from_frechet(curve: list[dict]) -> list[float]:
 
 
 def evaluate_pipelines(test_ds: Dataset, pipelines: list[tuple[str, str, str]], classifier_path: Path, out: Path,
-                       samples: int = 5000, conditional_samples: int = 1000, seed: int = 0, command: str = "") -> dict:
+                       samples: int = 5000, conditional_samples: int = 1000, seed: int = 0, command: str = "",
+                       guidance: list[float] | None = None) -> dict:
     torch.manual_seed(seed)
     clf, clf_ck = classifier.load(classifier_path)
     result = {
-        "command": command, "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "command": command, "commit": checkpoint.git_commit(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
         "classifier_test_accuracy": clf_ck["test_accuracy"], "dataset": test_ds.name,
         "modality": "audio" if test_ds.x.dim() == 3 else "image", "test_samples": len(test_ds), "pipelines": {},
@@ -89,7 +116,7 @@ def evaluate_pipelines(test_ds: Dataset, pipelines: list[tuple[str, str, str]], 
         vqvae, _ = checkpoint.load_ovqvae(vq_path)
         prior, _ = checkpoint.load_prior(prior_path)
         print(f"== {name}")
-        res = evaluate_pipeline(test_ds, vqvae, prior, clf, samples, conditional_samples, seed)
+        res = evaluate_pipeline(test_ds, vqvae, prior, clf, samples, conditional_samples, seed, guidance)
         res["quality"] = quality_from_frechet(res["curve"])
         res["vqvae"], res["prior"] = str(vq_path), str(prior_path)
         result["pipelines"][name] = res
@@ -126,13 +153,33 @@ def claims_markdown(result: dict) -> list[str]:
     return out
 
 
+def guided_markdown(result: dict) -> list[str]:
+    """Per pipeline with guided curves: FD and label accuracy of conditional samples at a few k."""
+    out = []
+    for name, res in result["pipelines"].items():
+        guided = res.get("guided")
+        if not guided:
+            continue
+        fractions = (0.25, 0.5, 0.6, 0.8, 1.0)
+        out += ["", f"## Classifier-free guidance, {name}: conditional samples ({guided[0]['samples']}, "
+                    "class-balanced), FD / label accuracy", "",
+                "| guidance | " + " | ".join(f"k = {_at(guided[0]['curve'], f)['k']}" for f in fractions) + " |",
+                "|---|" + "---|" * len(fractions)]
+        for g in guided:
+            curve = g["curve"]
+            out.append(f"| {g['guidance']:g} | " + " | ".join(
+                f"{_at(curve, f)['frechet']:.2f} / {_at(curve, f)['label_accuracy']:.3f}" for f in fractions) + " |")
+    return out
+
+
 def report_markdown(result: dict) -> str:
     names = list(result["pipelines"])
     audio = result.get("modality") == "audio"
     unit, scale = ("clips", "[0, 1] sample scale") if audio else ("images", "[0, 1] pixels")
     lines = [
         f"# Anytime quality curve: {result['dataset']}", "",
-        f"- command: `{result['command']}`", f"- date: {result['date']}", f"- machine: {result['machine']}",
+        f"- command: `{result['command']}`", f"- commit: {result.get('commit', 'not recorded')}",
+        f"- date: {result['date']}", f"- machine: {result['machine']}",
         f"- Frechet distance in the shipped classifier's feature space (test accuracy "
         f"{result['classifier_test_accuracy']:.4f}), {result['pipelines'][names[0]]['unconditional_samples']} "
         f"unconditional samples vs the {result['test_samples']} test {unit}; reconstruction MSE on the test split "
@@ -155,6 +202,7 @@ def report_markdown(result: dict) -> str:
                          f"{fmt(r.get('label_accuracy_cold'))} | {fmt(r.get('reconstruction_accuracy'))}")
         lines.append(f"| {row['k']} | {row['fraction']:.2f} | " + " | ".join(cells) + " |")
     lines += claims_markdown(result)
+    lines += guided_markdown(result)
     lines += ["", "![anytime curve](anytime-curve.png)", ""]
     for n in names:
         for f in result["pipelines"][n].get("figures", [f"samples-{n}.png"]):

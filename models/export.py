@@ -74,11 +74,12 @@ def export_step(prior, out: Path) -> None:
     write_step_graph(PriorStep(prior.eval()).eval(), example_step_inputs(prior), prior.config.n_layer, out)
 
 
-def export_graphs(vqvae, prior, out: Path) -> dict[str, str]:
-    """Write the four graph files into `out`; returns {role: filename}."""
+def export_graphs(vqvae, prior, out: Path, gain: float = 1.0) -> dict[str, str]:
+    """Write the four graph files into `out`; returns {role: filename}. `gain`: the decoder's
+    output gain (audio loudness matching; 1 for images)."""
     out.mkdir(parents=True, exist_ok=True)
     export_step(prior, out)
-    write_decoder_graph(DecoderGraph(vqvae.eval()).eval(), example_decoder_inputs(vqvae), out)
+    write_decoder_graph(DecoderGraph(vqvae.eval(), gain).eval(), example_decoder_inputs(vqvae), out)
     return dict(FILES)
 
 
@@ -102,10 +103,24 @@ def quality_section(evaluation: Path | None, pipeline: str, D: int) -> dict:
     }
 
 
+def guidance_section(K: int, classes: list[str], label_dropout: float | None, default: float | None) -> dict | None:
+    """The manifest's `prior.guidance`, or None: a prior supports classifier-free guidance when it
+    has classes and was trained with label dropout (its null-label logits are then a trained
+    unconditional model). `default`: the guidance the server uses for `guidance: "auto"`."""
+    if not classes or not label_dropout:
+        return None
+    section = {"null_token": K + len(classes), "label_dropout": float(label_dropout)}
+    if default is not None:
+        section["default"] = float(default)
+    return section
+
+
 def write_manifest(out: Path, *, name: str, modality: str, D: int, K: int, output: dict, classes: list[str],
-                   prior: dict, files: dict[str, str], quality: dict, provenance: dict) -> dict:
+                   prior: dict, files: dict[str, str], quality: dict, provenance: dict,
+                   guidance: dict | None = None) -> dict:
     """Write manifest.json for the graph files in `out` (role -> file name); returns the manifest.
-    `prior` holds n_layer, n_head, head_dim, d_model; the start-token ids follow from K and classes."""
+    `prior` holds n_layer, n_head, head_dim, d_model; the start-token ids follow from K and classes;
+    `guidance` from guidance_section (None: the prior does not support guidance)."""
     manifest = {
         "format_version": FORMAT_VERSION,
         "name": name,
@@ -114,7 +129,8 @@ def write_manifest(out: Path, *, name: str, modality: str, D: int, K: int, outpu
         "K": K,
         "output": output,
         "classes": list(classes),
-        "prior": {**prior, "start_token_base": K, "unconditional_token": K + len(classes)},
+        "prior": {**prior, "start_token_base": K, "unconditional_token": K + len(classes),
+                  **({"guidance": guidance} if guidance else {})},
         "graphs": graphs_section(prior["n_layer"]),
         "files": {role: {"path": fn, "sha256": sha256(out / fn)} for role, fn in files.items()},
         "quality": quality,
@@ -129,21 +145,35 @@ def write_manifest(out: Path, *, name: str, modality: str, D: int, K: int, outpu
 
 
 def export_model(name: str, vqvae_path: Path, prior_path: Path, out: Path, evaluation: Path | None = None,
-                 pipeline: str = "ordered", command: str = "", extra_files: dict[str, Path] | None = None) -> dict:
+                 pipeline: str = "ordered", command: str = "", extra_files: dict[str, Path] | None = None,
+                 label_dropout: float | None = None, guidance_default: float | None = None,
+                 loudness_reference=None) -> dict:
+    """label_dropout: the prior's training label dropout, for a checkpoint that predates recording
+    it (default: the checkpoint's). guidance_default: the manifest's guidance for "auto" requests.
+    loudness_reference: audio clips [N, 1, T] in [-1, 1] (the training split) whose loudness the
+    exported decoder matches (models/loudness.py)."""
     vqvae, vq_ck = checkpoint.load_ovqvae(vqvae_path)
     prior, pr_ck = checkpoint.load_prior(prior_path)
     vc, pc = vqvae.config, prior.config
     if (vc.D, vc.K) != (pc.D, pc.K):
         raise ValueError(f"prior (D={pc.D}, K={pc.K}) does not match the OVQ-VAE (D={vc.D}, K={vc.K})")
-    files = export_graphs(vqvae, prior, out)
+    gain, loudness = 1.0, None
+    if loudness_reference is not None and vc.dims == 1:
+        from .loudness import match_loudness
+
+        gain, loudness = match_loudness(vqvae, prior, loudness_reference)
+    files = export_graphs(vqvae, prior, out, gain=gain)
     for role, src in (extra_files or {}).items():
         shutil.copyfile(src, out / Path(src).name)
         files[role] = Path(src).name
     meta = pr_ck.get("meta", {})
+    dropout = label_dropout if label_dropout is not None else pr_ck.get("label_dropout")
     classes = list(meta.get("classes", []))[: pc.num_classes]
     output = {"shape": [vc.in_channels, *vc.input_shape], "range": [0.0, 1.0]}
     if vc.dims == 1:
         output["sample_rate"] = vc.sample_rate or 16000
+    if loudness is not None:
+        output["loudness"] = loudness
     prior_section = {"n_layer": pc.n_layer, "n_head": pc.n_head, "head_dim": pc.head_dim, "d_model": pc.d_model}
     provenance = {
         "dataset": meta.get("dataset"),
@@ -155,5 +185,6 @@ def export_model(name: str, vqvae_path: Path, prior_path: Path, out: Path, evalu
     }
     manifest = write_manifest(out, name=name, modality="image" if vc.dims == 2 else "audio", D=vc.D, K=vc.K,
                               output=output, classes=classes, prior=prior_section, files=files,
-                              quality=quality_section(evaluation, pipeline, vc.D), provenance=provenance)
+                              quality=quality_section(evaluation, pipeline, vc.D), provenance=provenance,
+                              guidance=guidance_section(vc.K, classes, dropout, guidance_default))
     return manifest

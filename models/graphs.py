@@ -10,6 +10,8 @@ from typing import Callable
 
 import numpy as np
 
+from model_format.contract import guided_logits
+
 Graph = Callable[..., list[np.ndarray]]  # numpy inputs in the contract's order -> numpy outputs
 
 
@@ -60,16 +62,30 @@ def sample_inverse_cdf(logits: np.ndarray, uniforms: np.ndarray, temperature: fl
 
 
 def generate(step: Graph, start_tokens: np.ndarray, *, D: int, n_layer: int, n_head: int, head_dim: int, seed: int,
-             k: int | None = None, temperature: float = 1.0) -> np.ndarray:
-    """Codes [B, D] (zeros after k): row b draws one uniform per step from its own stream (seed, b)."""
+             k: int | None = None, temperature: float = 1.0, guidance: float = 0.0,
+             null_token: int | None = None) -> np.ndarray:
+    """Codes [B, D] (zeros after k): row b draws one uniform per step from its own stream (seed, b).
+
+    guidance w > 0 (needs `null_token`): each row steps beside a null-label row fed the same
+    codes, and samples from guided_logits(cond, null, w), as the service does."""
     B, k = len(start_tokens), D if k is None else k
+    guided = guidance > 0
+    if guided and null_token is None:
+        raise ValueError("guidance needs the prior's null token (manifest prior.guidance.null_token)")
+    rows = 2 * B if guided else B
     rngs = [np.random.default_rng([seed, b]) for b in range(B)]
-    caches = empty_caches(n_layer, B, n_head, D, head_dim)
-    tokens, codes = np.asarray(start_tokens, np.int64), np.zeros((B, D), np.int64)
+    caches = empty_caches(n_layer, rows, n_head, D, head_dim)
+    tokens = np.asarray(start_tokens, np.int64)
+    if guided:
+        tokens = np.concatenate([tokens, np.full(B, null_token, np.int64)])
+    codes = np.zeros((B, D), np.int64)
     for p in range(k):
-        positions = np.full(B, p, np.int64)
+        positions = np.full(rows, p, np.int64)
         logits, *new = step(tokens, positions, *caches)
         write_new(caches, new, positions)
-        tokens = sample_inverse_cdf(logits, np.array([r.random() for r in rngs]), temperature)
-        codes[:, p] = tokens
+        if guided:
+            logits = guided_logits(logits[:B], logits[B:], guidance)
+        sampled = sample_inverse_cdf(logits, np.array([r.random() for r in rngs]), temperature)
+        codes[:, p] = sampled
+        tokens = np.concatenate([sampled, sampled]) if guided else sampled
     return codes

@@ -283,16 +283,23 @@ class DecoderGraph(nn.Module):
     """The exported decoder: codes [B, D] (int64), lengths [B] (int64) -> samples in [0, 1].
 
     Holds the decoder and the codebook only, so the exported files carry no encoder weights.
+    `gain` scales the [-1, 1] output (clipped) before the map to [0, 1]: audio decoders are
+    loudness-matched to their training clips with it (models/loudness.py); 1 leaves the graph
+    as it was.
     """
 
-    def __init__(self, model: OVQVAE):
+    def __init__(self, model: OVQVAE, gain: float = 1.0):
         super().__init__()
         self.config = model.config
         self.decoder = model.decoder
         self.quantizer = model.quantizer
+        self.gain = float(gain)
 
     _expand = OVQVAE._expand
     decode = OVQVAE.decode  # the same zero-fill and decode as training and evaluation
 
     def forward(self, codes: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return (self.decode(codes, lengths) + 1) * 0.5
+        x = self.decode(codes, lengths)
+        if self.gain != 1.0:
+            x = (x * self.gain).clamp(-1.0, 1.0)
+        return (x + 1) * 0.5

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model_format.contract import step_signature
+from model_format.contract import guided_logits, step_signature
 
 
 @dataclass
@@ -205,23 +205,36 @@ def write_cache(k_cache, v_cache, positions, k_new, v_new) -> None:
 
 @torch.no_grad()
 def sample(prior: Prior, labels: list[int | None], k: int | None = None, temperature: float = 1.0,
-           generator: torch.Generator | None = None) -> torch.Tensor:
+           generator: torch.Generator | None = None, guidance: float = 0.0) -> torch.Tensor:
     """Ancestral sampling of k (default D) codes for each label with the KV-cache step.
 
-    Returns codes [B, D] with zeros after k. Used by evaluation; the service has its own loop.
+    guidance w > 0: classifier-free guidance. Each sample steps two rows, its label's and the
+    null label's (the unconditional start token), both fed the sampled codes; the sample draws
+    from guided_logits(cond, null, w) (model_format.contract). Unlabelled rows are unguided
+    whatever w is (their two rows would be the same). Returns codes [B, D] with zeros after k.
+    Used by evaluation; the service has its own loop with the same rows and the same mix.
     """
     c = prior.config
     k = c.D if k is None else k
     dev = prior.head.weight.device
     B = len(labels)
-    kc, vc = empty_cache(c, B, dev)
-    tokens = torch.tensor([c.start_token(l) for l in labels], device=dev)
+    rows = 2 * B if guidance > 0 else B
+    kc, vc = empty_cache(c, rows, dev)
+    starts = [c.start_token(l) for l in labels]
+    if guidance > 0:
+        starts += [c.start_token(None)] * B
+    tokens = torch.tensor(starts, device=dev)
+    # per row: w for labelled rows, 0 for unlabelled ones (cond == null there anyway)
+    w = torch.tensor([0.0 if l is None else guidance for l in labels], device=dev)[:, None]
     codes = torch.zeros(B, c.D, dtype=torch.long, device=dev)
     for p in range(k):
-        pos = torch.full((B,), p, device=dev)
+        pos = torch.full((rows,), p, device=dev)
         logits, kn, vn = prior.step(tokens, pos, kc, vc)
         write_cache(kc, vc, pos, kn, vn)
+        if guidance > 0:
+            logits = guided_logits(logits[:B], logits[B:], w)
         probs = torch.softmax(logits / temperature, dim=-1)
-        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-        codes[:, p] = tokens
+        new = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        codes[:, p] = new
+        tokens = torch.cat([new, new]) if guidance > 0 else new
     return codes

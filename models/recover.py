@@ -48,14 +48,21 @@ def prior_from_step_graph(path: Path, config: PriorConfig) -> Prior:
     return prior.eval()
 
 
-def ovqvae_from_decoder_graph(path: Path, preset: str) -> OVQVAE:
-    """The whole OVQ-VAE from a decoder graph that carries it under `model.` (v1 exports)."""
+def ovqvae_from_decoder_graph(path: Path, preset: str, decoder_only: bool = False) -> OVQVAE:
+    """The whole OVQ-VAE from a decoder graph that carries it under `model.` (v1 exports).
+    decoder_only: from a later graph (decoder and codebook only), the decoder and codebook; the
+    encoder keeps its random initial weights, so the checkpoint serves to export, to sample and
+    decode (loudness matching), never to encode or train on."""
     state = torch.jit.load(str(path), map_location="cpu").state_dict()
-    weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
-    if not any(k.startswith("encoder.") for k in weights):
-        raise ValueError(f"{path}: this decoder graph carries no encoder weights; nothing to recover")
+    prefixes = ("model.", "decoder.", "quantizer.") if decoder_only else ("model.",)
+    weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith(prefixes)}
+    if not decoder_only and not any(k.startswith("encoder.") for k in weights):
+        raise ValueError(f"{path}: this decoder graph carries no encoder weights; nothing to recover "
+                         "(--decoder-only recovers its decoder and codebook)")
     model = OVQVAE(ovqvae_config(preset))
-    model.load_state_dict(weights)
+    missing, unexpected = model.load_state_dict(weights, strict=not decoder_only)
+    if decoder_only and (unexpected or any(not k.startswith("encoder.") for k in missing)):
+        raise ValueError(f"{path}: weights do not fit preset {preset!r} (missing {missing}, unexpected {unexpected})")
     return model.eval()
 
 
@@ -69,11 +76,13 @@ def unfold_attention_scale(prior) -> None:
             b.qkv.bias[:C] /= scale
 
 
-def recover(model_dir: Path, vqvae_out: Path, prior_out: Path, preset: str, command: str) -> dict:
-    """Write both checkpoints; checks that they reproduce the directory's graphs (returns the differences)."""
+def recover(model_dir: Path, vqvae_out: Path, prior_out: Path, preset: str, command: str,
+            decoder_only: bool = False) -> dict:
+    """Write both checkpoints; checks that they reproduce the directory's graphs (returns the differences).
+    decoder_only: see ovqvae_from_decoder_graph."""
     manifest = json.loads((model_dir / "manifest.json").read_text())
     files = {role: model_dir / e["path"] for role, e in manifest["files"].items()}
-    vq = ovqvae_from_decoder_graph(files["decoder_torchscript"], preset)
+    vq = ovqvae_from_decoder_graph(files["decoder_torchscript"], preset, decoder_only)
     pc = prior_config(manifest)
     prior = prior_from_step_graph(files["prior_step_torchscript"], pc)
     unfold_attention_scale(prior)
@@ -93,7 +102,8 @@ def recover(model_dir: Path, vqvae_out: Path, prior_out: Path, preset: str, comm
         raise ValueError(f"recovered weights differ from the graphs: decoder {dec_diff:.3g}, step {step_diff:.3g}")
     prov = manifest.get("provenance", {})
     meta = {"dataset": prov.get("dataset"), "classes": manifest.get("classes", []),
-            "recovered_from": str(model_dir), "command": command}
+            "recovered_from": str(model_dir), "command": command,
+            **({"encoder": "not recovered (random weights): export and decode only"} if decoder_only else {})}
     checkpoint.save(vqvae_out, kind="ovqvae", config=vq.config.to_dict(), model=vq.state_dict(),
                     history=prov.get("vqvae_history"), epoch=0, stage="ordered", meta=meta)
     checkpoint.save(prior_out, kind="prior", config=pc.to_dict(), model=prior.state_dict(),
@@ -110,8 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default="fashion-mnist", help="the OVQ-VAE preset the directory was trained with")
     ap.add_argument("--vqvae", type=Path, required=True)
     ap.add_argument("--prior", type=Path, required=True)
+    ap.add_argument("--decoder-only", action="store_true",
+                    help="a graph without the encoder (exports after v1): recover decoder, codebook and prior")
     a = ap.parse_args(argv)
-    diffs = recover(a.model_dir, a.vqvae, a.prior, a.preset, "anytime recover " + shlex.join(argv))
+    diffs = recover(a.model_dir, a.vqvae, a.prior, a.preset, "anytime recover " + shlex.join(argv), a.decoder_only)
     print(f"{a.vqvae}, {a.prior}: reproduce the graphs within {diffs}")
     return 0
 

@@ -41,12 +41,13 @@ def lr_at(step: int, total: int, base: float, warmup: int) -> float:
 def train(train_ds: Dataset, vqvae_path: Path, out: Path, preset: str = "fashion-mnist", epochs: int = 5,
           lr: float = 2e-3, batch_size: int = 256, label_dropout: float = 0.1, seed: int = 0,
           val_fraction: float = 0.05, resume: bool = True, init: Path | None = None, meta: dict | None = None,
-          checkpoint_every: int = 25) -> Prior:
+          checkpoint_every: int = 25, steps_per_epoch: int | None = None) -> Prior:
     """Fit the prior to the OVQ-VAE's codes; checkpoints every `checkpoint_every` steps and at the end
     of every epoch, and resumes from `out` at the step it reached (a run paused or killed on a
     shared machine loses at most `checkpoint_every` steps).
     `init`: start from that prior's weights (a fresh optimizer and schedule), e.g. to train a
-    prior further on the same tokens."""
+    prior further on the same tokens. steps_per_epoch: stop every epoch after this many steps (smoke
+    runs)."""
     dev = checkpoint.device()
     torch.manual_seed(seed)
     vqvae, _ = checkpoint.load_ovqvae(vqvae_path)
@@ -74,13 +75,15 @@ def train(train_ds: Dataset, vqvae_path: Path, out: Path, preset: str = "fashion
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start_epoch, history, partial = state["epoch"], state["history"], state.get("partial")
-    steps_per_epoch = (len(tr_idx) + batch_size - 1) // batch_size
+    full_epoch = (len(tr_idx) + batch_size - 1) // batch_size
+    steps_per_epoch = min(full_epoch, steps_per_epoch) if steps_per_epoch else full_epoch
     total, warmup = epochs * steps_per_epoch, min(500, steps_per_epoch)
     gen = torch.Generator().manual_seed(seed + 1 + start_epoch)
 
     def save(epoch_done: int, partial: dict | None) -> None:
         checkpoint.save(out, kind="prior", config=config.to_dict(), model=model.state_dict(), optimizer=opt.state_dict(),
-                        epoch=epoch_done, history=history, vqvae=str(vqvae_path), meta=meta or {}, partial=partial)
+                        epoch=epoch_done, history=history, vqvae=str(vqvae_path), meta=meta or {}, partial=partial,
+                        label_dropout=label_dropout)
 
     for epoch in range(start_epoch, epochs):
         model.train()
@@ -93,7 +96,7 @@ def train(train_ds: Dataset, vqvae_path: Path, out: Path, preset: str = "fashion
             gen.set_state(partial["rng"])
             torch.set_rng_state(partial["torch_rng"])
             first, run_loss, partial = partial["step"], partial["run_loss"], None
-        bar = tqdm(range(first * batch_size, len(order), batch_size), desc=f"prior {epoch + 1}/{epochs}",
+        bar = tqdm(range(first * batch_size, steps_per_epoch * batch_size, batch_size), desc=f"prior {epoch + 1}/{epochs}",
                    initial=first, total=steps_per_epoch)
         for i, j in enumerate(bar, start=first):
             step = epoch * steps_per_epoch + i

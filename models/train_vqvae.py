@@ -42,9 +42,18 @@ def reconstruction_mse(model: OVQVAE, ds: Dataset, lengths: list[int], batch_siz
 
 def train(train_ds: Dataset, out: Path, config: OVQVAEConfig | None = None, stage: str = "plain", epochs: int = 10,
           init: Path | None = None, lr: float = 1e-3, batch_size: int = 128, seed: int = 0, min_cut: int = 1,
-          resume: bool = True, meta: dict | None = None, checkpoint_every: int = 50) -> OVQVAE:
+          resume: bool = True, meta: dict | None = None, checkpoint_every: int = 50, init_decoder: bool = False,
+          feature_classifier: Path | None = None, feature_weight: float = 0.0,
+          steps_per_epoch: int | None = None) -> OVQVAE:
     """Train (or fine-tune from `init`); checkpoints every `checkpoint_every` steps and after every
-    epoch, and resumes from `out` at the step it reached."""
+    epoch, and resumes from `out` at the step it reached.
+
+    init_decoder (stage decoder): start the decoder from init's (same widths) instead of afresh.
+    feature_classifier, feature_weight: add feature_weight x a feature-matching loss in that
+    frozen classifier's features (classifier.FeatureMatching) to the MSE, at every nested-dropout
+    cut, so each prefix's reconstruction keeps what makes its class recognisable. Use a classifier
+    other than the one the evaluation measures with, or the measurement stops being independent.
+    steps_per_epoch: stop every epoch after this many steps (smoke runs)."""
     if stage not in ("plain", "ordered", "decoder"):
         raise ValueError("stage must be 'plain', 'ordered' or 'decoder'")
     if stage == "decoder" and init is None and not (resume and out.exists()):
@@ -76,11 +85,16 @@ def train(train_ds: Dataset, out: Path, config: OVQVAEConfig | None = None, stag
         start_epoch, history, partial = state["epoch"], state["history"], state.get("partial")
     elif init is not None:
         weights = checkpoint.load(init)["model"]
-        if stage == "decoder":
+        if stage == "decoder" and not init_decoder:
             weights = {k: v for k, v in weights.items() if not k.startswith("decoder.")}
-        missing, _ = model.load_state_dict(weights, strict=stage != "decoder")
+        missing, _ = model.load_state_dict(weights, strict=stage != "decoder" or init_decoder)
         assert all(k.startswith("decoder.") for k in missing), missing
     gen = torch.Generator().manual_seed(seed + start_epoch)
+    features = None
+    if feature_weight and feature_classifier is not None:
+        from .classifier import FeatureMatching, load as load_classifier
+
+        features = FeatureMatching(load_classifier(feature_classifier)[0]).to(dev)
 
     def save(epoch_done: int, partial: dict | None) -> None:
         checkpoint.save(out, kind="ovqvae", config=config.to_dict(), model=model.state_dict(), optimizer=opt.state_dict(),
@@ -94,14 +108,15 @@ def train(train_ds: Dataset, out: Path, config: OVQVAEConfig | None = None, stag
         if partial:  # the epoch a previous run stopped in: the same batches, from the step it reached
             gen.set_state(partial["epoch_rng"])
         epoch_rng = gen.get_state()
-        epoch_batches = list(batches(train_ds, batch_size, shuffle=True, generator=gen))
+        epoch_batches = list(batches(train_ds, batch_size, shuffle=True, generator=gen))[:steps_per_epoch]
         used = torch.zeros(config.K, dtype=torch.bool)
-        first, tot_rec, tot_spec, tot_n = 0, 0.0, 0.0, 0.0
+        first, tot_rec, tot_spec, tot_feat, tot_n = 0, 0.0, 0.0, 0.0, 0.0
         if partial:
             gen.set_state(partial["rng"])
             torch.set_rng_state(partial["torch_rng"])
             used = partial["used"].clone()
             first, tot_rec, tot_spec, tot_n = partial["step"], partial["tot_rec"], partial["tot_spec"], partial["tot_n"]
+            tot_feat = partial.get("tot_feat", 0.0)
             partial = None
         bar = tqdm(epoch_batches[first:], desc=f"ovqvae/{stage} {epoch + 1}/{epochs}", initial=first,
                    total=len(epoch_batches))
@@ -117,6 +132,10 @@ def train(train_ds: Dataset, out: Path, config: OVQVAEConfig | None = None, stag
 
                 spec = spectral_loss(rec, x, sample_rate=config.sample_rate or 16000)
                 loss = loss + config.spectral_weight * spec
+            feat = torch.zeros(())
+            if features is not None:
+                feat = features(rec, x)
+                loss = loss + feature_weight * feat
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -126,14 +145,19 @@ def train(train_ds: Dataset, out: Path, config: OVQVAEConfig | None = None, stag
                 model.quantizer.restart_dead(z, config.restart_threshold)
             tot_rec += rec_loss.item() * x.shape[0]
             tot_spec += spec.item() * x.shape[0]
+            tot_feat += feat.item() * x.shape[0]
             tot_n += x.shape[0]
             if i % 20 == 0:
                 bar.set_postfix(rec=f"{tot_rec / tot_n:.4f}", vq=f"{vq_loss.item():.4f}", codes=int(used.sum()),
-                                **({"spec": f"{tot_spec / tot_n:.4f}"} if config.spectral_weight else {}))
+                                **({"spec": f"{tot_spec / tot_n:.4f}"} if config.spectral_weight else {}),
+                                **({"feat": f"{tot_feat / tot_n:.4f}"} if features is not None else {}))
             if checkpoint_every and (i + 1) % checkpoint_every == 0 and i + 1 < len(epoch_batches):
-                save(epoch, {"step": i + 1, "tot_rec": tot_rec, "tot_spec": tot_spec, "tot_n": tot_n, "used": used,
+                save(epoch, {"step": i + 1, "tot_rec": tot_rec, "tot_spec": tot_spec, "tot_feat": tot_feat,
+                             "tot_n": tot_n, "used": used,
                              "epoch_rng": epoch_rng, "rng": gen.get_state(), "torch_rng": torch.get_rng_state()})
         history.append({"epoch": epoch + 1, "stage": stage, "rec_loss": tot_rec / tot_n, "codes_used": int(used.sum()),
-                        **({"spectral_loss": tot_spec / tot_n} if config.spectral_weight else {})})
+                        **({"spectral_loss": tot_spec / tot_n} if config.spectral_weight else {}),
+                        **({"feature_loss": tot_feat / tot_n, "feature_weight": feature_weight}
+                           if features is not None else {})})
         save(epoch + 1, None)
     return model.eval()

@@ -30,6 +30,9 @@ class ModelCard:
     output_shape: tuple[int, ...] = ()
     backend: str = ""
     device: str = ""
+    # classifier-free guidance (manifest prior.guidance): None when the prior does not support it;
+    # else the guidance an "auto" request gets from this model (None: the server's default)
+    guidance: dict | None = None
 
     @classmethod
     def from_manifest(cls, manifest: dict, backend: str = "", device: str = "") -> "ModelCard":
@@ -37,10 +40,12 @@ class ModelCard:
         turns those into a message naming the file)."""
         D = int(manifest["D"])
         out = manifest.get("output", {})
+        guidance = manifest.get("prior", {}).get("guidance")
         return cls(name=manifest["name"], manifest=manifest, modality=manifest["modality"], D=D,
                    K=int(manifest["K"]), classes=list(manifest.get("classes", [])),
                    quality_k=quality_table(manifest["quality"], D), sample_rate=out.get("sample_rate"),
-                   output_shape=tuple(out.get("shape", ())), backend=backend, device=device)
+                   output_shape=tuple(out.get("shape", ())), backend=backend, device=device,
+                   guidance=dict(guidance) if guidance else None)
 
     def wire(self) -> dict:
         """What the engine core sends a frontend about this model."""

@@ -42,6 +42,9 @@ class AddRequest(msgspec.Struct, array_like=True, gc=False):
     # it). False: only a refusal is answered; the request's output is its admission (one
     # message per request fewer each way)
     ack: bool = True
+    # classifier-free guidance w, resolved by the frontend ("auto" is never sent); 0: off; > 0
+    # the model supports it (manifest prior.guidance) and each sample steps two rows
+    guidance: float = 0.0
 
 
 class Admitted(msgspec.Struct, array_like=True, gc=False):

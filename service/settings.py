@@ -97,6 +97,10 @@ class Settings(BaseSettings):
                                         "headroom signal (n=1): /headroom, anytime_headroom, the agent port")
     agent_port: int = Field(0, ge=0, le=65535, description="TCP port answering HAProxy's agent-check with this "
                             "replica's headroom as a weight (`75%`) or `drain` when not ready (0: off)")
+    guidance_default: float = Field(1.0, ge=0, le=20, description="classifier-free guidance of labelled "
+                                    "`guidance: \"auto\"` requests to a model that supports guidance and whose "
+                                    "manifest names no default (0: off; 1 measured best for FD on zoo v2's prior: "
+                                    "bench/results/guidance-zoo-v2)")
     verify_checksums: bool = True
     drain_timeout_s: float = Field(65.0, description="longest wait for in-flight work on SIGTERM")
     log_level: str = "info"

@@ -18,6 +18,15 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_guided_model_dir(tmp_path_factory) -> Path:
+    """The tiny model's weights exported as a prior that supports classifier-free guidance
+    (trained with label dropout, as the manifest says), default guidance 1.5."""
+    from tests.utils.tiny_model import build_model_dir
+
+    return build_model_dir(tmp_path_factory.mktemp("zoo-guided"), "tiny-guided", D=8, K=16, guidance_default=1.5)
+
+
+@pytest.fixture(scope="session")
 def tiny_checkpoints(tiny_model_dir) -> tuple[Path, Path]:
     root = tiny_model_dir.parent / "ckpt"
     return root / "vqvae.pt", root / "prior.pt"

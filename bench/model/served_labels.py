@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from ..machine import cpu_model
+from ..machine import commit, cpu_model
 from ..server_proc import serve
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,6 +47,7 @@ def run(url: str, model_dir: Path, per_label: int, n: int, deadline_ms: int, tem
                 _, pred = classifier.predict(clf, x)
                 rows.append({"label": label, "tokens": int(r.headers["x-anytime-tokens"]),
                              "deadline_met": r.headers["x-anytime-deadline-met"] == "true",
+                             "guidance": float(r.headers.get("x-anytime-guidance", 0.0)),
                              "recognised": int((pred == c).sum()), "samples": len(pred)})
     return {"model": manifest["name"], "D": manifest["D"], "deadline_ms": deadline_ms, "temperature": temperature,
             "requests": rows}
@@ -61,7 +62,8 @@ def report(result: dict, backend: str, command: str) -> str:
     hits, total = sum(h for h, _ in by_label.values()), sum(t for _, t in by_label.values())
     full = sum(r["tokens"] == result["D"] for r in rows)
     lines = [f"# Served samples recognised as their label: {result['model']} ({backend})", "",
-             f"- command: `{command}`", f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
+             f"- command: `{command}`", f"- commit: {commit()}",
+             f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
              f"- machine: {cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}", "",
              f"`POST /generate {{\"label\": L, \"n\": {rows[0]['samples']}, \"seed\": i, \"temperature\": "
              f"{result['temperature']}, \"deadline_ms\": {result['deadline_ms']}, \"format\": \"npy\"}}`, one request at a "

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from ..machine import cpu_model
+from ..machine import commit, cpu_model
 from ..server_proc import serve
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,6 +93,7 @@ def report(result: dict, s: dict, backend: str, command: str) -> str:
     lines = [
         f"# Served WAV check: {result['model']} ({backend})", "",
         f"- command: `{command}`",
+        f"- commit: {commit()}",
         f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
         f"- machine: {cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
         f"Python {platform.python_version()}", "",

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .guidance import GuidedRows
 from .latency import LatencyModel
 from .outputs import DecodeStats, EngineOutputs
 from .model_dir import ModelSpec
@@ -57,6 +58,7 @@ class Engine(EngineOutputs):
         # Per-row step inputs, rebuilt only when rows join or leave (most steps just advance them)
         self._tokens = self._positions = np.zeros(0, dtype=np.int64)
         self._sampling: SamplingBatch | None = None
+        self._guided: GuidedRows | None = None  # the guided pairs among the rows (None: none)
         self._quiet = IterationPlan()  # the last plan, and how long it holds (see iteration)
         self.ready = threading.Event()
         self.stopped = threading.Event()
@@ -145,23 +147,34 @@ class Engine(EngineOutputs):
     def new_request(self, *, n: int, seed: int, label: int | None, deadline_s: float, arrival: float,
                     min_tokens: int, max_tokens: int, sampling: SamplingParams, request_id: str = "",
                     preview_every: int = 0, seeds: list[int] | None = None,
-                    labels: list[int] | None = None, priority: str = "normal") -> Request:
+                    labels: list[int] | None = None, priority: str = "normal", guidance: float = 0.0) -> Request:
         """Rows 0..n-1 of `seed`, all with `label`; or, with per-row `seeds` (and `labels`), row
         i sampled exactly as row 0 of a request with seed seeds[i]: one request, one deadline,
-        the same samples as n requests of one row each. ValueError on inconsistent rows."""
-        req = Request(model=self.spec.name, n=n, seed=seed, label=label, deadline_s=deadline_s,
+        the same samples as n requests of one row each. ValueError on inconsistent rows.
+        guidance w > 0: classifier-free guidance; each sample draws what it would unguided
+        (the same random stream) from the guided logits, beside a null-label row of its own:
+        the request has 2n rows (service/core/guidance.py)."""
+        if guidance > 0 and self.spec.guidance is None:
+            raise ValueError(f"model {self.spec.name!r} does not support guidance")
+        rows = 2 * n if guidance > 0 else n
+        req = Request(model=self.spec.name, n=rows, seed=seed, label=label, deadline_s=deadline_s,
                       arrival=arrival, min_tokens=min_tokens, max_tokens=max_tokens, sampling=sampling,
-                      request_id=request_id, preview_every=preview_every, priority=priority)
+                      request_id=request_id, preview_every=preview_every, priority=priority, guidance=guidance)
         if seeds is None and labels is None:
             start = self._start_token(label)
             req.sequences = [Sequence(req, i, sequence_rng(seed, i), start) for i in range(n)]
-            return req
-        seeds = seeds if seeds is not None else [seed] * n
-        labels = labels if labels is not None else [label] * n
-        if len(seeds) != n or len(labels) != n:
-            raise ValueError(f"{len(seeds)} seeds and {len(labels)} labels for {n} rows")
-        req.sequences = [Sequence(req, i, sequence_rng(s, 0), self._start_token(c))
-                         for i, (s, c) in enumerate(zip(seeds, labels))]
+        else:
+            seeds = seeds if seeds is not None else [seed] * n
+            labels = labels if labels is not None else [label] * n
+            if len(seeds) != n or len(labels) != n:
+                raise ValueError(f"{len(seeds)} seeds and {len(labels)} labels for {n} rows")
+            req.sequences = [Sequence(req, i, sequence_rng(s, 0), self._start_token(c))
+                             for i, (s, c) in enumerate(zip(seeds, labels))]
+        if guidance > 0:
+            for s in list(req.sequences):
+                # its tokens are copied from s, so its own stream is never used for a draw that matters
+                s.null_row = Sequence(req, n + s.index, sequence_rng(seed, n + s.index), self.spec.unconditional_token)
+                req.sequences.append(s.null_row)
         return req
 
     def _start_token(self, label: int | None) -> int:
@@ -277,6 +290,7 @@ class Engine(EngineOutputs):
                                     dtype=np.int64)
             self._positions = np.array([s.position for s in rows], dtype=np.int64)
             self._sampling = self._sampling_batch()
+            self._guided = GuidedRows.of(rows)
         t = time.perf_counter()
         try:
             logits = self.runtime.step(self._tokens, self._positions)
@@ -286,7 +300,7 @@ class Engine(EngineOutputs):
             return
         dt = time.perf_counter() - t
         self._emit(StepStats(self.spec.name, self.runtime.backend, B, dt))
-        sampling = self._sampling
+        sampling, guided = self._sampling, self._guided
         if not np.isfinite(logits.sum()):  # one reduction; the per-row check only when needed
             finite = np.isfinite(logits).all(axis=1)
             old_row = {id(s): i for i, s in enumerate(rows)}
@@ -297,7 +311,12 @@ class Engine(EngineOutputs):
                 return
             logits = logits[[old_row[id(s)] for s in rows]]
             sampling = self._sampling_batch()
+            guided = GuidedRows.of(rows)
+        if guided is not None:
+            logits = guided.mix(logits)
         new = sampling.sample(logits, np.array([s.rng.random() for s in rows]))
+        if guided is not None:
+            guided.follow(new)
         self._tokens, self._positions = new, self._positions + 1
         # a request's compute: the runtime step and the sampling of its token
         self.scheduler.update_from_output(new.tolist(), time.perf_counter() - t)

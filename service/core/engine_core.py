@@ -96,7 +96,8 @@ class EngineCore:
                                  arrival=msg.arrival, min_tokens=msg.min_tokens, max_tokens=msg.max_tokens,
                                  sampling=SamplingParams(msg.temperature, msg.top_k, msg.top_p),
                                  request_id=msg.request_id, preview_every=msg.preview_every,
-                                 seeds=msg.seeds, labels=msg.labels, priority=msg.priority)
+                                 seeds=msg.seeds, labels=msg.labels, priority=msg.priority,
+                                 guidance=msg.guidance)
         route = (frontend, msg.id)
         # routed before admission: the engine thread may finish the request before admit returns
         self._routes[req.id] = route
@@ -108,6 +109,7 @@ class EngineCore:
             del self._routes[req.id], self.live[route]
             self.metrics.rejected(msg.model, adm.reason, msg.priority)
             return ipc.Admitted(msg.id, False, reason=adm.reason, message=adm.message, retry_after_s=adm.retry_after_s)
+        self.metrics.guidance(msg.model, msg.guidance, msg.n)
         return ipc.Admitted(msg.id, True, planned_tokens=adm.planned_tokens)
 
     def cancel(self, frontend: object, rid: int) -> None:
@@ -145,16 +147,16 @@ class EngineCore:
         """What the engine core counts of a finished request without the frontend: cancelled,
         expired and failed outcomes, and the tokens load took from it."""
         if r.finish_reason is FinishReason.CANCELLED:
-            self.metrics.outcome(r.model, "cancelled", r.n, "cancelled")
+            self.metrics.outcome(r.model, "cancelled", r.samples_n, "cancelled")
             return
         if r.finish_reason is FinishReason.ERROR:
             if r.error_status == 503:
                 self.metrics.rejected(r.model, Refusal.EXPIRED, r.priority)
             else:
-                self.metrics.outcome(r.model, "error", r.n, "error")
+                self.metrics.outcome(r.model, "error", r.samples_n, "error")
                 return
         if lost := _load_lost(r):
-            self.metrics.admission(r.model, r.n, 0, lost, Refusal.EXPIRED if r.error_status == 503 else "")
+            self.metrics.admission(r.model, r.samples_n, 0, lost, Refusal.EXPIRED if r.error_status == 503 else "")
 
     def answered(self, msg: ipc.Answered) -> None:
         """A frontend answered a request: count it, and learn how long responding took."""

@@ -20,6 +20,7 @@ FRACTION_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 TOKEN_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 40, 48, 56, 64, 96, 128, 256, 512, 1024)
 LOAD_REFUSAL_REASONS = ("deadline", "queue_full", "expired", "overloaded")
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256, 512)
+GUIDANCE_BUCKETS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 20.0)
 
 
 class Metrics:
@@ -56,6 +57,9 @@ class Metrics:
                                   ["model"], registry=r)
         self.previews_skipped = Counter("anytime_previews_skipped", "Stream previews due every preview_every "
                                         "tokens that were never decoded (best effort under load)", ["model"],
+                                        registry=r)
+        self.guidance_scale = Histogram("anytime_guidance", "Classifier-free guidance w of admitted samples (0: off; "
+                                        "a guided sample steps two rows)", ["model"], buckets=GUIDANCE_BUCKETS,
                                         registry=r)
         self.batch = Histogram("anytime_batch_size", "Sequences per prior step", ["model"], buckets=BATCH_BUCKETS,
                                registry=r)
@@ -155,6 +159,12 @@ class Metrics:
             m.quality.observe(quality)
         m.finish(reason).inc(n)
 
+    def guidance(self, model: str, guidance: float, n: int) -> None:
+        """The guidance of an admitted request's n samples."""
+        child = self._of(model).guidance
+        for _ in range(n):
+            child.observe(guidance)
+
     def rejected(self, model: str, reason: str, priority: str = "normal") -> None:
         m = self._of(model)
         m.rejected.inc()
@@ -195,6 +205,7 @@ class _ModelChildren:
         self.misses = m.misses.labels(model)
         self.tokens, self.fraction = m.tokens.labels(model), m.fraction.labels(model)
         self.quality = m.quality.labels(model)
+        self.guidance = m.guidance_scale.labels(model)
         self.idle_tokens, self.lost_tokens = m.idle_tokens.labels(model), m.load_lost_tokens.labels(model)
         self._finish: dict = {}
         self._rejections: dict = {}

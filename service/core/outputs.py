@@ -38,7 +38,7 @@ class EngineOutputs:
         jobs = sorted(out.finish, key=lambda f: f[0].deadline) + [(r, None) for r in out.previews]
         chunk, rows, spent = [], 0, 0.0
         for job in jobs:
-            n = job[0].n
+            n = job[0].samples_n  # rows decoded: a guided request's null-label rows are not
             if chunk and self.latency.decode(rows + n) > self.DECODE_CHUNK_S:
                 spent += self._decode_chunk(chunk)
                 chunk, rows = [], 0
@@ -49,7 +49,7 @@ class EngineOutputs:
     def _decode_chunk(self, jobs: list[tuple[Request, FinishReason | None]]) -> float:
         """One batched decode; finishes the requests with a reason, hands previews to the others."""
         D = self.spec.D
-        seqs = [s for r, _ in jobs for s in r.sequences]
+        seqs = [s for r, _ in jobs for s in r.sampled]  # guided requests: not their null-label rows
         codes = np.zeros((len(seqs), D), dtype=np.int64)
         lengths = np.zeros(len(seqs), dtype=np.int64)
         for i, s in enumerate(seqs):
@@ -69,8 +69,8 @@ class EngineOutputs:
         skipped_before = self.scheduler.previews_skipped
         i = 0
         for r, reason in jobs:
-            samples = out[i : i + r.n]
-            i += r.n
+            samples = out[i : i + r.samples_n]
+            i += r.samples_n
             self.scheduler.decoded(r, samples, dt, reason)
             if reason is not None:
                 self._done(r)

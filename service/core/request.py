@@ -47,6 +47,8 @@ class Sequence:
     slot: int = -1
     status: Status = Status.WAITING
     finish_reason: FinishReason | None = None
+    # guided samples: the null-label row that steps beside this one (service/core/guidance.py)
+    null_row: "Sequence | None" = None
 
     @property
     def position(self) -> int:
@@ -56,7 +58,7 @@ class Sequence:
 @dataclass(eq=False)
 class Request:
     model: str
-    n: int
+    n: int  # rows it steps: its samples, twice over when guided (each sample beside its null-label row)
     seed: int
     label: int | None
     deadline_s: float  # relative budget in seconds
@@ -86,10 +88,21 @@ class Request:
     priority: str = "normal"  # high | normal | low: scales the quality price under load
     urgent: bool = False  # its laxity ran out, so it steps every iteration (the Planner's Stepping)
     on_preview: object = None  # callable(request, tokens, samples [n, ...])
+    guidance: float = 0.0  # classifier-free guidance w (0: off); > 0 doubles the rows
     deadline: float = field(init=False)  # absolute (monotonic): arrival + deadline_s, sorted by often
 
     def __post_init__(self) -> None:
         self.deadline = self.arrival + self.deadline_s
+
+    @property
+    def samples_n(self) -> int:
+        """Samples it returns: its rows, less the null-label rows of guided samples."""
+        return self.n // 2 if self.guidance > 0 else self.n
+
+    @property
+    def sampled(self) -> list[Sequence]:
+        """The sequences decoded into samples (the first samples_n; the null-label rows follow)."""
+        return self.sequences[: self.samples_n]
 
     @property
     def tokens(self) -> int:

@@ -78,6 +78,7 @@ class GenerateBody(msgspec.Struct, gc=False):
     finish_reason: str
     request_id: str
     samples: list[SampleBody]
+    guidance: float = 0.0
 
 
 class PreviewBody(msgspec.Struct, gc=False):
@@ -158,12 +159,12 @@ def _body(body: GenerateRequest, result: Result, samples: list, latency: float, 
     return GenerateBody(card.name, out.tokens, card.D, round(result.quality, 4), round(latency * 1000, 3),
                         round(out.compute_s * 1000, 3), round((finished - started) * 1000, 3),
                         round((started - msg.arrival) * 1000, 3), body.deadline_ms, met, msg.seed, label,
-                        out.finish_reason, msg.request_id, samples)
+                        out.finish_reason, msg.request_id, samples, msg.guidance)
 
 
 HEADERS = [(field, "X-Anytime-" + field.replace("_", "-").title()) for field in
            ("model", "tokens", "max_tokens", "quality", "deadline_ms", "seed", "label", "finish_reason",
-            "request_id", "compute_ms", "engine_ms", "queue_ms")]
+            "request_id", "compute_ms", "engine_ms", "queue_ms", "guidance")]
 
 
 def _encode(body: GenerateRequest, result: Result, arrival: float, state: FrontendState) -> Response:
@@ -253,7 +254,7 @@ def _info(state: FrontendState, name: str) -> ModelInfo:
     return ModelInfo(name=name, modality=c.modality, D=c.D, K=c.K, classes=c.classes, backend=c.backend,
                      device=c.device, default=name == state.client.default_model,
                      quality={"metric": q.get("metric", ""), "k": q["k"], "quality": q["quality"]},
-                     output=c.manifest.get("output", {}))
+                     output=c.manifest.get("output", {}), guidance=c.guidance)
 
 
 @router.get("/", include_in_schema=False)

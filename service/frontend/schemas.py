@@ -26,6 +26,7 @@ class GenerateResponse(BaseModel):
     finish_reason: str = Field(..., description="budget | deadline_guard | quality")
     request_id: str
     samples: list[Sample]
+    guidance: float = Field(0.0, description="classifier-free guidance w the samples were drawn with (0: off)")
 
 
 class Preview(BaseModel):
@@ -70,6 +71,8 @@ class ModelInfo(BaseModel):
     default: bool
     quality: QualityCurve
     output: dict
+    guidance: dict | None = Field(None, description="the prior supports classifier-free guidance: its null token, "
+                                  "training label dropout and default guidance (null: it does not)")
 
 
 class ModelList(BaseModel):

@@ -96,7 +96,8 @@ class FrontendState:
         if reason:
             raise ApiError(503, reason, {"Retry-After": "1"})
         card = self.card(body.model)
-        return card, to_core_request(body, card, self.client.next_id(), arrival, request_id, seeds, labels)
+        return card, to_core_request(body, card, self.client.next_id(), arrival, request_id, seeds, labels,
+                                     self.settings.guidance_default)
 
     async def admit(self, card: ModelCard, msg: ipc.AddRequest) -> Stream:
         """Admitted by the engine core, or ApiError 503. Pair every admit with release()."""

@@ -7,9 +7,11 @@ GenerateRequest, their seed and label tensors the per-row seeds and labels."""
 from __future__ import annotations
 
 import secrets
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from model_format.contract import MAX_GUIDANCE
 
 from ..catalog import ModelCard
 from ..ipc import AddRequest
@@ -18,7 +20,9 @@ from .errors import ApiError, describe
 MAX_SEED = 2**63 - 1
 MAX_SAMPLES = 64
 # what an OIP inference request may set through its `parameters`, with /generate's meaning
-OIP_PARAMETERS = ("deadline_ms", "min_tokens", "max_tokens", "temperature", "top_k", "top_p", "priority")
+OIP_PARAMETERS = ("deadline_ms", "min_tokens", "max_tokens", "temperature", "top_k", "top_p", "priority",
+                  "guidance")
+Guidance = Annotated[float, Field(ge=0.0, le=MAX_GUIDANCE, allow_inf_nan=False, strict=True)] | Literal["auto"]
 
 
 def body_too_large(content_length: bytes | None, received: int, limit: int) -> bool:
@@ -54,6 +58,12 @@ class GenerateRequest(BaseModel):
     priority: Literal["high", "normal", "low"] = Field(
         "normal", description="under load, high pays half the quality price for its steps and low twice: "
                               "high gets more tokens when steps are scarce")
+    guidance: Guidance = Field(
+        "auto", description=f"classifier-free guidance w, 0 to {MAX_GUIDANCE:g}: sample from cond + w (cond - "
+                            "uncond), the label's logits pushed away from the null label's (0: off). A guided "
+                            "sample steps two rows, so it costs about twice the compute of an unguided one. "
+                            "\"auto\": the model's default for labelled requests, off otherwise; a number > 0 "
+                            "needs a label and a model whose prior supports guidance")
 
     @model_validator(mode="after")
     def _floor_below_cap(self):
@@ -85,10 +95,29 @@ def oip_request(model: str, parameters: dict, seeds: list[int], labels: list | N
         raise ApiError(422, "invalid request: " + describe(e.errors(), "parameters.")) from None
 
 
+def resolve_guidance(body: GenerateRequest, card: ModelCard, labelled: bool, default_guidance: float) -> float:
+    """The guidance w a request runs with: "auto" is the model's default (else `default_guidance`,
+    the server's) for a labelled request to a model that supports guidance, and 0 otherwise; a
+    number > 0 needs both (422 with the reason)."""
+    if body.guidance == "auto":
+        if card.guidance is None or not labelled:
+            return 0.0
+        return float(card.guidance.get("default", default_guidance))
+    w = float(body.guidance)
+    if w > 0 and card.guidance is None:
+        raise ApiError(422, f"model {card.name!r} does not support guidance: its prior was not trained with label "
+                            "dropout (no prior.guidance in its manifest); send guidance 0 or \"auto\"")
+    if w > 0 and not labelled:
+        raise ApiError(422, "guidance > 0 needs a label: it pushes a class away from the null label")
+    return w
+
+
 def to_core_request(body: GenerateRequest, card: ModelCard, rid: int, arrival: float, request_id: str,
-                    seeds: list[int] | None = None, labels: list | None = None) -> AddRequest:
+                    seeds: list[int] | None = None, labels: list | None = None,
+                    default_guidance: float = 0.0) -> AddRequest:
     """The model-dependent rules (404 unknown label, 422 otherwise), then the core's message;
-    per-row `seeds` and `labels` (names or indices) for OIP requests."""
+    per-row `seeds` and `labels` (names or indices) for OIP requests; `default_guidance` for
+    "auto" where the model's manifest names none."""
     try:
         label = card.label_index(body.label)
         row_labels = [card.label_index(c) for c in labels] if labels is not None else None
@@ -102,10 +131,12 @@ def to_core_request(body: GenerateRequest, card: ModelCard, rid: int, arrival: f
         raise ApiError(422, f"min_tokens={body.min_tokens} exceeds D={card.D} of model {card.name!r}")
     if body.top_k > card.K:
         raise ApiError(422, f"top_k={body.top_k} exceeds the vocabulary K={card.K}")
+    labelled = label is not None or (row_labels is not None and all(c is not None for c in row_labels))
+    guidance = resolve_guidance(body, card, labelled, default_guidance)
     seed = body.seed if body.seed is not None else secrets.randbits(63)
     preview_every = (body.preview_every or max(1, card.D // 8)) if body.stream else 0
     return AddRequest(id=rid, model=card.name, n=body.n, seed=seed, label=label, deadline_s=body.deadline_ms / 1000,
                       arrival=arrival, min_tokens=body.min_tokens or 1, max_tokens=min(body.max_tokens or card.D, card.D),
                       temperature=body.temperature, top_k=body.top_k, top_p=body.top_p, preview_every=preview_every,
                       request_id=request_id, seeds=seeds, labels=row_labels, priority=body.priority,
-                      ack=body.stream)
+                      ack=body.stream, guidance=guidance)

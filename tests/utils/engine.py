@@ -20,11 +20,12 @@ def make_engine(model_dir, backend="onnx", policy="anytime", max_batch=16, ort_i
 
 
 def submit(engine: Engine, seed=0, n=1, deadline_ms=5000, max_tokens=None, min_tokens=1, label=None,
-           sampling: SamplingParams | None = None, seeds=None, labels=None) -> tuple[Request, threading.Event]:
+           sampling: SamplingParams | None = None, seeds=None, labels=None,
+           guidance: float = 0.0) -> tuple[Request, threading.Event]:
     done = threading.Event()
     req = engine.new_request(n=n, seed=seed, label=label, deadline_s=deadline_ms / 1000, arrival=time.monotonic(),
                              min_tokens=min_tokens, max_tokens=max_tokens or engine.spec.D,
-                             sampling=sampling or SamplingParams(), seeds=seeds, labels=labels)
+                             sampling=sampling or SamplingParams(), seeds=seeds, labels=labels, guidance=guidance)
     req.on_done = lambda r: done.set()
     adm = engine.admit(req)
     assert adm.ok, adm.message

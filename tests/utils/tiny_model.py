@@ -44,9 +44,14 @@ def write_evaluation(path: Path, D: int) -> Path:
     return path
 
 
-def build_model_dir(root: Path, name: str = "tiny", D: int = 8, K: int = 16) -> Path:
+def build_model_dir(root: Path, name: str = "tiny", D: int = 8, K: int = 16,
+                    guidance_default: float | None = None) -> Path:
+    """guidance_default: export the prior as trained with label dropout 0.1 (it supports
+    classifier-free guidance), with this default for "auto" requests."""
     vq, prior = write_checkpoints(root / "ckpt", D, K)
     ev = write_evaluation(root / "evaluation.json", D)
     out = root / name
-    export_model(name, vq, prior, out, evaluation=ev, command="test")
+    guided = guidance_default is not None
+    export_model(name, vq, prior, out, evaluation=ev, command="test", label_dropout=0.1 if guided else None,
+                 guidance_default=guidance_default)
     return out
