@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import zoo_v3_targets
+from bench.model import zoo_v3_targets
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
