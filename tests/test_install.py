@@ -9,14 +9,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import tomllib
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.utils.server import free_port
+from bench.server_proc import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
@@ -56,20 +55,6 @@ def test_the_images_pin_the_base_install_plus_their_extras():
     base = names(PROJECT["dependencies"])
     assert pinned(ROOT / "docker" / "requirements-cpu.txt") == base | extras["cpu"] | extras["tracing"]
     assert pinned(ROOT / "docker" / "requirements-gpu.txt") == base | extras["gpu"] | extras["tracing"] | {"torch"}
-
-
-def wait_ready(base: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise AssertionError(f"anytime serve exited {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"not ready after {timeout} s:\n{log.read_text()[-3000:]}")
 
 
 @pytest.mark.install
@@ -123,7 +108,7 @@ def test_a_plain_install_serves_the_default_model_without_torch(tmp_path):
         server = subprocess.Popen([str(anytime), "serve", "--port", str(port), "--workers", "1"], cwd=tmp_path,
                                   env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_ready(base, server, log)
+        wait_ready(server, base, 120, log)
         r = httpx.post(base + "/generate", json={"deadline_ms": 5000, "seed": 3, "label": "sneaker"}, timeout=30)
         assert r.status_code == 200, r.text
         body = r.json()

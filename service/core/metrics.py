@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .device_metrics import nvml_collector
+from ..refusals import LOAD_REFUSALS
 from .engine import DecodeStats, StepStats
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0,
@@ -18,7 +19,6 @@ SLACK_BUCKETS = (-1.0, -0.1, -0.01, -0.005, -0.001, 0.0, 0.001, 0.002, 0.005, 0.
 STEP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 FRACTION_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 TOKEN_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 40, 48, 56, 64, 96, 128, 256, 512, 1024)
-LOAD_REFUSAL_REASONS = ("deadline", "queue_full", "expired", "overloaded")
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256, 512)
 GUIDANCE_BUCKETS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 20.0)
 
@@ -112,7 +112,7 @@ class Metrics:
         # the autoscaling signal's series exist (at 0) before the first loss: a rate, not "no data"
         self.idle_tokens.labels(name)
         self.load_lost_tokens.labels(name)
-        for reason in LOAD_REFUSAL_REASONS:
+        for reason in LOAD_REFUSALS:
             self.load_refusals.labels(name, reason)
         engine.observers.append(self.observe)
 

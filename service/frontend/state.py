@@ -31,6 +31,8 @@ class Result:
     output: ipc.Output
     samples: np.ndarray
     quality: float
+    latency_s: float | None = None  # set by FrontendState.answer, when the answer leaves
+    deadline_met: bool | None = None
 
 
 class FrontendState:
@@ -165,6 +167,7 @@ class FrontendState:
         now = time.monotonic()
         latency = now - msg.arrival
         met = latency <= msg.deadline_s
+        result.latency_s, result.deadline_met = latency, met
         self.client.answered(ipc.Answered(result.card.name, latency, msg.deadline_s, out.tokens, result.quality,
                                           msg.n, out.finish_reason, now - (out.finished or now), met))
         return latency, met

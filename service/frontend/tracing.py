@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from typing import Mapping
 
 log = logging.getLogger("anytime.tracing")
@@ -134,7 +133,7 @@ class TracingMiddleware:
 
         async def send_traced(msg):
             if msg["type"] == "http.response.start":
-                sent["status"], sent["at"] = msg["status"], time.monotonic()
+                sent["status"] = msg["status"]
                 msg["headers"] = list(msg.get("headers", [])) + extra
             await send(msg)
 
@@ -149,11 +148,11 @@ class TracingMiddleware:
             span.set_attribute("http.response.status_code", status)
             if status >= 500:
                 span.set_status(self._status(self._error))
-            span.set_attributes(request_attributes(state, sent.get("at")))
+            span.set_attributes(request_attributes(state))
             span.end()
 
 
-def request_attributes(state: dict, responded: float | None) -> dict:
+def request_attributes(state: dict) -> dict:
     """A request's span attributes from what the frontend left in its state: the request id,
     and for a generation its model, deadline, tokens, finish reason and where its time went."""
     attrs = {}
@@ -172,8 +171,9 @@ def request_attributes(state: dict, responded: float | None) -> dict:
                   "anytime.queue_ms": round((started - arrival) * 1000, 3),
                   "anytime.engine_ms": round((finished - started) * 1000, 3),
                   "anytime.compute_ms": round(out.compute_s * 1000, 3)})
-    if responded is not None:
-        attrs["anytime.respond_ms"] = round((responded - finished) * 1000, 3)
-        attrs["anytime.latency_ms"] = round((responded - arrival) * 1000, 3)
-        attrs["anytime.deadline_met"] = responded - arrival <= msg.deadline_s
+    if result.deadline_met is not None:  # latency and deadline_met as FrontendState.answer decided them, once
+        answered = arrival + result.latency_s
+        attrs["anytime.respond_ms"] = round((answered - finished) * 1000, 3)
+        attrs["anytime.latency_ms"] = round(result.latency_s * 1000, 3)
+        attrs["anytime.deadline_met"] = result.deadline_met
     return attrs

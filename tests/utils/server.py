@@ -5,7 +5,6 @@ their steps while talking HTTP to them; or a whole `anytime serve` (supervisor, 
 process, frontend workers) for signals and process-level behaviour."""
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import threading
@@ -16,19 +15,13 @@ from pathlib import Path
 import httpx
 import uvicorn
 
-from bench.server_proc import wait_ready
+from bench.server_proc import free_port, wait_ready  # noqa: F401 (free_port: for the tests)
 from service.frontend.app import create_app
 from service.inproc import CoreThread
 from service.settings import Settings
 from tests.utils.faults import slow_engines, slow_server_env
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
