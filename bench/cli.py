@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ("threads", "ONNX Runtime thread modes (spinning, count) under the same load"),
                        ("split", "in-process vs engine-core process + frontend workers: throughput ratios, overhead"),
                        ("split-sweep", "the anytime policy in-process and split at the same offered loads"),
+                       ("guidance", "labelled requests with guidance off, pinned, and priced by the server, same arrivals"),
                        ("mixed", "interactive, bulk and streaming classes: schedulers side by side on the same arrivals"),
                        ("interactive", "30 interactive 150 ms requests beside two bulk n=64 streams, three rounds"),
                        ("priority", "high-priority 150 ms requests beside a flood of low-priority ones that cannot shrink"),
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.choices["sweep"]
     sweep.add_argument("--loads", default="0.25,0.5,1,2,4")
     sub.choices["split-sweep"].add_argument("--loads", default="0.25,0.5,1,2,4")
+    sub.choices["guidance"].add_argument("--loads", default="0.5,1,2,4")
     sub.choices["mixed"].add_argument("--loads", default="1,2")
     sub.choices["mixed"].add_argument("--schedulers", default="anytime",
                                       help="comma-separated sweep entries ([CHECKOUT:]policy[+switch...]) to compare")
@@ -192,6 +194,12 @@ def main(argv: list[str] | None = None) -> int:
 
         run(flags, [float(x) for x in args.loads.split(",")], args.duration, args.deadlines, args.n_mix, args.out)
         print((args.out / "split-sweep.md").read_text())
+        return 0
+    if args.what == "guidance":
+        from .guidance_sweep import run
+
+        run(flags, [float(x) for x in args.loads.split(",")], args.duration, args.deadlines, args.n_mix, args.out)
+        print((args.out / "guidance.md").read_text())
         return 0
     if args.what == "priority":
         from .checkouts import parse_checkouts

@@ -161,6 +161,30 @@ def guidance_problems(guidance, null_token: int, classes: list) -> list[Problem]
         d = guidance["default"]
         malformed(isinstance(d, (int, float)) and not isinstance(d, bool) and 0 <= d <= MAX_GUIDANCE,
                   f"`prior.guidance.default` must be a number in [0, {MAX_GUIDANCE}]")
+    if "quality" in guidance:
+        bad += guided_quality_problems(guidance["quality"])
+    return bad
+
+
+def guided_quality_problems(section) -> list[Problem]:
+    """`prior.guidance.quality` (optional): labelled samples' quality over k, one curve per
+    guidance value, on one scale; the service prices guidance against tokens with it."""
+    bad = []
+    malformed = lambda ok, msg: ok or bad.append(Problem("manifest-fields", MANIFEST, f"malformed manifest: {msg}"))
+    where = "`prior.guidance.quality`"
+    if not malformed(isinstance(section, dict), f"{where} must be an object"):
+        return bad
+    ks, ws, qs = section.get("k"), section.get("guidance"), section.get("quality")
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+    if not malformed(isinstance(ks, list) and ks and all(isinstance(k, int) and k > 0 for k in ks)
+                     and ks == sorted(set(ks)), f"{where}.k must be ascending positive token counts"):
+        return bad
+    if not malformed(isinstance(ws, list) and ws and all(number(w) and 0 <= w <= MAX_GUIDANCE for w in ws)
+                     and len(set(ws)) == len(ws), f"{where}.guidance must be distinct numbers in [0, {MAX_GUIDANCE}]"):
+        return bad
+    malformed(isinstance(qs, list) and len(qs) == len(ws) and all(
+        isinstance(q, list) and len(q) == len(ks) and all(number(v) and 0 <= v <= 1 for v in q) for q in qs),
+        f"{where}.quality must hold one curve per guidance value, one number in [0, 1] per k")
     return bad
 
 

@@ -103,15 +103,38 @@ def quality_section(evaluation: Path | None, pipeline: str, D: int) -> dict:
     }
 
 
-def guidance_section(K: int, classes: list[str], label_dropout: float | None, default: float | None) -> dict | None:
+def guided_quality(evaluation: Path | None, pipeline: str) -> dict | None:
+    """`prior.guidance.quality` from the evaluation's guided curves (models/evaluate.py
+    guided_curves), or None when it measured none: the quality of class-balanced conditional
+    samples over k for each guidance w, as FD_min / FD(k, w) with FD_min the best FD of the whole
+    grid, so every curve is on one scale and the server can weigh fewer tokens against less
+    guidance (service/core/guidance_pricing.py)."""
+    if evaluation is None:
+        return None
+    guided = json.loads(Path(evaluation).read_text())["pipelines"][pipeline].get("guided")
+    if not guided:
+        return None
+    best = min(r["frechet"] for g in guided for r in g["curve"])
+    return {"metric": "relative quality FD_min/FD(k, w) of class-balanced conditional samples, Frechet distance "
+                      "in the shipped classifier's features; FD_min: the best of the grid",
+            "k": [r["k"] for r in guided[0]["curve"]], "guidance": [float(g["guidance"]) for g in guided],
+            "quality": [[min(1.0, best / r["frechet"]) for r in g["curve"]] for g in guided],
+            "label_accuracy": [[r["label_accuracy"] for r in g["curve"]] for g in guided]}
+
+
+def guidance_section(K: int, classes: list[str], label_dropout: float | None, default: float | None,
+                     quality: dict | None = None) -> dict | None:
     """The manifest's `prior.guidance`, or None: a prior supports classifier-free guidance when it
     has classes and was trained with label dropout (its null-label logits are then a trained
-    unconditional model). `default`: the guidance the server uses for `guidance: "auto"`."""
+    unconditional model). `default`: the guidance the server uses for `guidance: "auto"`;
+    `quality`: guided_quality's curves."""
     if not classes or not label_dropout:
         return None
     section = {"null_token": K + len(classes), "label_dropout": float(label_dropout)}
     if default is not None:
         section["default"] = float(default)
+    if quality is not None:
+        section["quality"] = quality
     return section
 
 
@@ -186,5 +209,6 @@ def export_model(name: str, vqvae_path: Path, prior_path: Path, out: Path, evalu
     manifest = write_manifest(out, name=name, modality="image" if vc.dims == 2 else "audio", D=vc.D, K=vc.K,
                               output=output, classes=classes, prior=prior_section, files=files,
                               quality=quality_section(evaluation, pipeline, vc.D), provenance=provenance,
-                              guidance=guidance_section(vc.K, classes, dropout, guidance_default))
+                              guidance=guidance_section(vc.K, classes, dropout, guidance_default,
+                                                        guided_quality(evaluation, pipeline)))
     return manifest

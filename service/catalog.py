@@ -17,6 +17,17 @@ def quality_table(curve: dict, D: int) -> np.ndarray:
     return np.maximum.accumulate(np.clip(table, 0.0, 1.0))
 
 
+def guided_quality_tables(section: dict | None, D: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """prior.guidance.quality: the guidance values of its grid, ascending, and one quality table
+    per value ([W, D + 1]); None when the manifest measured no guided curves."""
+    if not section:
+        return None
+    ws = np.asarray(section["guidance"], dtype=np.float64)
+    tables = np.stack([quality_table({"k": section["k"], "quality": q}, D) for q in section["quality"]])
+    order = np.argsort(ws)
+    return ws[order], tables[order]
+
+
 @dataclass(kw_only=True)
 class ModelCard:
     name: str
@@ -33,6 +44,9 @@ class ModelCard:
     # classifier-free guidance (manifest prior.guidance): None when the prior does not support it;
     # else the guidance an "auto" request gets from this model (None: the server's default)
     guidance: dict | None = None
+    # quality of labelled samples over k for each measured guidance (prior.guidance.quality): what
+    # the engine core prices guidance with; None: not measured, "auto" is the default guidance
+    guided_quality_k: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     @classmethod
     def from_manifest(cls, manifest: dict, backend: str = "", device: str = "") -> "ModelCard":
@@ -45,14 +59,22 @@ class ModelCard:
                    K=int(manifest["K"]), classes=list(manifest.get("classes", [])),
                    quality_k=quality_table(manifest["quality"], D), sample_rate=out.get("sample_rate"),
                    output_shape=tuple(out.get("shape", ())), backend=backend, device=device,
-                   guidance=dict(guidance) if guidance else None)
+                   guidance=dict(guidance) if guidance else None,
+                   guided_quality_k=guided_quality_tables((guidance or {}).get("quality"), D))
 
     def wire(self) -> dict:
         """What the engine core sends a frontend about this model."""
         return {"manifest": self.manifest, "backend": self.backend, "device": self.device}
 
-    def quality(self, k: int) -> float:
-        return float(self.quality_k[max(0, min(self.D, k))])
+    def quality(self, k: int, guidance: float | None = None) -> float:
+        """The quality estimate of a sample stopped at k tokens. `guidance`: a labelled sample
+        drawn with that guidance (interpolated between the measured ones), when the manifest
+        measured guided curves; None, or no such curves: the manifest's own curve."""
+        k = max(0, min(self.D, k))
+        if guidance is None or self.guided_quality_k is None:
+            return float(self.quality_k[k])
+        ws, tables = self.guided_quality_k
+        return float(np.interp(guidance, ws, tables[:, k]))
 
     def label_index(self, label: str | int | None) -> int | None:
         """Class index for a label name or index; KeyError when the model has no such class."""

@@ -42,9 +42,13 @@ class AddRequest(msgspec.Struct, array_like=True, gc=False):
     # it). False: only a refusal is answered; the request's output is its admission (one
     # message per request fewer each way)
     ack: bool = True
-    # classifier-free guidance w, resolved by the frontend ("auto" is never sent); 0: off; > 0
-    # the model supports it (manifest prior.guidance) and each sample steps two rows
+    # classifier-free guidance w, resolved by the frontend ("auto" is sent as the default w with
+    # guidance_auto); 0: off; > 0 the model supports it (manifest prior.guidance) and each sample
+    # steps two rows
     guidance: float = 0.0
+    # the request left guidance to the server: the engine core may run it unguided when the
+    # tokens that frees buy more quality (service/core/guidance_pricing.py)
+    guidance_auto: bool = False
 
 
 class Admitted(msgspec.Struct, array_like=True, gc=False):
@@ -72,6 +76,7 @@ class Output(msgspec.Struct, array_like=True, gc=False):
     finished: float | None = None
     compute_s: float = 0.0
     received: float = 0.0  # when the frontend got it (set there; how long it has been queued)
+    guidance: float = 0.0  # the guidance the samples were drawn with (the core's choice for "auto")
 
 
 class Answered(msgspec.Struct, array_like=True, gc=False):

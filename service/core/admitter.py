@@ -26,6 +26,14 @@ class Admitter:
         pending = self._pending
         while pending and pending[0][0] <= taken_id:
             pending.popleft()
+        adm = self.policy.admit(req, self._view(req, load, pending, dequeued_rows), self.state)
+        if adm.ok:
+            req.planned_tokens, req.idle_tokens = adm.planned_tokens, adm.idle_tokens
+            self.admitted_rows += req.n
+            pending.append((req.id, req.deadline, req.n, adm.planned_tokens))
+        return adm
+
+    def _view(self, req: Request, load: LoadSnapshot, pending, dequeued_rows: int) -> AdmitView:
         # rows decoded before it when they finish together: those with earlier deadlines
         pending_ahead = sum(n for _, d, n, _ in pending if d < req.deadline)
         # rows that will step beside it: those that cannot stand aside before its deadline, and
@@ -34,14 +42,8 @@ class Admitter:
         if sharing is not None:
             sharing += pending_ahead
         pending_steps = sum(n * k for _, d, n, k in pending if d < req.deadline)
-        view = AdmitView(time.monotonic(), load.running_rows, self.admitted_rows - dequeued_rows,
+        return AdmitView(time.monotonic(), load.running_rows, self.admitted_rows - dequeued_rows,
                          load.rows_ahead_of(req.deadline) + pending_ahead, sharing, pending_steps, load)
-        adm = self.policy.admit(req, view, self.state)
-        if adm.ok:
-            req.planned_tokens, req.idle_tokens = adm.planned_tokens, adm.idle_tokens
-            self.admitted_rows += req.n
-            pending.append((req.id, req.deadline, req.n, adm.planned_tokens))
-        return adm
 
     def decide(self, req: Request, now: float, running: int, waiting: int, ahead: int | None = None,
                sharing: int | None = None, pending_steps: int = 0, load: LoadSnapshot | None = None) -> Admission:
@@ -53,11 +55,7 @@ class Admitter:
     def probe(self, req: Request, load: LoadSnapshot, taken_id: int, dequeued_rows: int) -> Admission:
         """What admit() would decide for `req` now, changing nothing: the same view of the load
         and the pending admissions, the policy run on a copy of the learned state (headroom.py
-        asks this for a reference request). Call it on the admitting thread, like admit()."""
+        asks this for a reference request, guidance_pricing.py for each choice of guidance).
+        Call it on the admitting thread, like admit()."""
         pending = [p for p in self._pending if p[0] > taken_id]
-        pending_ahead = sum(n for _, d, n, _ in pending if d < req.deadline)
-        sharing = load.rows_sharing(req.deadline) + pending_ahead
-        pending_steps = sum(n * k for _, d, n, k in pending if d < req.deadline)
-        view = AdmitView(time.monotonic(), load.running_rows, self.admitted_rows - dequeued_rows,
-                         load.rows_ahead_of(req.deadline) + pending_ahead, sharing, pending_steps, load)
-        return self.policy.admit(req, view, copy.copy(self.state))
+        return self.policy.admit(req, self._view(req, load, pending, dequeued_rows), copy.copy(self.state))

@@ -41,10 +41,14 @@ class Budget:
         worst recent overrun of a predicted step, decode or row copy."""
         return self.respond_margin() + self.latency.jitter()
 
+    def token_price(self, pressure: float, priority: str = "normal") -> float:
+        """What a row's step costs under pressure, in quality: what it could buy elsewhere (a
+        high-priority request pays half the price, a low-priority one twice)."""
+        return self.config.quality_price * PRIORITY_PRICE[priority] * pressure / self.D
+
     def quality_cap(self, pressure: float, priority: str = "normal") -> int:
-        """Under pressure, the k after which further tokens buy less quality than a step costs
-        (a high-priority request pays half the price, a low-priority one twice)."""
-        price = self.config.quality_price * PRIORITY_PRICE[priority] * pressure / self.D
+        """Under pressure, the k after which further tokens buy less quality than a step costs."""
+        price = self.token_price(pressure, priority)
         if price <= 0:
             return self.D
         return min(self.D, bisect.bisect_right(self._neg_min_gain, -price))

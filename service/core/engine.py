@@ -194,6 +194,15 @@ class Engine(EngineOutputs):
             self._wake.set()
         return adm
 
+    def probe(self, req: Request) -> Admission:
+        """What admit() would decide for `req` now, changing nothing (on the admitting thread)."""
+        return self.scheduler.probe_request(req)
+
+    def token_price(self, priority: str = "normal") -> float:
+        """What a row's step costs in quality at the current pressure (0 when nothing is short)."""
+        sched = self.scheduler
+        return sched.budget.token_price(sched.pressure, priority)
+
     def cancel(self, req: Request) -> None:
         """The client went away: the scheduler frees its rows next iteration."""
         self.inbox.put(("cancel", req))

@@ -16,6 +16,7 @@ from .. import ipc
 from ..refusals import Refusal
 from ..settings import Settings
 from .engine import Engine
+from .guidance_pricing import choose_guidance
 from .headroom import HeadroomCollector, replica_headroom
 from .metrics import Metrics
 from .model_dir import ModelDirError, discover, load_model_dir
@@ -92,12 +93,15 @@ class EngineCore:
         engine = self.engines.get(msg.model)
         if engine is None:
             return ipc.Admitted(msg.id, False, reason=Refusal.UNKNOWN_MODEL, message=f"unknown model {msg.model!r}")
-        req = engine.new_request(n=msg.n, seed=msg.seed, label=msg.label, deadline_s=msg.deadline_s,
-                                 arrival=msg.arrival, min_tokens=msg.min_tokens, max_tokens=msg.max_tokens,
-                                 sampling=SamplingParams(msg.temperature, msg.top_k, msg.top_p),
-                                 request_id=msg.request_id, preview_every=msg.preview_every,
-                                 seeds=msg.seeds, labels=msg.labels, priority=msg.priority,
-                                 guidance=msg.guidance)
+        make = lambda w: engine.new_request(
+            n=msg.n, seed=msg.seed, label=msg.label, deadline_s=msg.deadline_s, arrival=msg.arrival,
+            min_tokens=msg.min_tokens, max_tokens=msg.max_tokens,
+            sampling=SamplingParams(msg.temperature, msg.top_k, msg.top_p), request_id=msg.request_id,
+            preview_every=msg.preview_every, seeds=msg.seeds, labels=msg.labels, priority=msg.priority, guidance=w)
+        if msg.guidance_auto and msg.guidance > 0 and engine.spec.guided_quality_k is not None:
+            req = choose_guidance(engine, make, msg.guidance)
+        else:
+            req = make(msg.guidance)
         route = (frontend, msg.id)
         # routed before admission: the engine thread may finish the request before admit returns
         self._routes[req.id] = route
@@ -109,7 +113,7 @@ class EngineCore:
             del self._routes[req.id], self.live[route]
             self.metrics.rejected(msg.model, adm.reason, msg.priority)
             return ipc.Admitted(msg.id, False, reason=adm.reason, message=adm.message, retry_after_s=adm.retry_after_s)
-        self.metrics.guidance(msg.model, msg.guidance, msg.n)
+        self.metrics.guidance(msg.model, req.guidance, msg.n)
         return ipc.Admitted(msg.id, True, planned_tokens=adm.planned_tokens)
 
     def cancel(self, frontend: object, rid: int) -> None:
@@ -126,7 +130,7 @@ class EngineCore:
             route = routes.get(r.id)
             if route is not None:
                 outs, data = by_frontend.get(route[0]) or by_frontend.setdefault(route[0], ([], []))
-                outs.append(ipc.Output(route[1], False, k))
+                outs.append(ipc.Output(route[1], False, k, guidance=r.guidance))
                 data.append(samples)
         for r in finished:
             self._count_finished(r)
@@ -137,7 +141,7 @@ class EngineCore:
             outs, data = by_frontend.get(route[0]) or by_frontend.setdefault(route[0], ([], []))
             outs.append(ipc.Output(route[1], True, r.tokens, finish_reason=r.finish_reason.value, error=r.error,
                                    error_status=r.error_status, started=r.started, finished=r.finished,
-                                   compute_s=r.compute_s))
+                                   compute_s=r.compute_s, guidance=r.guidance))
             data.append(r.samples)
         if self.sink is not None:
             for frontend, (outs, data) in by_frontend.items():

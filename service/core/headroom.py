@@ -29,7 +29,7 @@ def model_headroom(engine, deadline_s: float) -> float:
     D = engine.spec.D
     req = Request(model=engine.spec.name, n=REFERENCE_N, seed=0, label=None, deadline_s=deadline_s,
                   arrival=time.monotonic(), min_tokens=1, max_tokens=D, request_id="headroom")
-    adm = sched.admitter.probe(req, sched.load, sched.lifecycle.taken_id, sched.lifecycle.dequeued_rows)
+    adm = sched.probe_request(req)
     return adm.planned_tokens / D if adm.ok else 0.0
 
 

@@ -129,6 +129,10 @@ class Scheduler:
         """Admit against the published load; on success the request is ready for add()."""
         return self.admitter.admit(req, self.load, self.lifecycle.taken_id, self.lifecycle.dequeued_rows)
 
+    def probe_request(self, req: Request) -> Admission:
+        """What admit_request would decide now, changing nothing (Admitter.probe)."""
+        return self.admitter.probe(req, self.load, self.lifecycle.taken_id, self.lifecycle.dequeued_rows)
+
     def admit(self, req: Request, now: float, running: int, waiting: int, ahead: int | None = None,
               sharing: int | None = None, pending_steps: int = 0) -> Admission:
         """The policy's decision for a made-up load (tests)."""

@@ -144,7 +144,7 @@ def _tensors(result: Result, names) -> list[OutputTensor]:
     n, k = result.request.n, result.output.tokens
     made = {"samples": lambda: OutputTensor("samples", "FP32", result.samples),
             "tokens": lambda: OutputTensor("tokens", "INT32", np.full(n, k, np.int32)),
-            "quality": lambda: OutputTensor("quality", "FP32", np.full(n, card.quality(k), np.float32))}
+            "quality": lambda: OutputTensor("quality", "FP32", np.full(n, result.quality, np.float32))}
     return [made[name]() for name in names]
 
 

@@ -25,7 +25,7 @@ from . import encoding
 from .errors import ApiError
 from .schemas import ErrorResponse, GenerateResponse, ModelInfo, ModelList
 from .state import FrontendState, Result
-from .validation import GenerateRequest
+from .validation import GenerateRequest, quality_of
 
 
 async def get_state(request: Request) -> FrontendState:  # async: no threadpool hop per request
@@ -159,7 +159,7 @@ def _body(body: GenerateRequest, result: Result, samples: list, latency: float, 
     return GenerateBody(card.name, out.tokens, card.D, round(result.quality, 4), round(latency * 1000, 3),
                         round(out.compute_s * 1000, 3), round((finished - started) * 1000, 3),
                         round((started - msg.arrival) * 1000, 3), body.deadline_ms, met, msg.seed, label,
-                        out.finish_reason, msg.request_id, samples, msg.guidance)
+                        out.finish_reason, msg.request_id, samples, out.guidance)
 
 
 HEADERS = [(field, "X-Anytime-" + field.replace("_", "-").title()) for field in
@@ -210,7 +210,7 @@ async def _stream(body: GenerateRequest, request: Request, state: FrontendState)
                     # newest is worth encoding (a busy event loop must not spend itself on stale ones)
                     out, samples = stream.events.get_nowait()
                 if not out.final:
-                    yield _sse("preview", PreviewBody(out.tokens, card.D, round(card.quality(out.tokens), 4),
+                    yield _sse("preview", PreviewBody(out.tokens, card.D, round(quality_of(card, msg, out.tokens, out.guidance), 4),
                                                       round((time.monotonic() - arrival) * 1000, 3),
                                                       _samples(samples, card)))
                     continue

@@ -17,7 +17,7 @@ from ..settings import Settings
 from . import encoding
 from .core_client import EngineClient, Stream
 from .errors import ApiError
-from .validation import GenerateRequest, to_core_request
+from .validation import GenerateRequest, quality_of, to_core_request
 
 log = logging.getLogger("anytime.frontend")
 
@@ -133,7 +133,7 @@ class FrontendState:
         if out.error_status:
             headers = {"Retry-After": "1"} if out.error_status == 503 else None
             raise ApiError(out.error_status, out.error or "generation failed", headers)
-        return Result(card, msg, out, samples, card.quality(out.tokens))
+        return Result(card, msg, out, samples, quality_of(card, msg, out.tokens, out.guidance))
 
     async def generate(self, body: GenerateRequest, arrival: float, request_id: str, receive,
                        seeds: list[int] | None = None, labels: list | None = None) -> Result | None:

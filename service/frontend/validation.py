@@ -62,7 +62,8 @@ class GenerateRequest(BaseModel):
         "auto", description=f"classifier-free guidance w, 0 to {MAX_GUIDANCE:g}: sample from cond + w (cond - "
                             "uncond), the label's logits pushed away from the null label's (0: off). A guided "
                             "sample steps two rows, so it costs about twice the compute of an unguided one. "
-                            "\"auto\": the model's default for labelled requests, off otherwise; a number > 0 "
+                            "\"auto\": the model's default for labelled requests, off otherwise, and under load "
+                            "off when the tokens that frees buy more quality; a number > 0 "
                             "needs a label and a model whose prior supports guidance")
 
     @model_validator(mode="after")
@@ -112,6 +113,17 @@ def resolve_guidance(body: GenerateRequest, card: ModelCard, labelled: bool, def
     return w
 
 
+def is_labelled(label: int | None, labels: list[int | None] | None) -> bool:
+    """Every sample of the request has a label (the one label, or one per row)."""
+    return label is not None or (labels is not None and all(c is not None for c in labels))
+
+
+def quality_of(card: ModelCard, msg: AddRequest, tokens: int, guidance: float) -> float:
+    """A sample's quality estimate: a labelled one's from the guided curves (if measured) at the
+    guidance it was drawn with, an unlabelled one's from the model's curve."""
+    return card.quality(tokens, guidance if is_labelled(msg.label, msg.labels) else None)
+
+
 def to_core_request(body: GenerateRequest, card: ModelCard, rid: int, arrival: float, request_id: str,
                     seeds: list[int] | None = None, labels: list | None = None,
                     default_guidance: float = 0.0) -> AddRequest:
@@ -131,12 +143,11 @@ def to_core_request(body: GenerateRequest, card: ModelCard, rid: int, arrival: f
         raise ApiError(422, f"min_tokens={body.min_tokens} exceeds D={card.D} of model {card.name!r}")
     if body.top_k > card.K:
         raise ApiError(422, f"top_k={body.top_k} exceeds the vocabulary K={card.K}")
-    labelled = label is not None or (row_labels is not None and all(c is not None for c in row_labels))
-    guidance = resolve_guidance(body, card, labelled, default_guidance)
+    guidance = resolve_guidance(body, card, is_labelled(label, row_labels), default_guidance)
     seed = body.seed if body.seed is not None else secrets.randbits(63)
     preview_every = (body.preview_every or max(1, card.D // 8)) if body.stream else 0
     return AddRequest(id=rid, model=card.name, n=body.n, seed=seed, label=label, deadline_s=body.deadline_ms / 1000,
                       arrival=arrival, min_tokens=body.min_tokens or 1, max_tokens=min(body.max_tokens or card.D, card.D),
                       temperature=body.temperature, top_k=body.top_k, top_p=body.top_p, preview_every=preview_every,
                       request_id=request_id, seeds=seeds, labels=row_labels, priority=body.priority,
-                      ack=body.stream, guidance=guidance)
+                      ack=body.stream, guidance=guidance, guidance_auto=body.guidance == "auto" and guidance > 0)

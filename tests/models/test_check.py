@@ -125,6 +125,23 @@ def test_manifest_fields(model_copy):
     assert failures(model_copy) == {"manifest-fields": {"manifest.json"}}  # must be K + 3 classes
 
 
+@pytest.mark.parametrize("change", [
+    lambda q: q.update(guidance=[0.0]),  # one guidance value for two curves
+    lambda q: q.update(guidance=[0.0, 25.0]),  # beyond the largest guidance a request may ask for
+    lambda q: q.update(k=list(reversed(q["k"]))),  # not ascending
+    lambda q: q["quality"][0].append(0.5),  # a curve longer than the grid
+    lambda q: q["quality"][1].__setitem__(0, 1.5),  # above 1: not on the shared scale
+    lambda q: q.update(quality="high"),
+])
+def test_guided_quality_curves(tiny_guided_model_dir, tmp_path, change):
+    d = tmp_path / "guided"
+    shutil.copytree(tiny_guided_model_dir, d)
+    assert failures(d) == {}
+    edit_manifest(d, lambda m: change(m["prior"]["guidance"]["quality"]))
+    assert failures(d) == {"manifest-fields": {"manifest.json"}}
+    assert_startup_agrees(d, "manifest-fields")
+
+
 def test_missing_file(model_copy):
     (model_copy / "decoder.ts").unlink()
     assert failures(model_copy)["files"] == {"decoder.ts"}

@@ -34,13 +34,22 @@ def write_checkpoints(folder: Path, D: int = 8, K: int = 16, seed: int = 0) -> t
     return vq_path, prior_path
 
 
-def write_evaluation(path: Path, D: int) -> Path:
-    """A quality curve of the usual concave shape: q(k) = 1 - (1 - k/D)^2."""
+GUIDED_BASE_FD = {0.0: 2.0, 1.5: 1.0}  # guidance w -> FD at full length: guidance halves it
+
+
+def write_evaluation(path: Path, D: int, guided: bool = False) -> Path:
+    """A quality curve of the usual concave shape: q(k) = 1 - (1 - k/D)^2. guided: also guided
+    curves FD(k, w) = base(w) + 30 (1 - k/D)^2, so that a guided sample at half length (FD 8.5)
+    is worth less than an unguided one at full length (FD 2)."""
     ks = list(range(1, D + 1))
     curve = [{"k": k, "fraction": k / D, "frechet": 1.0, "mse": 0.0, "label_accuracy": None} for k in ks]
     quality = [1 - (1 - k / D) ** 2 for k in ks]
-    path.write_text(json.dumps({"command": "test", "date": "", "pipelines": {"ordered": {"curve": curve,
-                                                                                          "quality": quality}}}))
+    ordered = {"curve": curve, "quality": quality}
+    if guided:
+        ordered["guided"] = [{"guidance": w, "samples": 30, "curve": [
+            {"k": k, "fraction": k / D, "frechet": base + 30 * (1 - k / D) ** 2, "label_accuracy": 0.5} for k in ks]}
+            for w, base in GUIDED_BASE_FD.items()]
+    path.write_text(json.dumps({"command": "test", "date": "", "pipelines": {"ordered": ordered}}))
     return path
 
 
@@ -49,9 +58,9 @@ def build_model_dir(root: Path, name: str = "tiny", D: int = 8, K: int = 16,
     """guidance_default: export the prior as trained with label dropout 0.1 (it supports
     classifier-free guidance), with this default for "auto" requests."""
     vq, prior = write_checkpoints(root / "ckpt", D, K)
-    ev = write_evaluation(root / "evaluation.json", D)
-    out = root / name
     guided = guidance_default is not None
+    ev = write_evaluation(root / "evaluation.json", D, guided)
+    out = root / name
     export_model(name, vq, prior, out, evaluation=ev, command="test", label_dropout=0.1 if guided else None,
                  guidance_default=guidance_default)
     return out
