@@ -34,7 +34,13 @@ def _prior_args(manifest):
 
 
 def test_manifest_declares_guidance_only_for_a_label_dropout_prior(manifest, tiny_model_dir):
-    assert manifest["prior"]["guidance"] == {"null_token": NULL, "label_dropout": 0.1, "default": 1.5}
+    section = manifest["prior"]["guidance"]
+    assert {k: section[k] for k in ("null_token", "label_dropout", "default")} == {
+        "null_token": NULL, "label_dropout": 0.1, "default": 1.5}
+    # the evaluation's guided curves, on one scale: FD_min / FD, the best (w = 1.5, k = D) at 1
+    q = section["quality"]
+    assert q["guidance"] == [0.0, 1.5] and q["k"] == list(range(1, 9))
+    assert q["quality"][1][-1] == 1.0 and q["quality"][0][-1] == 0.5 and q["quality"][1][0] < q["quality"][1][-1]
     assert manifest["prior"]["unconditional_token"] == NULL
     plain = json.loads((tiny_model_dir / "manifest.json").read_text())
     assert "guidance" not in plain["prior"]

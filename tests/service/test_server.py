@@ -67,23 +67,25 @@ def test_binary_formats(base):
     assert arr.shape == (2, 1, 8, 8) and 0 <= arr.min() and arr.max() <= 1
 
 
+# errors other than the deadline's ask for 2 s: a loop that runs behind (an in-process engine
+# holding the GIL) sheds a request only when its lag would take a tenth of the deadline
 @pytest.mark.parametrize("body, status, text", [
     ({}, 422, "deadline_ms"),
     ({"deadline_ms": 0}, 422, "deadline_ms"),
     ({"deadline_ms": 60001}, 422, "deadline_ms"),
-    ({"deadline_ms": 100, "n": 65}, 422, "n"),
-    ({"deadline_ms": 100, "n": 0}, 422, "n"),
-    ({"deadline_ms": 100, "format": "gif"}, 422, "format"),
-    ({"deadline_ms": 100, "format": "wav"}, 422, "audio"),
-    ({"deadline_ms": 100, "temperature": 0}, 422, "temperature"),
-    ({"deadline_ms": 100, "top_p": 1.5}, 422, "top_p"),
-    ({"deadline_ms": 100, "min_tokens": 5, "max_tokens": 2}, 422, "min_tokens"),
-    ({"deadline_ms": 100, "min_tokens": 9}, 422, "exceeds D"),
-    ({"deadline_ms": 100, "bogus": 1}, 422, "bogus"),
+    ({"deadline_ms": 2000, "n": 65}, 422, "n"),
+    ({"deadline_ms": 2000, "n": 0}, 422, "n"),
+    ({"deadline_ms": 2000, "format": "gif"}, 422, "format"),
+    ({"deadline_ms": 2000, "format": "wav"}, 422, "audio"),
+    ({"deadline_ms": 2000, "temperature": 0}, 422, "temperature"),
+    ({"deadline_ms": 2000, "top_p": 1.5}, 422, "top_p"),
+    ({"deadline_ms": 2000, "min_tokens": 5, "max_tokens": 2}, 422, "min_tokens"),
+    ({"deadline_ms": 2000, "min_tokens": 9}, 422, "exceeds D"),
+    ({"deadline_ms": 2000, "bogus": 1}, 422, "bogus"),
     ({"deadline_ms": "soon"}, 422, "deadline_ms"),
-    ({"deadline_ms": 100, "model": "nope"}, 404, "unknown model"),
-    ({"deadline_ms": 100, "label": "seven"}, 404, "unknown label"),
-    ({"deadline_ms": 100, "label": 3}, 404, "out of range"),
+    ({"deadline_ms": 2000, "model": "nope"}, 404, "unknown model"),
+    ({"deadline_ms": 2000, "label": "seven"}, 404, "unknown label"),
+    ({"deadline_ms": 2000, "label": 3}, 404, "out of range"),
     ({"deadline_ms": 1}, 503, "cannot be met"),
     ({"deadline_ms": 2, "min_tokens": 8, "n": 16}, 503, "min_tokens=8"),
     ({"deadline_ms": 2000, "n": 64}, 422, "exceeds this server's max_batch=32"),
