@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .first_token import FirstTokenTable
 from .guidance import GuidedRows
 from .latency import LatencyModel
 from .outputs import DecodeStats, EngineOutputs
@@ -59,6 +60,7 @@ class Engine(EngineOutputs):
         self._tokens = self._positions = np.zeros(0, dtype=np.int64)
         self._sampling: SamplingBatch | None = None
         self._guided: GuidedRows | None = None  # the guided pairs among the rows (None: none)
+        self.first_tokens = FirstTokenTable.for_model(spec.K, spec.output_shape)  # one-token samples (outputs.py)
         self._quiet = IterationPlan()  # the last plan, and how long it holds (see iteration)
         self.ready = threading.Event()
         self.stopped = threading.Event()

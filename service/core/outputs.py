@@ -55,17 +55,17 @@ class EngineOutputs:
         for i, s in enumerate(seqs):
             codes[i, : s.position] = s.codes
             lengths[i] = s.position
-        predicted = self.latency.decode.paced(len(seqs))
         t = time.perf_counter()
         try:
-            out = self.runtime.decode(codes, lengths)
+            out, decoded, predicted = self._decode_rows(codes, lengths)
         except Exception as e:  # a decoder failure fails only these requests
             log.exception("decode failed")
             self._fail([r for r, _ in jobs], f"decoder failed: {type(e).__name__}")
             return time.perf_counter() - t
         dt = time.perf_counter() - t
-        self.latency.jitter.observe(max(0.0, dt - predicted))
-        self.latency.decode.observe(len(seqs), dt)
+        if decoded:  # the latency model learns from decoder calls only, not table copies
+            self.latency.jitter.observe(max(0.0, dt - predicted))
+            self.latency.decode.observe(decoded, dt)
         skipped_before = self.scheduler.previews_skipped
         i = 0
         for r, reason in jobs:
@@ -80,6 +80,32 @@ class EngineOutputs:
         self._emit(DecodeStats(self.spec.name, self.runtime.backend, len(seqs), dt,
                                self.scheduler.previews_skipped - skipped_before))
         return dt
+
+    def _decode_rows(self, codes: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, int, float]:
+        """Samples for these rows: one-token rows whose code the decoder has seen come from the
+        table (service/core/first_token.py), the others from one decoder call. Returns the
+        samples, how many rows the decoder ran and the cost predicted for them."""
+        table = self.first_tokens
+        hit = table.hits_among(codes, lengths) if table is not None else None
+        if hit is None or not hit.any():
+            predicted = self.latency.decode.paced(len(codes))
+            out = self.runtime.decode(codes, lengths)
+            if table is not None and not table.fill(codes, lengths, out):
+                log.warning("decoder samples %s do not match the manifest's output shape %s: no one-token "
+                            "table", out.shape[1:], table.samples.shape[1:])
+                self.first_tokens = None
+            return out, len(codes), predicted
+        out = np.empty((len(codes), *table.samples.shape[1:]), dtype=np.float32)
+        out[hit] = table.samples[codes[hit, 0]]
+        table.hits += int(hit.sum())
+        miss = ~hit
+        decoded = int(miss.sum())
+        predicted = self.latency.decode.paced(decoded) if decoded else 0.0
+        if decoded:
+            rest = self.runtime.decode(codes[miss], lengths[miss])
+            table.fill(codes[miss], lengths[miss], rest)
+            out[miss] = rest
+        return out, decoded, predicted
 
     def _done(self, r: Request) -> None:
         """r has finished: it leaves with the next flush of outputs."""
