@@ -6,7 +6,7 @@ admission, and from the decoded samples to the response. Saved and loaded as JSO
 Two ways to measure it:
 - `from_server(url)`: a running replica, from outside, through its public API only. An idle
   replica answers requests of n rows with the tokens fixed; their `engine_ms` (first step to
-  decoded samples) at k = D and k = D/2 give the cost of one iteration at batch n (the runtime
+  decoded samples) at k = D and k = 1 give the cost of one iteration at batch n (the runtime
   step and everything else the engine loop does per iteration) and of the decode; `queue_ms`
   and the rest of `latency_ms` give the time before and after the engine. What it measures
   is the replica as deployed: its runtime, threads, frontend and machine.
@@ -44,6 +44,12 @@ class Calibration:
     copy_row_s: float = 2e-6  # one KV-cache row copied (a pause or resume)
     admit_s: float = DEFAULT_ADMIT_S  # arrival at the frontend -> admission and the engine's first plan
     respond_s: float = DEFAULT_RESPOND_S  # decoded samples -> response ready (IPC, encoding)
+    # Contention: every request per second on the replica makes the engine's steps and decodes
+    # slower by this fraction, because the work it brings outside the engine loop (the frontend,
+    # the engine core's per-request messages, a load generator on the same machine) takes CPU
+    # from the engine's cores. An idle probe cannot see it; `anytime bench plan` fits it from
+    # one loaded run of other arrivals (bench/results/plan). 0: cores to spare.
+    contention_s: float = 0.0
     max_batch: int | None = None  # the replica's max_batch when not the default (a GPU projection)
     source: str = ""  # how it was obtained: what a report quotes
     measured: dict = field(default_factory=dict)  # date, machine, backend, command: provenance
@@ -127,7 +133,7 @@ def _measure_server(httpx, url, model, sizes, repeats, api_key) -> Calibration:
         models = _get(client, "/models")["models"]
         name = model or next((m["name"] for m in models if m.get("default")), models[0]["name"])
         card = ModelCard.from_manifest(_get(client, f"/models/{name}")["manifest"])
-        D, half = card.D, card.D // 2
+        D = card.D
 
         def timed(n: int, k: int) -> dict:
             body = {"model": name, "n": n, "deadline_ms": 60000, "min_tokens": k, "max_tokens": k, "seed": 1}
@@ -144,15 +150,15 @@ def _measure_server(httpx, url, model, sizes, repeats, api_key) -> Calibration:
         step, decode, before, after = {}, {}, [], []
         for n in sizes:
             full = [timed(n, D) for _ in range(repeats)]
-            part = [timed(n, half) for _ in range(repeats)]
+            one = [timed(n, 1) for _ in range(repeats)]
             e_full = statistics.median(a["engine_ms"] for a in full) / 1000
-            e_half = statistics.median(a["engine_ms"] for a in part) / 1000
-            # engine(k) = k steps + one decode; the iteration that decodes also steps the others
-            step[n] = max(1e-6, (e_full - e_half) / (D - half))
-            decode[n] = max(1e-6, e_full - D * step[n])
+            e_one = statistics.median(a["engine_ms"] for a in one) / 1000
+            # engine(k) = k iterations that step + the decode: two sizes of k give both
+            step[n] = max(1e-6, (e_full - e_one) / (D - 1))
+            decode[n] = max(1e-6, e_one - step[n])
             if n == 1:
-                before += [a["queue_ms"] / 1000 for a in full + part]
-                after += [(a["latency_ms"] - a["queue_ms"] - a["engine_ms"]) / 1000 for a in full + part]
+                before += [a["queue_ms"] / 1000 for a in full + one]
+                after += [(a["latency_ms"] - a["queue_ms"] - a["engine_ms"]) / 1000 for a in full + one]
     return Calibration(name, D, card.quality_k.tolist(), step, decode,
                        admit_s=statistics.median(before), respond_s=max(0.0, statistics.median(after)),
                        source=f"measured through the API of a running replica ({len(sizes)} batch sizes, "

@@ -10,6 +10,7 @@ own moment first: admission runs on another thread in the server, against the lo
 published at its last plan, and so it does here."""
 from __future__ import annotations
 
+import collections
 import dataclasses
 import heapq
 import itertools
@@ -57,6 +58,7 @@ class SimulatedReplica:
         self._inbox: list = []  # (time, order, item): admitted requests and respond observations
         self._order = itertools.count()
         self._quiet = IterationPlan()
+        self._recent: collections.deque[float] = collections.deque()  # arrival times of the last second
         self._arrivals: list[Arrival] = []
         self._next = 0
         self._of: dict[int, Arrival] = {}
@@ -89,6 +91,7 @@ class SimulatedReplica:
             a = arrivals[self._next]
             self._next += 1
             self.now = max(self.now, a.at + self.cal.admit_s)
+            self._recent.append(a.at)
             self._admit(a)
         self.now = max(self.now, to)
 
@@ -140,7 +143,12 @@ class SimulatedReplica:
                 and self.scheduler.margin() <= q.quiet_margin)
 
     def _cost(self, curve, size: int) -> float:
-        c = curve.profiled(size)
+        """The runtime's cost now: the calibrated one, slowed by the other work that the last
+        second's requests bring to the replica's cores (Calibration.contention_s)."""
+        recent, cutoff = self._recent, self.now - 1.0
+        while recent and recent[0] < cutoff:
+            recent.popleft()
+        c = curve.profiled(size) * (1.0 + self.cal.contention_s * len(recent))
         return c * float(self._rng.lognormal(0.0, self.jitter)) if self.jitter > 0 else c
 
     def _step_and_learn(self, started: float, decode_s: float) -> None:
@@ -156,7 +164,7 @@ class SimulatedReplica:
     def _move_rows(self, moves: int) -> float:
         if not moves:
             return 0.0
-        cost = self.truth.copy.profiled(moves)
+        cost = self._cost(self.truth.copy, moves)
         self._advance(self.now + cost)
         self.latency.copy.observe(moves, cost)
         return cost

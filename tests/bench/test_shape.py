@@ -12,7 +12,8 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 COMMANDS = {"engine": "engine_bench", "load": "load_bench", "sweep": "policy_sweep", "mixed": "mixed",
             "interactive": "interactive", "priority": "priority", "overhead": "overhead", "cost": "cost",
             "oip": "oip_cost", "tracing": "tracing", "soak": "soak", "chaos": "chaos", "threads": "thread_modes",
-            "split": "split", "split-sweep": "split_sweep", "peers": "peers", "fleet": "fleet"}
+            "split": "split", "split-sweep": "split_sweep", "peers": "peers", "fleet": "fleet",
+            "plan": "plan_validation"}
 SHARED = {"server_proc", "loadgen", "summary", "tables", "machine", "checkouts", "fleet_proc"}
 ENTRY_POINTS = {"__init__", "cli", "gpu_check"}
 
