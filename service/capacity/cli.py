@@ -100,12 +100,12 @@ def header(argv: list[str]) -> list[str]:
     from .calibration import machine
 
     m = machine()
-    return [f"- command: `anytime plan {shlex.join(argv)}`", f"- version: {version()}", f"- date: {m['date']}",
-            f"- machine (where it was planned): {m['machine']}"]
+    return [f"- command: `anytime plan {shlex.join(argv)}`", f"- commit: {version()}", f"- date: {m['date']}",
+            f"- machine: {m['machine']} (where it was planned)"]
 
 
 def version() -> str:
-    """The installed version, and the commit when this is a git checkout."""
+    """The commit when this is a git checkout, else the installed version."""
     try:
         v = metadata.version("anytime")
     except metadata.PackageNotFoundError:
@@ -114,7 +114,7 @@ def version() -> str:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
                              text=True, timeout=5)
         if rev.returncode == 0:
-            return f"{v}, commit {rev.stdout.strip()}"
+            return f"{rev.stdout.strip()} (anytime {v})"
     except (OSError, subprocess.SubprocessError):
         pass
-    return v
+    return f"none (anytime {v}, not a git checkout)"
