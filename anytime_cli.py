@@ -1,4 +1,4 @@
-"""The `anytime` command: dispatches to models (train, evaluate, export), service (serve) and bench."""
+"""The `anytime` command: dispatches to models (train, evaluate, export), service (serve, generate, plan) and bench."""
 from __future__ import annotations
 
 import sys
@@ -13,7 +13,7 @@ def main(argv: list[str] | None = None) -> int:
     groups = {
         "train": "models.cli", "evaluate": "models.cli", "export": "models.cli", "check": "models.cli", "data": "models.cli",
         "recover": "models.recover",
-        "serve": "service.cli", "generate": "service.client",
+        "serve": "service.cli", "generate": "service.client", "plan": "service.capacity.cli",
         "bench": "bench.cli",
     }
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in groups:
@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
               "  data      build a data set (spoken digits)\n"
               "  serve     run the HTTP service\n"
               "  generate  request samples from a running server\n"
+              "  plan      replicas needed for a traffic (simulates the scheduler over a replica's measured costs)\n"
               "  bench     load and engine benchmarks")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     import importlib

@@ -2,8 +2,10 @@
 
 - The product's benchmarks, one module per command: engine (engine_bench), load (load_bench),
   sweep (policy_sweep), mixed, interactive, priority, overhead, cost, oip (oip_cost), tracing,
-  soak, chaos, threads (thread_modes), split, split-sweep (split_sweep), guidance (guidance_sweep), fleet (replicas behind HAProxy, routed on
-  headroom against round robin), peers (peers/: the same model behind LitServe, Ray Serve and
+  soak, chaos, threads (thread_modes), split, split-sweep (split_sweep), guidance (guidance_sweep),
+  fleet (replicas behind HAProxy, routed on headroom against round robin), plan (plan_validation:
+  `anytime plan`'s predictions against a measured replica), peers (peers/: the same model behind
+  LitServe, Ray Serve and
   BentoML).
 - The layer they share: server_proc (a real `anytime serve` process, ready or failed with its
   log), loadgen (open-loop arrivals from a light aiohttp client), summary and tables (what a run

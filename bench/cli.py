@@ -75,6 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
     fleet.add_argument("--bulk-deadline-ms", type=int, default=600)
     fleet.add_argument("--server-flag", action="append", default=[], help="extra `anytime serve` flag (repeat)")
     fleet.add_argument("--out", type=Path, default=Path("bench/results/fleet"))
+    plan = sub.add_parser("plan", help="the capacity planner (anytime plan) against a measured replica on the "
+                          "same arrivals, at multiples of its n=1 capacity")
+    plan.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL)
+    plan.add_argument("--backend", default="onnx", choices=["onnx", "torchscript"])
+    plan.add_argument("--loads", default="0.5,1,2", help="multiples of the replica's full-length n=1 capacity")
+    plan.add_argument("--duration", type=float, default=20.0, help="seconds of arrivals per load")
+    plan.add_argument("--deadlines", default="loguniform:50:1000", help="deadline distribution in ms")
+    plan.add_argument("--n-mix", default="1", help="samples per request: value:weight,...")
+    plan.add_argument("--seed", type=int, default=0)
+    plan.add_argument("--jitter", type=float, default=0.0, help="the simulation's cost noise (anytime plan --jitter)")
+    plan.add_argument("--server-flag", action="append", default=[], help="extra `anytime serve` flag (repeat)")
+    plan.add_argument("--out", type=Path, default=Path("bench/results/plan"))
     cost = sub.add_parser("cost", help="CPU per request by process role and request shape (--baseline: vs another checkout)")
     cost.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL)
     cost.add_argument("--backend", default="onnx", choices=["onnx", "torchscript"])
@@ -136,6 +148,13 @@ def main(argv: list[str] | None = None) -> int:
             args.bulk_clients,
             args.bulk_n, args.bulk_deadline_ms, flags)
         print((args.out / "fleet.md").read_text())
+        return 0
+    if args.what == "plan":
+        from .plan_validation import run
+
+        run(["--model-dirs", str(args.model_dir), "--backend", args.backend, *args.server_flag], args.out,
+            [float(x) for x in args.loads.split(",")], args.duration, args.deadlines, args.n_mix, args.seed, args.jitter)
+        print((args.out / "validation.md").read_text())
         return 0
     if args.what == "cost":
         from .cost import report, run

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from service.capacity.gpu import step_flops  # the roofline's FLOPs: one definition for the bench and the GPU projection
 from service.core.latency import median_time
 
 from .machine import header
@@ -33,14 +34,6 @@ def peak_matmul_gflops(sizes=(512, 1024, 2048), repeats: int = 10, device: str =
         sync()
         out[n] = 2 * n**3 * repeats / (time.perf_counter() - t) / 1e9
     return out
-
-
-def step_flops(manifest: dict, batch: int) -> float:
-    """Multiply-adds x2 of one step: the linear layers, attention over the D cache slots, the head."""
-    p, D, K = manifest["prior"], manifest["D"], manifest["K"]
-    d, L = p["d_model"], p["n_layer"]
-    per_row = L * (2 * 12 * d * d + 2 * 2 * D * d) + 2 * d * K
-    return float(per_row * batch)
 
 
 def median_ms(fn, repeats: int) -> float:

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 import aiohttp
 from tqdm import tqdm
 
+from service.capacity.traffic import arrivals, parse_deadlines, parse_mix  # noqa: F401  (bench's own imports)
+
 
 @dataclass
 class Record:
@@ -37,35 +39,6 @@ class Record:
         return asdict(self)
 
 
-def parse_deadlines(spec: str):
-    """'loguniform:20:1000' | 'uniform:20:1000' | 'fixed:100' | 'choice:20,50,100' -> sampler(rng)."""
-    kind, _, rest = spec.partition(":")
-    if kind == "fixed":
-        v = int(rest)
-        return lambda rng: v
-    if kind == "choice":
-        vals = [int(x) for x in rest.split(",")]
-        return lambda rng: rng.choice(vals)
-    lo, hi = (float(x) for x in rest.split(":"))
-    if kind == "uniform":
-        return lambda rng: int(round(rng.uniform(lo, hi)))
-    if kind == "loguniform":
-        import math
-
-        return lambda rng: int(round(math.exp(rng.uniform(math.log(lo), math.log(hi)))))
-    raise ValueError(f"unknown deadline distribution {spec!r}")
-
-
-def parse_mix(spec: str) -> tuple[list[int], list[float]]:
-    """'1:0.8,4:0.15,16:0.05' -> values and weights of n."""
-    values, weights = [], []
-    for part in spec.split(","):
-        v, _, w = part.partition(":")
-        values.append(int(v))
-        weights.append(float(w or 1))
-    return values, weights
-
-
 def anytime_request(body: dict) -> tuple[str, dict, dict]:
     """How a generated body is sent: (path, JSON body, headers). Peer servers pass their own
     translation of the same body (bench/peers/servers.py)."""
@@ -80,21 +53,14 @@ def _session(url: str, connections: int) -> aiohttp.ClientSession:
 async def run_load(url: str, rate: float, duration: float, deadlines: str = "loguniform:20:1000", n_mix: str = "1",
                    model: str | None = None, seed: int = 0, progress: bool = True, label_count: int = 0,
                    request_for=anytime_request) -> list[Record]:
-    rng = random.Random(seed)
-    pick_deadline = parse_deadlines(deadlines)
-    n_values, n_weights = parse_mix(n_mix)
-    t, plan = 0.0, []
-    while True:
-        t += rng.expovariate(rate)
-        if t >= duration:
-            break
-        body = {"deadline_ms": pick_deadline(rng), "n": rng.choices(n_values, n_weights)[0],
-                "seed": rng.randrange(2**31), "format": "npy"}
+    plan = []  # the planner simulates the same arrivals (service/capacity/traffic.py)
+    for a in arrivals(rate, duration, deadlines, n_mix, seed, label_count):
+        body = {"deadline_ms": a.deadline_ms, "n": a.n, "seed": a.seed, "format": "npy"}
         if model:
             body["model"] = model
-        if label_count and rng.random() < 0.5:
-            body["label"] = rng.randrange(label_count)
-        plan.append((t, body))
+        if a.label is not None:
+            body["label"] = a.label
+        plan.append((a.at, body))
     records: list[Record] = []
     bar = tqdm(total=len(plan), desc=f"load {rate:.0f}/s", disable=not progress, leave=False)
     async with _session(url, 4096) as client:

@@ -77,19 +77,20 @@ class AdmissionState:
 
     HALF_LIFE_S = 2.0
 
-    def __init__(self, D: int):
-        self._pressure = (0.0, time.monotonic())  # EMA share of admissions whose tokens load took away
+    def __init__(self, D: int, clock=time.monotonic):
+        self.clock = clock  # time.monotonic, or a simulated clock (service/capacity)
+        self._pressure = (0.0, clock())  # EMA share of admissions whose tokens load took away
         self.mean_planned = float(D)
 
     @property
     def pressure(self) -> float:
         """The EMA, decayed by the time since the last admission (an idle server has none)."""
         value, at = self._pressure
-        return value * 0.5 ** ((time.monotonic() - at) / self.HALF_LIFE_S)
+        return value * 0.5 ** ((self.clock() - at) / self.HALF_LIFE_S)
 
     @pressure.setter
     def pressure(self, value: float) -> None:
-        self._pressure = (value, time.monotonic())
+        self._pressure = (value, self.clock())
 
     def observe_pressure(self, lost: float, alpha: float) -> None:
         p = self.pressure

@@ -14,9 +14,10 @@ from .request import Request
 
 
 class Admitter:
-    def __init__(self, policy, D: int):
+    def __init__(self, policy, D: int, clock=time.monotonic):
         self.policy = policy
-        self.state = AdmissionState(D)
+        self.clock = clock  # time.monotonic, or a simulated clock (service/capacity)
+        self.state = AdmissionState(D, clock)
         self.admitted_rows = 0  # rows admitted in all (queued = admitted - dequeued by the engine)
         # admitted requests the engine may not have taken from its inbox yet: (id, deadline, n, k)
         self._pending: collections.deque[tuple[int, float, int, int]] = collections.deque()
@@ -42,7 +43,7 @@ class Admitter:
         if sharing is not None:
             sharing += pending_ahead
         pending_steps = sum(n * k for _, d, n, k in pending if d < req.deadline)
-        return AdmitView(time.monotonic(), load.running_rows, self.admitted_rows - dequeued_rows,
+        return AdmitView(self.clock(), load.running_rows, self.admitted_rows - dequeued_rows,
                          load.rows_ahead_of(req.deadline) + pending_ahead, sharing, pending_steps, load)
 
     def decide(self, req: Request, now: float, running: int, waiting: int, ahead: int | None = None,

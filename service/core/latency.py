@@ -28,7 +28,7 @@ def median_time(fn, repeats: int, warmup: int = 1) -> float:
 class CostCurve:
     """Piecewise-linear cost (seconds) vs batch size from a profile, with online correction."""
 
-    def __init__(self, profile: dict[int, float], alpha: float = 0.2):
+    def __init__(self, profile: dict[int, float], alpha: float = 0.2, clock=time.monotonic):
         if not profile:
             raise ValueError("empty latency profile")
         self.sizes = np.array(sorted(profile), dtype=np.float64)
@@ -39,7 +39,8 @@ class CostCurve:
         self._table = [self._interpolate(b) for b in range(int(self.sizes[-1]) * 2 + 1)]
         self._factor = 1.0
         self._last = 1.0  # measured / profiled of the latest observation alone
-        self._observed_at = time.monotonic()
+        self.clock = clock
+        self._observed_at = clock()
         self._lock = threading.Lock()
 
     # Without observations a correction fades back to the profile (half-life FORGET_S): one
@@ -48,7 +49,7 @@ class CostCurve:
     FORGET_S = 2.0
 
     def _fade(self, value: float) -> float:
-        age = time.monotonic() - self._observed_at
+        age = self.clock() - self._observed_at
         return value if age < 0.05 else 1.0 + (value - 1.0) * 0.5 ** (age / self.FORGET_S)
 
     @property
@@ -83,7 +84,7 @@ class CostCurve:
         ratio = min(1000.0, max(0.25, seconds / max(self.profiled(batch), 1e-9)))
         with self._lock:
             factor = self.factor
-            self._last, self._observed_at = ratio, time.monotonic()
+            self._last, self._observed_at = ratio, self.clock()
             self._factor = factor + self.alpha * (ratio - factor)
 
 
@@ -91,8 +92,8 @@ class RecentMax:
     """The largest value observed in the last `window_s` seconds (0 when none), in O(1)
     amortised per observation and query: the scheduler asks every iteration."""
 
-    def __init__(self, window_s: float):
-        self.window_s = window_s
+    def __init__(self, window_s: float, clock=time.monotonic):
+        self.window_s, self.clock = window_s, clock
         # (time, value) with values strictly decreasing: an entry that a later, larger value
         # outlives can never be the maximum again
         self._queue: collections.deque[tuple[float, float]] = collections.deque()
@@ -103,7 +104,7 @@ class RecentMax:
             q = self._queue
             while q and q[-1][1] <= value:
                 q.pop()
-            q.append((time.monotonic(), value))
+            q.append((self.clock(), value))
 
     def clear(self) -> None:
         with self._lock:
@@ -115,7 +116,7 @@ class RecentMax:
             self._queue = collections.deque((t - seconds, v) for t, v in self._queue)
 
     def __call__(self) -> float:
-        cutoff = time.monotonic() - self.window_s
+        cutoff = self.clock() - self.window_s
         with self._lock:
             q = self._queue
             while q and q[0][0] < cutoff:
@@ -125,21 +126,23 @@ class RecentMax:
 
 class LatencyModel:
     def __init__(self, step_profile: dict[int, float], decode_profile: dict[int, float], alpha: float = 0.2,
-                 copy_row_s: float = 2e-6):
-        self.step = CostCurve(step_profile, alpha)
-        self.decode = CostCurve(decode_profile, alpha)
+                 copy_row_s: float = 2e-6, clock=time.monotonic):
+        # clock: time.monotonic, or the simulated clock of the capacity planner (service/capacity)
+        self.clock = clock
+        self.step = CostCurve(step_profile, alpha, clock)
+        self.decode = CostCurve(decode_profile, alpha, clock)
         # KV-cache row copies (pausing and resuming rows) vs the rows copied: linear in the rows
-        self.copy = CostCurve({1: copy_row_s, 64: 64 * copy_row_s}, alpha)
+        self.copy = CostCurve({1: copy_row_s, 64: 64 * copy_row_s}, alpha, clock)
         # (time, seconds, decode rows) of the last iterations; entries older than RECENT_S are
         # ignored so that an idle server forgets a past burst
         self._recent: collections.deque[tuple[float, float, int]] = collections.deque(maxlen=8)
         # From a request's end in the engine to its encoded response: the event loop's share of
         # the latency, which grows with HTTP load the engine cannot see.
-        self.respond = RecentMax(2.0)
+        self.respond = RecentMax(2.0, clock)
         # How much later than predicted recent steps and decodes ended (the paced prediction the
         # deadline guard used): preemption by other processes, GIL waits, page faults. The guard
         # keeps the worst recent one free, as no cost curve can predict a single hiccup.
-        self.jitter = RecentMax(2.0)
+        self.jitter = RecentMax(2.0, clock)
 
     RECENT_S = 0.5
 
@@ -156,10 +159,10 @@ class LatencyModel:
         self.respond.observe(seconds)
 
     def observe_iteration(self, seconds: float, decode_rows: int) -> None:
-        self._recent.append((time.monotonic(), seconds, decode_rows))
+        self._recent.append((self.clock(), seconds, decode_rows))
 
     def _fresh(self) -> list[tuple[float, float, int]]:
-        cutoff = time.monotonic() - self.RECENT_S
+        cutoff = self.clock() - self.RECENT_S
         return [r for r in list(self._recent) if r[0] >= cutoff]
 
     def busiest_decode(self) -> int:

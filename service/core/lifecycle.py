@@ -18,8 +18,8 @@ _deadline = operator.attrgetter("deadline")
 
 
 class Lifecycle:
-    def __init__(self, config, slots: int):
-        self.config = config
+    def __init__(self, config, slots: int, clock=time.monotonic):
+        self.config, self.clock = config, clock
         self.waiting: list[Request] = []  # admitted, not yet in the batch
         self.running: list[Request] = []  # in the batch
         self.paused: list[Request] = []  # started, standing aside for now (KV cache kept)
@@ -78,7 +78,7 @@ class Lifecycle:
             self.previews_skipped += max(0, k // every - r.last_preview // every - 1 if reason is None
                                          else (k - 1) // every - r.last_preview // every)
         if reason is None:
-            r.last_preview, r.last_preview_at = r.tokens, time.monotonic()
+            r.last_preview, r.last_preview_at = r.tokens, self.clock()
             return
         r.samples = samples
         self.finish(r, reason)
@@ -96,7 +96,7 @@ class Lifecycle:
     def finish(self, r: Request, reason: FinishReason, error: str | None = None, status: int = 0) -> None:
         r.status = Status.FINISHED
         r.finish_reason, r.error, r.error_status = reason, error, status
-        r.finished = time.monotonic()
+        r.finished = self.clock()
         for s in r.sequences:
             s.status, s.finish_reason = Status.FINISHED, reason
 

@@ -74,12 +74,14 @@ class SchedulerOutput:
 
 class Scheduler:
     def __init__(self, config: SchedulerConfig, latency: LatencyModel, D: int, quality):
+        """Every time it reads comes from the latency model's clock (time.monotonic in the engine;
+        a simulated one in the capacity planner, service/capacity)."""
         self.config, self.latency, self.D = config, latency, D
         self.budget = Budget(config, latency, D, quality)
         self.policy = make_policy(config, self.budget)
-        self.admitter = Admitter(self.policy, D)  # the admitting thread's
+        self.admitter = Admitter(self.policy, D, latency.clock)  # the admitting thread's
         self.planner = Planner(config, self.budget, self.policy)
-        self.lifecycle = Lifecycle(config, config.slots())  # the engine thread's, as is everything below
+        self.lifecycle = Lifecycle(config, config.slots(), latency.clock)  # the engine thread's, as is everything below
         # what admission reads of the batch, replaced whole after each plan
         self.load = LoadSnapshot()
 

@@ -1,0 +1,173 @@
+"""A replica's measured costs, the input of the simulation: a prior step and a decode vs batch
+size (what the engine's latency model starts from, service/core/profiling.py), a KV-cache row
+copy, and the two costs outside the engine loop that deadlines pay for: from arrival to
+admission, and from the decoded samples to the response. Saved and loaded as JSON.
+
+Two ways to measure it:
+- `from_server(url)`: a running replica, from outside, through its public API only. An idle
+  replica answers requests of n rows with the tokens fixed; their `engine_ms` (first step to
+  decoded samples) at k = D and k = 1 give the cost of one iteration at batch n (the runtime
+  step and everything else the engine loop does per iteration) and of the decode; `queue_ms`
+  and the rest of `latency_ms` give the time before and after the engine. What it measures
+  is the replica as deployed: its runtime, threads, frontend and machine.
+- `from_profile(model_dir)`: the engine's own start-up profile of the runtime on this machine
+  (bare runtime calls: no HTTP, no scheduling; the before/after costs are then defaults).
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..catalog import ModelCard
+from ..core.latency import LatencyModel
+
+# Used when nothing measured them (from_profile): an idle replica's arrival-to-admission and
+# decode-to-response times on the machine of bench/results/plan (see that report).
+DEFAULT_ADMIT_S = 0.0015
+DEFAULT_RESPOND_S = 0.0015
+
+
+@dataclass
+class Calibration:
+    model: str
+    D: int
+    quality: list[float]  # q(k) for k = 0..D, the model's quality curve (ModelCard.quality_k)
+    step_s: dict[int, float]  # one engine iteration's step (with its sampling) at each batch size
+    decode_s: dict[int, float]  # one decode of that many rows at k = D
+    copy_row_s: float = 2e-6  # one KV-cache row copied (a pause or resume)
+    admit_s: float = DEFAULT_ADMIT_S  # arrival at the frontend -> admission and the engine's first plan
+    respond_s: float = DEFAULT_RESPOND_S  # decoded samples -> response ready (IPC, encoding)
+    # Contention: every request per second on the replica makes the engine's steps and decodes
+    # slower by this fraction, because the work it brings outside the engine loop (the frontend,
+    # the engine core's per-request messages, a load generator on the same machine) takes CPU
+    # from the engine's cores. An idle probe cannot see it; `anytime bench plan` fits it from
+    # one loaded run of other arrivals (bench/results/plan). 0: cores to spare.
+    contention_s: float = 0.0
+    max_batch: int | None = None  # the replica's max_batch when not the default (a GPU projection)
+    source: str = ""  # how it was obtained: what a report quotes
+    measured: dict = field(default_factory=dict)  # date, machine, backend, command: provenance
+
+    def latency_model(self, clock) -> LatencyModel:
+        """A fresh latency model on `clock`, as the engine's start-up profile would give it."""
+        return LatencyModel(self.step_s, self.decode_s, copy_row_s=self.copy_row_s, clock=clock)
+
+    def quality_k(self) -> np.ndarray:
+        return np.asarray(self.quality, dtype=np.float64)
+
+    # ---- JSON ------------------------------------------------------------------------------
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    def save(self, path: Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> "Calibration":
+        """ValueError with the file's name when it is not a calibration."""
+        try:
+            d = json.loads(Path(path).read_text())
+            d["step_s"] = {int(b): float(s) for b, s in d["step_s"].items()}
+            d["decode_s"] = {int(b): float(s) for b, s in d["decode_s"].items()}
+            cal = cls(**d)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"{path}: not a calibration file ({type(e).__name__}: {e})") from None
+        if len(cal.quality) != cal.D + 1 or not cal.step_s or not cal.decode_s:
+            raise ValueError(f"{path}: not a calibration file (quality curve or costs missing)")
+        return cal
+
+
+def machine() -> dict:
+    cpu = platform.processor() or "unknown"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "machine": f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"}
+
+
+def from_profile(model_dir: Path, backend: str = "onnx", max_batch: int | None = None) -> Calibration:
+    """The engine's start-up profile (service/core/profiling.py) of the model's runtime here."""
+    from ..core.model_dir import load_model_dir
+    from ..core.profiling import profile_runtime
+    from ..core.runtime import make_runtime
+    from ..core.scheduler import SchedulerConfig
+
+    config = SchedulerConfig() if max_batch is None else SchedulerConfig(max_batch=max_batch)
+    spec = load_model_dir(Path(model_dir), backend)
+    runtime = make_runtime(spec, backend, config.slots())
+    sizes = sorted({b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256) if b <= config.max_batch} | {config.max_batch})
+    lat = profile_runtime(runtime, spec, sizes)
+    return Calibration(spec.name, spec.D, spec.quality_k.tolist(),
+                       {int(b): float(c) for b, c in zip(lat.step.sizes, lat.step.costs)},
+                       {int(b): float(c) for b, c in zip(lat.decode.sizes, lat.decode.costs)},
+                       float(lat.copy.costs[0]), max_batch=max_batch,
+                       source=f"start-up profile of the {backend} runtime (service/core/profiling.py)",
+                       measured={**machine(), "backend": backend, "model_dir": Path(model_dir).name})
+
+
+def from_server(url: str, model: str | None = None, sizes=(1, 2, 4, 8, 16, 32, 64), repeats: int = 5,
+                api_key: str | None = None) -> Calibration:
+    """Measure an idle running replica through its API (module docstring). Requests go one at a
+    time, so each steps alone at batch n; medians over `repeats`. Sizes above 64 (the API's
+    largest n) are extrapolated by the latency model, linearly from the two largest."""
+    import httpx
+
+    try:
+        return _measure_server(httpx, url, model, sizes, repeats, api_key)
+    except httpx.HTTPError as e:  # connection refused, timeouts: a message, not a stack trace
+        raise RuntimeError(f"{url}: {type(e).__name__}: {e}") from None
+
+
+def _measure_server(httpx, url, model, sizes, repeats, api_key) -> Calibration:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    with httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=120) as client:
+        models = _get(client, "/models")["models"]
+        name = model or next((m["name"] for m in models if m.get("default")), models[0]["name"])
+        card = ModelCard.from_manifest(_get(client, f"/models/{name}")["manifest"])
+        D = card.D
+
+        def timed(n: int, k: int) -> dict:
+            body = {"model": name, "n": n, "deadline_ms": 60000, "min_tokens": k, "max_tokens": k, "seed": 1}
+            r = client.post("/generate", json=body)
+            if r.status_code != 200:
+                raise RuntimeError(f"{url}: POST /generate n={n} answered {r.status_code}: {r.text[:200]}")
+            out = r.json()
+            if out["tokens"] != k:
+                raise RuntimeError(f"{url}: asked for {k} tokens, got {out['tokens']} (is the replica idle?)")
+            return out
+
+        for _ in range(3):  # warm the path
+            timed(1, D)
+        step, decode, before, after = {}, {}, [], []
+        for n in sizes:
+            full = [timed(n, D) for _ in range(repeats)]
+            one = [timed(n, 1) for _ in range(repeats)]
+            e_full = statistics.median(a["engine_ms"] for a in full) / 1000
+            e_one = statistics.median(a["engine_ms"] for a in one) / 1000
+            # engine(k) = k iterations that step + the decode: two sizes of k give both
+            step[n] = max(1e-6, (e_full - e_one) / (D - 1))
+            decode[n] = max(1e-6, e_one - step[n])
+            if n == 1:
+                before += [a["queue_ms"] / 1000 for a in full + one]
+                after += [(a["latency_ms"] - a["queue_ms"] - a["engine_ms"]) / 1000 for a in full + one]
+    return Calibration(name, D, card.quality_k.tolist(), step, decode,
+                       admit_s=statistics.median(before), respond_s=max(0.0, statistics.median(after)),
+                       source=f"measured through the API of a running replica ({len(sizes)} batch sizes, "
+                              f"medians of {repeats})",
+                       measured={**machine(), "backend": card.backend, "device": card.device})
+
+
+def _get(client, path: str) -> dict:
+    r = client.get(path)
+    if r.status_code != 200:
+        raise RuntimeError(f"GET {path} answered {r.status_code}: {r.text[:200]}")
+    return r.json()

@@ -1,0 +1,205 @@
+"""One replica on a simulated clock: the engine loop of service/core/engine.py (take new requests,
+schedule, move rows, decode the finished, step, learn) with each runtime call replaced by its
+calibrated cost and time.monotonic by a variable. Everything that decides is the real scheduler
+(service/core/scheduler.py and its parts: the Admitter with the policy's admission and the
+Budget, the Planner with the deadline guard and who steps, the Lifecycle, the latency model that
+learns online). Nothing here re-implements a decision; it only lets simulated time pass.
+
+Time passes in one place, `_advance`, which admits every arrival due before the new time at its
+own moment first: admission runs on another thread in the server, against the load the engine
+published at its last plan, and so it does here."""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import heapq
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..core.outputs import EngineOutputs
+from ..core.planner import IterationPlan
+from ..core.request import Request, Sequence
+from ..core.scheduler import Scheduler, SchedulerConfig
+from .calibration import Calibration
+from .traffic import Arrival
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one request got: refused (the reason), or answered with `tokens` after `latency_s`."""
+
+    arrival: Arrival
+    refused: str = ""
+    tokens: int = 0
+    latency_s: float = 0.0
+    quality: float = 0.0
+
+    @property
+    def on_time(self) -> bool:
+        return not self.refused and self.latency_s <= self.arrival.deadline_ms / 1000
+
+
+class SimulatedReplica:
+    def __init__(self, cal: Calibration, config: SchedulerConfig | None = None, jitter: float = 0.0, seed: int = 0):
+        """jitter: the sigma of a log-normal factor on every simulated runtime cost (0: each cost
+        is exactly the calibrated one); seeded, so a run is reproducible."""
+        if config is None:
+            config = SchedulerConfig() if cal.max_batch is None else SchedulerConfig(max_batch=cal.max_batch)
+        self.cal, self.config = cal, config
+        self.now = 0.0
+        self.latency = cal.latency_model(self.clock)  # what the scheduler believes, and corrects online
+        self.truth = cal.latency_model(lambda: 0.0)  # what the simulated runtime costs (never corrected)
+        self.quality = cal.quality_k()
+        self.scheduler = Scheduler(config, self.latency, cal.D, self.quality)
+        self.jitter, self._rng = jitter, np.random.default_rng(seed)
+        self._row_rng = np.random.default_rng(0)  # the sequences' own (never drawn from: no sampling here)
+        self._inbox: list = []  # (time, order, item): admitted requests and respond observations
+        self._order = itertools.count()
+        self._quiet = IterationPlan()
+        self._recent: collections.deque[float] = collections.deque()  # arrival times of the last second
+        self._arrivals: list[Arrival] = []
+        self._next = 0
+        self._of: dict[int, Arrival] = {}
+        self.outcomes: list[Outcome] = []
+        self.iterations = self.plans = 0
+
+    def clock(self) -> float:
+        return self.now
+
+    def run(self, arrivals: list[Arrival]) -> list[Outcome]:
+        """Serve the arrivals (in order of time) until every admitted one is answered."""
+        self._arrivals, self._next = arrivals, 0
+        sched = self.scheduler
+        while True:
+            self._take_new()
+            if sched.has_work():
+                self._iteration()
+            elif self._inbox:  # only respond observations are due: the engine sleeps until then
+                self._advance(max(self.now, self._inbox[0][0]))
+            elif self._next < len(arrivals):  # idle: the engine sleeps until an admission wakes it
+                self._advance(max(self.now, arrivals[self._next].at + self.cal.admit_s))
+            else:
+                return sorted(self.outcomes, key=lambda o: o.arrival.at)
+
+    # ---- the admitting thread ------------------------------------------------------------
+    def _advance(self, to: float) -> None:
+        """Let time pass until `to`, admitting each arrival due by then at its own time."""
+        arrivals = self._arrivals
+        while self._next < len(arrivals) and arrivals[self._next].at + self.cal.admit_s <= to:
+            a = arrivals[self._next]
+            self._next += 1
+            self.now = max(self.now, a.at + self.cal.admit_s)
+            self._recent.append(a.at)
+            self._admit(a)
+        self.now = max(self.now, to)
+
+    def _admit(self, a: Arrival) -> None:
+        D = self.cal.D
+        req = Request(model=self.cal.model, n=a.n, seed=a.seed, label=a.label, deadline_s=a.deadline_ms / 1000,
+                      arrival=a.at, min_tokens=1, max_tokens=D)
+        req.sequences = [Sequence(req, i, self._row_rng) for i in range(a.n)]
+        adm = self.scheduler.admit_request(req)
+        if not adm.ok:
+            self.outcomes.append(Outcome(a, refused=str(adm.reason)))
+            return
+        self._of[req.id] = a
+        self._put(self.now, req)
+
+    def _put(self, at: float, item) -> None:
+        heapq.heappush(self._inbox, (at, next(self._order), item))
+
+    # ---- the engine thread (Engine._take_new, Engine.iteration) -----------------------------
+    def _take_new(self) -> None:
+        while self._inbox and self._inbox[0][0] <= self.now:
+            _, _, item = heapq.heappop(self._inbox)
+            if isinstance(item, Request):
+                self.scheduler.add(item)
+            else:  # a response left the frontend: how long responding took
+                self.latency.observe_respond(item)
+
+    def _iteration(self) -> None:
+        sched, started = self.scheduler, self.now
+        self.iterations += 1
+        if self._quiet.quiet_steps > 0 and self._still_quiet():
+            self._quiet.quiet_steps -= 1
+            self._step_and_learn(started, 0.0)
+            self.latency.observe_iteration(self.now - started, 0)
+            return
+        self.plans += 1
+        out = sched.schedule(started)
+        copy_s = self._move_rows(len(out.moves))
+        decode_s = self._decode(out) if out.finish or out.previews else 0.0
+        self._quiet = dataclasses.replace(out.plan, start=[], budgets={}, finish=[], pause=[], resume=[])
+        if sched.rows:
+            self._step_and_learn(started, decode_s + copy_s)
+        self.latency.observe_iteration(self.now - started, sum(r.n for r, _ in out.finish))
+
+    def _still_quiet(self) -> bool:
+        q = self._quiet
+        return (not self.scheduler.has_news() and self.now <= q.quiet_until
+                and self.latency.step.paced(len(self.scheduler.rows)) <= q.quiet_step_cost
+                and self.scheduler.margin() <= q.quiet_margin)
+
+    def _cost(self, curve, size: int) -> float:
+        """The runtime's cost now: the calibrated one, slowed by the other work that the last
+        second's requests bring to the replica's cores (Calibration.contention_s)."""
+        recent, cutoff = self._recent, self.now - 1.0
+        while recent and recent[0] < cutoff:
+            recent.popleft()
+        c = curve.profiled(size) * (1.0 + self.cal.contention_s * len(recent))
+        return c * float(self._rng.lognormal(0.0, self.jitter)) if self.jitter > 0 else c
+
+    def _step_and_learn(self, started: float, decode_s: float) -> None:
+        B = len(self.scheduler.rows)
+        predicted = self.latency.step.paced(B)
+        cost = self._cost(self.truth.step, B)
+        self._advance(self.now + cost)
+        took = self.now - started - decode_s  # as the engine measures it: the iteration but its decode
+        self.latency.jitter.observe(max(0.0, took - predicted))
+        self.latency.step.observe(B, took)
+        self.scheduler.update_from_output([0] * B, cost)
+
+    def _move_rows(self, moves: int) -> float:
+        if not moves:
+            return 0.0
+        cost = self._cost(self.truth.copy, moves)
+        self._advance(self.now + cost)
+        self.latency.copy.observe(moves, cost)
+        return cost
+
+    def _decode(self, out) -> float:
+        """EngineOutputs._decode's order and chunks: deadline order, about DECODE_CHUNK_S each."""
+        jobs = sorted(out.finish, key=lambda f: f[0].deadline) + [(r, None) for r in out.previews]
+        chunk, rows, spent = [], 0, 0.0
+        for job in jobs:
+            n = job[0].samples_n
+            if chunk and self.latency.decode(rows + n) > EngineOutputs.DECODE_CHUNK_S:
+                spent += self._decode_chunk(chunk)
+                chunk, rows = [], 0
+            chunk.append(job)
+            rows += n
+        return spent + (self._decode_chunk(chunk) if chunk else 0.0)
+
+    def _decode_chunk(self, jobs) -> float:
+        rows = sum(r.samples_n for r, _ in jobs)
+        predicted = self.latency.decode.paced(rows)
+        dt = self._cost(self.truth.decode, rows)
+        self._advance(self.now + dt)
+        self.latency.jitter.observe(max(0.0, dt - predicted))
+        self.latency.decode.observe(rows, dt)
+        for r, reason in jobs:
+            self.scheduler.decoded(r, None, dt, reason)
+            if reason is not None:
+                self._answer(r)
+        return dt
+
+    def _answer(self, r: Request) -> None:
+        """The samples are decoded now; the response is ready respond_s later, and the engine
+        learns that time from the frontend's report (Engine.observe_respond)."""
+        a = self._of.pop(r.id)
+        ready = self.now + self.cal.respond_s
+        k = r.tokens
+        self.outcomes.append(Outcome(a, tokens=k, latency_s=ready - a.at, quality=float(self.quality[k])))
+        self._put(ready, self.cal.respond_s)

@@ -1,0 +1,134 @@
+"""`anytime plan`: the simulation drives the real scheduler classes on a simulated clock, behaves
+as a replica does at the extremes of load, is reproducible, and the command says what is wrong
+with bad input. A made-up calibration (a replica whose step costs 1 ms at batch 1) keeps it fast."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from service.capacity import cli
+from service.capacity.calibration import Calibration
+from service.capacity.fleet import Traffic, plan, simulate
+from service.capacity.replica import SimulatedReplica
+from service.capacity.traffic import arrivals
+from service.core import admitter, lifecycle, planner
+
+D = 16
+
+
+def calibration(contention_s: float = 0.0) -> Calibration:
+    quality = np.minimum(1.0, np.arange(D + 1) / 12).tolist()
+    step = {1: 0.001, 8: 0.0015, 32: 0.003, 128: 0.009}
+    decode = {1: 0.0002, 8: 0.0008, 32: 0.003, 64: 0.006}
+    return Calibration("tiny", D, quality, step, decode, admit_s=0.001, respond_s=0.001, contention_s=contention_s,
+                       source="made up for tests")
+
+
+def test_the_simulation_runs_the_real_scheduler_on_its_clock(monkeypatch):
+    calls = {"admit": 0, "plan": 0, "apply": 0}
+    for module, cls, name, key in ((admitter, "Admitter", "admit", "admit"), (planner, "Planner", "plan", "plan"),
+                                   (lifecycle, "Lifecycle", "apply", "apply")):
+        real = getattr(getattr(module, cls), name)
+
+        def counted(self, *a, _real=real, _key=key, **k):
+            calls[_key] += 1
+            return _real(self, *a, **k)
+
+        monkeypatch.setattr(getattr(module, cls), name, counted)
+    sim = SimulatedReplica(calibration())
+    outcomes = sim.run(arrivals(100, 2.0, "fixed:200", "1", seed=1))
+    assert calls["admit"] == len(outcomes) > 100
+    assert calls["plan"] == calls["apply"] == sim.plans > 0
+    # every time the scheduler read was simulated: its clock is the simulation's, far from monotonic's
+    assert sim.scheduler.admitter.clock == sim.clock and sim.scheduler.lifecycle.clock == sim.clock
+    assert 2.0 <= sim.now < 3.0
+
+
+def test_at_very_low_load_every_request_gets_every_token_on_time():
+    p = simulate(calibration(), Traffic(2.0, "loguniform:200:1000", "1"), replicas=1, duration=30)
+    assert p.requests > 30
+    assert p.on_time == 1.0 and p.refused == 0.0
+    assert p.mean_tokens == pytest.approx(D, abs=0.01)
+
+
+def test_more_load_needs_more_replicas():
+    cal = calibration(contention_s=0.0005)
+    light = plan(cal, Traffic(300, "loguniform:30:300", "1"), 0.8, duration=4)
+    heavy = plan(cal, Traffic(3000, "loguniform:30:300", "1"), 0.8, duration=4)
+    assert light.needed is not None and heavy.needed is not None
+    assert heavy.needed > light.needed
+    by = {q.replicas: q for q in heavy.points}
+    assert by[heavy.needed].delivered_quality >= 0.8
+    if heavy.needed - 1 in by:
+        assert by[heavy.needed - 1].delivered_quality < 0.8
+    # fewer replicas than needed: load takes quality away (fewer tokens, refusals or both)
+    fewest = min(by)
+    assert by[fewest].delivered_quality < by[heavy.needed].delivered_quality
+
+
+def test_an_unreachable_floor_is_reported_as_such():
+    # 20 ms deadlines leave a 1 ms-per-step replica far fewer than D tokens even when idle
+    p = plan(calibration(), Traffic(50, "fixed:12", "1"), 0.99, duration=4)
+    assert p.needed is None and p.ceiling.delivered_quality < 0.99
+
+
+def test_the_same_seed_gives_the_same_plan_and_another_seed_another():
+    traffic = Traffic(800, "loguniform:50:500", "1:0.7,4:0.3")
+    a = simulate(calibration(), traffic, 1, duration=3, seed=5)
+    b = simulate(calibration(), traffic, 1, duration=3, seed=5)
+    c = simulate(calibration(), traffic, 1, duration=3, seed=6)
+    assert a == b
+    assert a != c
+
+
+def test_calibration_round_trips_through_json(tmp_path):
+    cal = calibration(0.001)
+    cal.save(tmp_path / "cal.json")
+    back = Calibration.load(tmp_path / "cal.json")
+    assert back == cal
+    (tmp_path / "bad.json").write_text(json.dumps({"model": "x"}))
+    with pytest.raises(ValueError, match="not a calibration"):
+        Calibration.load(tmp_path / "bad.json")
+
+
+def test_anytime_plan_writes_its_report(tmp_path, capsys):
+    calibration().save(tmp_path / "cal.json")
+    out = tmp_path / "plan"
+    rc = cli.main(["plan", "--rate", "400", "--deadlines", "loguniform:50:500", "--quality-floor", "0.8",
+                   "--calibration", str(tmp_path / "cal.json"), "--duration", "3", "--out", str(out)])
+    assert rc == 0
+    doc = json.loads((out / "plan.json").read_text())
+    needed = doc["replicas_needed"]
+    assert needed >= 1 and doc["traffic"]["rate"] == 400
+    assert any(p["replicas"] == needed and p["delivered_quality"] >= 0.8 for p in doc["points"])
+    md = (out / "plan.md").read_text()
+    assert f"**{needed} replica" in md and "| replicas |" in md
+    assert (out / "plan.png").stat().st_size > 10_000
+    assert md in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--rate", "-5"], "--rate"),
+    (["--rate", "10", "--deadlines", "lognormal:1:2"], "unknown deadline distribution"),
+    (["--rate", "10", "--deadlines", "loguniform:0:100"], "1-60000"),
+    (["--rate", "10", "--n-mix", "1:x"], "malformed n mix"),
+    (["--rate", "10", "--n-mix", "65"], "n must be 1-64"),
+    (["--rate", "10", "--quality-floor", "1.5"], "--quality-floor"),
+    (["--rate", "10", "--replicas", "0"], "--replicas"),
+])
+def test_anytime_plan_refuses_bad_input_with_a_message(args, message, capsys, tmp_path):
+    calibration().save(tmp_path / "cal.json")
+    with pytest.raises(SystemExit) as e:
+        cli.main([*args, "--calibration", str(tmp_path / "cal.json"), "--out", str(tmp_path / "o")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_anytime_plan_names_a_missing_calibration_or_server(tmp_path, capsys):
+    assert cli.main(["--rate", "10", "--calibration", str(tmp_path / "none.json")]) == 2
+    assert "not a calibration" in capsys.readouterr().err
+    assert cli.main(["--rate", "10", "--server", "http://127.0.0.1:9"]) == 2
+    assert "127.0.0.1:9" in capsys.readouterr().err
