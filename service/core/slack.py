@@ -17,6 +17,14 @@ to spare does not slow an interactive one down to a coarser answer); the rest pa
 their KV-cache rows, or stay queued. Admission counts on this: it plans a new request against
 the rows that cannot stand aside before its deadline (LoadSnapshot.rows_sharing).
 
+A waiting request that must start soon (urgent, or without seconds to spare) and does not fit
+the rows or KV-cache slots left *holds* them: waiting requests after it in the order (later
+deadlines, lower priority) may not start in them, so the rows that free up are its own. Without the hold, a
+large request (n = 16) waits while smaller ones due later fill every row that frees, until it
+is far past its deadline (seconds, at 4x load): admission planned every request's work in
+deadline order, and backfilling past a waiting request breaks that order. Requests that can no
+longer get a token in time hold nothing (they are answered after the others).
+
 Previews are best effort: at most one per `preview_interval_s` per request, their decodes
 limited to `preview_share` of the engine's time (a credit that accrues with the clock), and
 none that would leave a running request without the time its own decode and response need.
@@ -110,11 +118,14 @@ class Stepping:
             # then by priority and deadline) while rows and slots last. No per-request laxity
             # is computed: this is most iterations of short-deadline traffic.
             chosen, rows = list(running), sum(r.n for r in running)
+            held = 0  # rows and slots kept for waiting requests that do not fit yet
             for r in sorted(waiting, key=lambda r: (id(r) in late, PRIORITY_RANK[r.priority], r.deadline)):
-                if rows + r.n <= c.max_batch and free_slots >= r.n:
+                if rows + held + r.n <= c.max_batch and free_slots - held >= r.n:
                     chosen.append(r)
                     rows += r.n
                     free_slots -= r.n
+                elif id(r) not in late:
+                    held += r.n  # it holds them (module docstring)
             return chosen
         full = self.budget.full_step()
         kind = {id(r): k for k, group in ((RUNNING, running), (PAUSED, paused), (WAITING, waiting)) for r in group}
@@ -136,11 +147,15 @@ class Stepping:
         # a request that may not stand aside (its deadline is too near for its steps to come
         # back later without a loss) steps whenever a row is free, as an urgent one does
         first = {id(r) for r in candidates if r.urgent or not self.may_stand_aside(r)}
+        held = 0  # rows and slots kept for waiting requests that do not fit yet: they bar later starts only
         for r in sorted(candidates, key=lambda r: (id(r) in late, id(r) not in first, PRIORITY_RANK[r.priority],
                                                    r.deadline)):
             k = kind[id(r)]
-            if id(r) in taken or rows + r.n > c.max_batch or (k is WAITING and free_slots < r.n) \
+            hold = held if k is WAITING else 0
+            if id(r) in taken or rows + hold + r.n > c.max_batch or (k is WAITING and free_slots - hold < r.n) \
                     or (k is PAUSED and free_slots < 1):
+                if k is WAITING and id(r) in first and id(r) not in late:
+                    held += r.n
                 continue
             if chosen and id(r) not in first and c.safety * lat.step.paced(rows + r.n) > allow:
                 continue  # it has slack; joining now would cost someone in the batch its target
