@@ -22,8 +22,10 @@ the rows or KV-cache slots left *holds* them: waiting requests after it in the o
 deadlines, lower priority) may not start in them, so the rows that free up are its own. Without the hold, a
 large request (n = 16) waits while smaller ones due later fill every row that frees, until it
 is far past its deadline (seconds, at 4x load): admission planned every request's work in
-deadline order, and backfilling past a waiting request breaks that order. Requests that can no
-longer get a token in time hold nothing (they are answered after the others).
+deadline order, and backfilling past a waiting request breaks that order. A request that can no
+longer make its deadline keeps its place by deadline (the earliest): put after the others, it
+was starved for seconds by the requests that kept arriving (bench/results/one-policy-sweep
+notes); in its place it is answered a step or two late, with at least one token.
 
 Previews are best effort: at most one per `preview_interval_s` per request, their decodes
 limited to `preview_share` of the engine's time (a credit that accrues with the clock), and
@@ -85,16 +87,12 @@ class Stepping:
         """Pause, resume and start from select(); a waiting request starts with the tokens
         that still fit. Returns the active rows of the next step."""
         c = self.config
-        late = set()  # not even one token fits any more: answered when a row is free, after the others
         for r in ch.waiting:  # not even min_tokens fit alone in the batch: it may not wait a step longer
-            fit = self.budget.deadline_tokens(r, ch.now, r.n, c.safety * ch.dec_now, 0)
-            if fit < max(1, r.min_tokens):
+            if self.budget.deadline_tokens(r, ch.now, r.n, c.safety * ch.dec_now, 0) < max(1, r.min_tokens):
                 r.urgent = True
-                if fit < 1:
-                    late.add(id(r))
         running = [r for r in ch.continuing if id(r) not in ch.paused_ids]
         paused = [r for r in ch.continuing if id(r) in ch.paused_ids]
-        chosen = self.select(ch.now, running, paused, ch.waiting, ch.dec_now, ch.margin, ch.free_slots, late)
+        chosen = self.select(ch.now, running, paused, ch.waiting, ch.dec_now, ch.margin, ch.free_slots)
         stepping = set(map(id, chosen))
         plan.pause = [r for r in running if id(r) not in stepping]
         plan.resume = [r for r in paused if id(r) in stepping]
@@ -107,24 +105,24 @@ class Stepping:
         return rows
 
     def select(self, now: float, running: list[Request], paused: list[Request], waiting: list[Request],
-               dec_now: float, margin: float, free_slots: int, late: set[int] = frozenset()) -> list[Request]:
+               dec_now: float, margin: float, free_slots: int) -> list[Request]:
         """The requests that step this iteration, within max_batch rows and the KV-cache slots
         left (a start takes a slot per row; a pause or a resume copies through one free slot)."""
         c, lat = self.config, self.latency
         candidates = [*running, *paused, *waiting]
         if not paused and not any(map(self.may_stand_aside, candidates)) and not outranks(waiting, running):
             # nobody can stand aside, and no waiting request takes a row by priority: as
-            # --no-slack, the running rows go on and waiting requests start (late ones last,
-            # then by priority and deadline) while rows and slots last. No per-request laxity
+            # --no-slack, the running rows go on and waiting requests start by priority and
+            # deadline while rows and slots last. No per-request laxity
             # is computed: this is most iterations of short-deadline traffic.
             chosen, rows = list(running), sum(r.n for r in running)
             held = 0  # rows and slots kept for waiting requests that do not fit yet
-            for r in sorted(waiting, key=lambda r: (id(r) in late, PRIORITY_RANK[r.priority], r.deadline)):
+            for r in sorted(waiting, key=lambda r: (PRIORITY_RANK[r.priority], r.deadline)):
                 if rows + held + r.n <= c.max_batch and free_slots - held >= r.n:
                     chosen.append(r)
                     rows += r.n
                     free_slots -= r.n
-                elif id(r) not in late:
+                else:
                     held += r.n  # it holds them (module docstring)
             return chosen
         full = self.budget.full_step()
@@ -148,13 +146,13 @@ class Stepping:
         # back later without a loss) steps whenever a row is free, as an urgent one does
         first = {id(r) for r in candidates if r.urgent or not self.may_stand_aside(r)}
         held = 0  # rows and slots kept for waiting requests that do not fit yet: they bar later starts only
-        for r in sorted(candidates, key=lambda r: (id(r) in late, id(r) not in first, PRIORITY_RANK[r.priority],
+        for r in sorted(candidates, key=lambda r: (id(r) not in first, PRIORITY_RANK[r.priority],
                                                    r.deadline)):
             k = kind[id(r)]
             hold = held if k is WAITING else 0
             if id(r) in taken or rows + hold + r.n > c.max_batch or (k is WAITING and free_slots - hold < r.n) \
                     or (k is PAUSED and free_slots < 1):
-                if k is WAITING and id(r) in first and id(r) not in late:
+                if k is WAITING and id(r) in first:
                     held += r.n
                 continue
             if chosen and id(r) not in first and c.safety * lat.step.paced(rows + r.n) > allow:

@@ -122,12 +122,25 @@ def test_waiting_requests_join_by_earliest_deadline_and_a_hopeless_one_is_answer
     s = scheduler(max_batch=2)
     late, soon, hopeless = request(500, planned=20), request(50, planned=20), request(1, planned=20)
     plan = s.plan(100.0, [], [late, soon, hopeless], running_rows=0)
-    assert plan.start == [soon, late] and plan.budgets[id(soon)] == 20
-    # admitted, it is never refused: with no row free it waits (and turns urgent)...
-    assert hopeless.urgent and plan.short_starts == 0
-    # ...and it starts before anything with laxity, with what fits (one token), counted
-    plan = s.plan(100.0, [], [late, hopeless], running_rows=0)
-    assert plan.start == [hopeless, late] and plan.budgets[id(hopeless)] == 1 and plan.short_starts == 1
+    # admitted, it is never refused: it keeps its place by deadline (first), starts with what
+    # fits (one token), counted, and turns urgent; the request due last waits for a row
+    assert plan.start == [hopeless, soon] and plan.budgets[id(hopeless)] == 1 and plan.short_starts == 1
+    assert hopeless.urgent and plan.budgets[id(soon)] == 20
+
+
+def test_a_large_request_that_does_not_fit_holds_the_rows_left():
+    s = scheduler(max_batch=4)
+    big, small = request(60, n=4, planned=20), request(100, n=1, planned=20)  # none with time to spare
+    running = [request(65, n=1, tokens=1, planned=10) for _ in range(2)]  # no time to stand aside
+    # 2 rows run; the big one (due first) needs 4: the small one, due later, may not take them
+    plan = s.plan(100.0, running, [big, small], running_rows=2)
+    assert plan.start == [] and not plan.pause
+    # a request due before it still starts in the rows left
+    sooner = request(40, n=1, planned=20)
+    plan = s.plan(100.0, running, [big, small, sooner], running_rows=2)
+    assert plan.start == [sooner]
+    plan = s.plan(100.0, [], [big, small], running_rows=0)  # the rows freed: it starts
+    assert plan.start == [big]
 
 
 def test_future_gain_rate_is_zero_on_a_flat_tail():
