@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.capacity.calibration import from_server
+from service.capacity.calibration import from_profile, from_server
 from service.capacity.fleet import summarize
 from service.capacity.replica import SimulatedReplica
 from service.capacity.traffic import arrivals, mean_n
@@ -104,13 +104,16 @@ def fit_contention(cal, measured_tokens: float, rate, duration, deadlines, n_mix
 
 
 def run(flags: list[str], out: Path, loads: list[float], duration: float, deadlines: str, n_mix: str,
-        seed: int = 0, jitter: float = 0.0, rest_s: float = 3.0, fit_load: float = 1.5) -> dict:
+        seed: int = 0, jitter: float = 0.0, rest_s: float = 3.0, fit_load: float = 1.5,
+        model_dir: Path | None = None, backend: str = "onnx") -> dict:
     out.mkdir(parents=True, exist_ok=True)
     with serve(*flags, "--policy", "fixed", log_path=out / "capacity-server.log") as cap_url:
         capacity = asyncio.run(measure_capacity(cap_url, "1"))
     rows = []
     with serve(*flags, log_path=out / "server.log") as url:
-        cal = from_server(url)
+        # the step and the time around the engine through the API, the decode from the engine's
+        # start-up profile of the same runtime here (Calibration.with_profile_decode)
+        cal = from_server(url).with_profile_decode(from_profile(model_dir, backend))
         time.sleep(rest_s)
         # contention: fitted on other arrivals (seed + 1) at another load than those validated
         fit_rate = fit_load * capacity / mean_n(n_mix)
@@ -150,8 +153,8 @@ def markdown(r: dict) -> str:
              f"(multiples of the replica's full-length n=1 capacity, {r['capacity_n1']:.1f} samples/s, measured on "
              f"a `fixed`-policy server as `anytime bench load` does); deadlines `{r['deadlines']}` ms, samples per "
              f"request `{r['n_mix']}`, seed {r['seed']}: the load generator and the simulation serve the same "
-             "arrivals. The planner was calibrated from the running replica through its API "
-             f"([calibration.json](calibration.json): {cal['source']}; before the engine {1000 * cal['admit_s']:.2f} ms, "
+             "arrivals. The planner was calibrated from the running replica through its API, its decode from the engine's "
+             f"start-up profile of the same runtime ([calibration.json](calibration.json): {cal['source']}; before the engine {1000 * cal['admit_s']:.2f} ms, "
              f"after it {1000 * cal['respond_s']:.2f} ms). Its contention term (engine costs grow by "
              f"{1000 * cal['contention_s']:.3f} ms per request/s on the replica: the CPU the frontend and the load "
              f"generator take from the engine's cores on this 2-core machine) was fitted to the mean tokens of one "
