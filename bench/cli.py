@@ -153,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         from .plan_validation import run
 
         run(["--model-dirs", str(args.model_dir), "--backend", args.backend, *args.server_flag], args.out,
-            [float(x) for x in args.loads.split(",")], args.duration, args.deadlines, args.n_mix, args.seed, args.jitter)
+            [float(x) for x in args.loads.split(",")], args.duration, args.deadlines, args.n_mix, args.seed, args.jitter,
+            model_dir=args.model_dir, backend=args.backend)
         print((args.out / "validation.md").read_text())
         return 0
     if args.what == "cost":

@@ -8,10 +8,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import statistics
+import threading
 import time
 from pathlib import Path
 
-from service.capacity.calibration import from_server
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.capacity.calibration import from_profile, from_server
 from service.capacity.fleet import summarize
 from service.capacity.replica import SimulatedReplica
 from service.capacity.traffic import arrivals, mean_n
@@ -38,7 +43,53 @@ def simulated_point(cal, rate, duration, deadlines, n_mix, seed, jitter) -> dict
     sim = SimulatedReplica(cal, jitter=jitter, seed=seed)
     p = summarize(1, rate, sim.run(arrivals(rate, duration, deadlines, n_mix, seed)))
     return {"requests": p.requests, "on_time": p.on_time, "refused": p.refused, "errors": 0,
-            "mean_tokens": p.mean_tokens, "mean_quality": p.mean_quality}
+            "mean_tokens": p.mean_tokens, "mean_quality": p.mean_quality, "runtime": sim.runtime_stats()}
+
+
+RUNTIME = ("anytime_step_latency_seconds_count", "anytime_step_latency_seconds_sum", "anytime_batch_size_sum",
+           "anytime_decode_latency_seconds_count", "anytime_decode_latency_seconds_sum")
+
+
+def scrape(url: str) -> dict:
+    """The replica's runtime counters and its latency model's online factors from /metrics."""
+    out: dict = {}
+    for fam in text_string_to_metric_families(httpx.get(url + "/metrics", timeout=10).text):
+        for s in fam.samples:
+            if s.name in RUNTIME:
+                out[s.name] = out.get(s.name, 0.0) + s.value
+            elif s.name == "anytime_latency_model_factor":
+                out[f"factor_{s.labels['kind']}"] = s.value
+    return out
+
+
+def measured_load(url, rate, duration, deadlines, n_mix, seed) -> dict:
+    """A measured run, with what the replica's /metrics says its runtime did meanwhile: steps,
+    mean batch, decode calls and their mean cost, and the medians of the latency model's online
+    factors (measured / start-up profile) sampled every 0.25 s during the run."""
+    before, factors, stop = scrape(url), [], threading.Event()
+
+    def sample():
+        while not stop.wait(0.25):
+            m = scrape(url)
+            factors.append((m.get("factor_step", 1.0), m.get("factor_decode", 1.0)))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        point = measured_point(asyncio.run(run_load(url, rate, duration, deadlines, n_mix, seed=seed, progress=False)))
+    finally:
+        stop.set()
+        sampler.join()
+    after = scrape(url)
+    d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in RUNTIME}
+    steps, decodes = d[RUNTIME[0]], d[RUNTIME[3]]
+    mid = factors[4:-4] or factors or [(1.0, 1.0)]  # the run's steady part
+    point["runtime"] = {"steps": int(steps), "mean_batch": d[RUNTIME[2]] / max(1, steps),
+                        "mean_step_ms": 1000 * d[RUNTIME[1]] / max(1, steps), "decodes": int(decodes),
+                        "mean_decode_ms": 1000 * d[RUNTIME[4]] / max(1, decodes),
+                        "factor_step": statistics.median(f[0] for f in mid),
+                        "factor_decode": statistics.median(f[1] for f in mid)}
+    return point
 
 
 def fit_contention(cal, measured_tokens: float, rate, duration, deadlines, n_mix, seed, jitter) -> float:
@@ -53,18 +104,20 @@ def fit_contention(cal, measured_tokens: float, rate, duration, deadlines, n_mix
 
 
 def run(flags: list[str], out: Path, loads: list[float], duration: float, deadlines: str, n_mix: str,
-        seed: int = 0, jitter: float = 0.0, rest_s: float = 3.0, fit_load: float = 1.5) -> dict:
+        seed: int = 0, jitter: float = 0.0, rest_s: float = 3.0, fit_load: float = 1.5,
+        model_dir: Path | None = None, backend: str = "onnx") -> dict:
     out.mkdir(parents=True, exist_ok=True)
     with serve(*flags, "--policy", "fixed", log_path=out / "capacity-server.log") as cap_url:
         capacity = asyncio.run(measure_capacity(cap_url, "1"))
     rows = []
     with serve(*flags, log_path=out / "server.log") as url:
-        cal = from_server(url)
+        # the step and the time around the engine through the API, the decode from the engine's
+        # start-up profile of the same runtime here (Calibration.with_profile_decode)
+        cal = from_server(url).with_profile_decode(from_profile(model_dir, backend))
         time.sleep(rest_s)
         # contention: fitted on other arrivals (seed + 1) at another load than those validated
         fit_rate = fit_load * capacity / mean_n(n_mix)
-        fit_run = measured_point(asyncio.run(run_load(url, fit_rate, duration / 2, deadlines, n_mix, seed=seed + 1,
-                                                      progress=False)))
+        fit_run = measured_load(url, fit_rate, duration / 2, deadlines, n_mix, seed + 1)
         cal.contention_s = fit_contention(cal, fit_run["mean_tokens"], fit_rate, duration / 2, deadlines, n_mix,
                                           seed + 1, jitter)
         cal.save(out / "calibration.json")
@@ -72,8 +125,7 @@ def run(flags: list[str], out: Path, loads: list[float], duration: float, deadli
         time.sleep(rest_s)
         for load in loads:
             rate = load * capacity / mean_n(n_mix)
-            measured = measured_point(asyncio.run(run_load(url, rate, duration, deadlines, n_mix, seed=seed,
-                                                           progress=False)))
+            measured = measured_load(url, rate, duration, deadlines, n_mix, seed)
             simulated = simulated_point(cal, rate, duration, deadlines, n_mix, seed, jitter)
             rows.append({"load": load, "rate": rate, "measured": measured, "simulated": simulated})
             print(f"{load}x: measured {measured}\n      simulated {simulated}", flush=True)
@@ -101,8 +153,8 @@ def markdown(r: dict) -> str:
              f"(multiples of the replica's full-length n=1 capacity, {r['capacity_n1']:.1f} samples/s, measured on "
              f"a `fixed`-policy server as `anytime bench load` does); deadlines `{r['deadlines']}` ms, samples per "
              f"request `{r['n_mix']}`, seed {r['seed']}: the load generator and the simulation serve the same "
-             "arrivals. The planner was calibrated from the running replica through its API "
-             f"([calibration.json](calibration.json): {cal['source']}; before the engine {1000 * cal['admit_s']:.2f} ms, "
+             "arrivals. The planner was calibrated from the running replica through its API, its decode from the engine's "
+             f"start-up profile of the same runtime ([calibration.json](calibration.json): {cal['source']}; before the engine {1000 * cal['admit_s']:.2f} ms, "
              f"after it {1000 * cal['respond_s']:.2f} ms). Its contention term (engine costs grow by "
              f"{1000 * cal['contention_s']:.3f} ms per request/s on the replica: the CPU the frontend and the load "
              f"generator take from the engine's cores on this 2-core machine) was fitted to the mean tokens of one "
@@ -118,6 +170,23 @@ def markdown(r: dict) -> str:
             ok = (abs(rel) <= TOLERANCE) if rel is not None else (s == 0)
             lines.append(f"| {row['load']:g}x | {row['rate']:.1f} | {name} | {fmt(m)} | {fmt(s)} | "
                          f"{'n/a (measured 0)' if rel is None else f'{100 * rel:+.1f}%'} | {'yes' if ok else '**no**'} |")
+    lines += ["", "What the runtime did at each load: measured from the replica's /metrics "
+              "(`anytime_batch_size`, `anytime_step_latency_seconds`: the runtime call alone, "
+              "`anytime_decode_latency_seconds`: every decode call, first-token table hits included; "
+              "`anytime_latency_model_factor`: the engine's own online correction of its start-up profile, "
+              "the median of samples every 0.25 s during the run) vs the simulation (its iterations cost "
+              "the calibrated step, which includes sampling and the engine loop's own work, times the "
+              "contention; its decode calls count table-only calls at 0 ms).", "",
+              "| load | | steps | mean batch | mean step ms | decode calls | mean decode ms | step factor | decode factor |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for row in r["rows"]:
+        m, s = row["measured"].get("runtime"), row["simulated"].get("runtime")
+        if m:
+            lines.append(f"| {row['load']:g}x | measured | {m['steps']} | {m['mean_batch']:.1f} | {m['mean_step_ms']:.2f} | "
+                         f"{m['decodes']} | {m['mean_decode_ms']:.2f} | {m['factor_step']:.2f} | {m['factor_decode']:.2f} |")
+        if s:
+            lines.append(f"| {row['load']:g}x | simulated | {s['steps']} | {s['mean_batch']:.1f} | {s['mean_step_ms']:.2f} | "
+                         f"{s['decodes']} | {s['mean_decode_ms']:.2f} | | |")
     lines += ["", "Requests sent / errors (measured): " + ", ".join(
         f"{row['load']:g}x {row['measured']['requests']} / {row['measured']['errors']}" for row in r["rows"]), "",
               "Measured refusals by message: " + "; ".join(f"{row['load']:g}x {row['measured']['refusals_by_message']}"

@@ -28,8 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     src = ap.add_mutually_exclusive_group()
     src.add_argument("--calibration", type=Path, help="a calibration JSON (from --save-calibration)")
     src.add_argument("--server", metavar="URL", help="measure an idle running replica through its API")
-    src.add_argument("--model-dir", type=Path, help="profile this model's runtime here (default: the default "
-                     "zoo model), as the engine does at start-up")
+    ap.add_argument("--model-dir", type=Path, help="profile this model's runtime here (default: the default "
+                    "zoo model), as the engine does at start-up; with --server, only its decode is taken from "
+                    "this profile (the API cannot separate a decode from the plan before it)")
     ap.add_argument("--gpu", metavar="PRESET", help="project a GPU replica from the model's roofline "
                      "(service/capacity/gpu.py presets; a projection, not a measurement)")
     ap.add_argument("--backend", default="onnx", choices=["onnx", "torchscript"], help="with --model-dir")
@@ -57,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         counts = [int(x) for x in args.replicas.split(",") if x.strip()]
     except ValueError as e:
         ap.error(str(e))
+    if args.model_dir and args.calibration:
+        ap.error("--model-dir and --calibration: a calibration file already holds its costs")
     if args.gpu and (args.calibration or args.server):
         ap.error("--gpu projects from a model directory (--model-dir), not from --calibration or --server")
     if args.rate <= 0 or not 0 < args.quality_floor <= 1 or args.duration <= 0 or any(c < 1 for c in counts):
@@ -84,7 +87,8 @@ def calibration(args) -> Calibration:
     if args.calibration:
         return Calibration.load(args.calibration)
     if args.server:
-        return c.from_server(args.server, api_key=args.api_key)
+        cal = c.from_server(args.server, api_key=args.api_key)
+        return cal.with_profile_decode(c.from_profile(args.model_dir, args.backend)) if args.model_dir else cal
     if args.gpu:
         from .gpu import project
 

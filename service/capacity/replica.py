@@ -64,6 +64,18 @@ class SimulatedReplica:
         self._of: dict[int, Arrival] = {}
         self.outcomes: list[Outcome] = []
         self.iterations = self.plans = 0
+        # what the simulated runtime did, as a server's /metrics counts it (anytime_batch_size,
+        # anytime_step_latency_seconds, anytime_decode_latency_seconds): to compare with a real run
+        self.steps = self.step_rows = self.decodes = self.decode_rows = 0
+        self.step_s = self.decode_s = 0.0
+
+    def runtime_stats(self) -> dict:
+        """Counts and means of the simulated runtime calls (what a server's /metrics reports)."""
+        return {"steps": self.steps, "mean_batch": self.step_rows / max(1, self.steps),
+                "mean_step_ms": 1000 * self.step_s / max(1, self.steps), "decodes": self.decodes,
+                "mean_decode_rows": self.decode_rows / max(1, self.decodes),
+                "mean_decode_ms": 1000 * self.decode_s / max(1, self.decodes),
+                "plans": self.plans, "iterations": self.iterations, "simulated_s": self.now}
 
     def clock(self) -> float:
         return self.now
@@ -155,6 +167,7 @@ class SimulatedReplica:
         B = len(self.scheduler.rows)
         predicted = self.latency.step.paced(B)
         cost = self._cost(self.truth.step, B)
+        self.steps, self.step_rows, self.step_s = self.steps + 1, self.step_rows + B, self.step_s + cost
         self._advance(self.now + cost)
         took = self.now - started - decode_s  # as the engine measures it: the iteration but its decode
         self.latency.jitter.observe(max(0.0, took - predicted))
@@ -183,12 +196,19 @@ class SimulatedReplica:
         return spent + (self._decode_chunk(chunk) if chunk else 0.0)
 
     def _decode_chunk(self, jobs) -> float:
-        rows = sum(r.samples_n for r, _ in jobs)
-        predicted = self.latency.decode.paced(rows)
-        dt = self._cost(self.truth.decode, rows)
-        self._advance(self.now + dt)
-        self.latency.jitter.observe(max(0.0, dt - predicted))
-        self.latency.decode.observe(rows, dt)
+        """One batched decode. Rows stopped after one token come from the engine's first-token
+        table (service/core/first_token.py), not the decoder: the table is taken as full (it
+        holds at most K samples and fills with the first K one-token answers), so they cost
+        nothing and, as in the engine, the latency model learns from decoder rows only."""
+        rows = sum(r.samples_n for r, _ in jobs if r.tokens > 1)
+        dt = 0.0
+        if rows:
+            predicted = self.latency.decode.paced(rows)
+            dt = self._cost(self.truth.decode, rows)
+            self._advance(self.now + dt)
+            self.latency.jitter.observe(max(0.0, dt - predicted))
+            self.latency.decode.observe(rows, dt)
+        self.decodes, self.decode_rows, self.decode_s = self.decodes + 1, self.decode_rows + rows, self.decode_s + dt
         for r, reason in jobs:
             self.scheduler.decoded(r, None, dt, reason)
             if reason is not None:

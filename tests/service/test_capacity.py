@@ -132,3 +132,32 @@ def test_anytime_plan_names_a_missing_calibration_or_server(tmp_path, capsys):
     assert "not a calibration" in capsys.readouterr().err
     assert cli.main(["--rate", "10", "--server", "http://127.0.0.1:9"]) == 2
     assert "127.0.0.1:9" in capsys.readouterr().err
+
+
+def test_one_token_answers_cost_no_decode_and_the_runtime_calls_are_counted():
+    # a decoder so slow that most answers can afford only one token: the engine's first-token
+    # table answers those rows, so the simulated decoder is never called for them
+    cal = calibration()
+    cal.decode_s = {1: 0.05, 64: 3.2}
+    sim = SimulatedReplica(cal)
+    outcomes = sim.run(arrivals(300, 1.0, "fixed:1000", "1", seed=3))
+    answered = [o for o in outcomes if not o.refused]
+    one_token = [o for o in answered if o.tokens == 1]
+    assert len(one_token) > len(answered) / 2 and len(one_token) < len(answered)
+    assert sim.decode_rows == sum(o.arrival.n for o in answered if o.tokens > 1)
+    stats = sim.runtime_stats()
+    assert stats["steps"] > 0 and stats["mean_batch"] >= 1 and stats["mean_step_ms"] > 0
+    assert stats["decodes"] >= len(answered) / 10  # every decode call, table-only ones included, as /metrics counts
+
+
+def test_a_server_calibration_takes_its_decode_from_the_start_up_profile():
+    api, profile = calibration(), calibration()
+    profile.decode_s, profile.copy_row_s, profile.source = {1: 0.0001, 64: 0.005}, 3e-6, "a profile"
+    mixed = api.with_profile_decode(profile)
+    assert mixed.decode_s == {1: 0.0001, 64: 0.005} and mixed.copy_row_s == 3e-6
+    assert mixed.step_s == calibration().step_s and mixed.admit_s == calibration().admit_s
+    assert "a profile" in mixed.source
+    other = calibration()
+    other.D = D + 1
+    with pytest.raises(ValueError, match="D="):
+        calibration().with_profile_decode(other)
