@@ -108,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     cost.add_argument("--out", type=Path, default=Path("bench/results/cost"))
     sweep = sub.choices["sweep"]
     sweep.add_argument("--loads", default="0.25,0.5,1,2,4")
+    sweep.add_argument("--rounds", type=int, default=1,
+                       help="run every cell this many times, the entries' order rotated each round; rows pool them")
     sub.choices["split-sweep"].add_argument("--loads", default="0.25,0.5,1,2,4")
     sub.choices["guidance"].add_argument("--loads", default="0.5,1,2,4")
     sub.choices["mixed"].add_argument("--loads", default="1,2")
@@ -294,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         from .checkouts import parse_checkouts
 
         run(flags, [float(x) for x in args.loads.split(",")], args.policies.split(","), args.duration,
-            args.deadlines, args.n_mix, args.out, checkouts=parse_checkouts(args.checkout))
+            args.deadlines, args.n_mix, args.out, checkouts=parse_checkouts(args.checkout), rounds=args.rounds)
         print((args.out / "sweep.md").read_text())
         return 0
     import asyncio

@@ -21,8 +21,12 @@ COLUMNS = [("attainment_all", "met (all)", "{:.2%}"), ("attainment_admitted", "m
 
 
 def run(server_flags: list[str], loads: list[float], policies: list[str], duration: float, deadlines: str,
-        n_mix: str, out: Path, seed: int = 0, checkouts: dict[str, Checkout] | None = None) -> dict:
-    """Each entry of `policies` is `[CHECKOUT:]policy[+switch...]` (see bench/checkouts.py)."""
+        n_mix: str, out: Path, seed: int = 0, checkouts: dict[str, Checkout] | None = None, rounds: int = 1) -> dict:
+    """Each entry of `policies` is `[CHECKOUT:]policy[+switch...]` (see bench/checkouts.py).
+
+    rounds > 1: every cell runs that many times, round r on arrivals of seed + r with the entries'
+    order rotated by r (so none always runs first after a server start, or last as the machine
+    drifts); a cell's row pools its rounds' records, and each round's own ratio is kept."""
     checkouts = checkouts or {}
     for entry in policies:
         name, _ = split_entry(entry)
@@ -35,23 +39,40 @@ def run(server_flags: list[str], loads: list[float], policies: list[str], durati
     mean_n = sum(v * w for v, w in zip(values, weights)) / sum(weights)
     results = {"capacity_samples_per_s": capacity, "server_flags": scrub(" ".join(server_flags), checkouts).split(),
                "duration_s": duration, "deadlines": deadlines, "n_mix": n_mix, "runs": [], "commit": this_commit(),
-               "checkouts": {c.name: c.commit for c in checkouts.values()}}
+               "checkouts": {c.name: c.commit for c in checkouts.values()}, "rounds": rounds, "round_runs": []}
     for load in loads:
         rate = load * capacity / mean_n
+        pooled = {policy: [] for policy in policies}
+        for r in range(rounds):
+            for policy in policies[r % len(policies):] + policies[:r % len(policies)]:
+                name, entry = split_entry(policy)
+                exe = checkouts[name].executable if name is not None else None
+                log = out / f"server-{policy.replace(':', '-')}-{load}" f"{f'-r{r}' if rounds > 1 else ''}.log"
+                with serve(*server_flags, *policy_flags(entry), log_path=log, executable=exe) as url:
+                    records = asyncio.run(run_load(url, rate, duration, deadlines, n_mix, seed=seed + r))
+                pooled[policy] += records
+                s = summarize(records, duration)
+                s.update({"policy": policy, "load": load, "rate": rate, "round": r})
+                results["round_runs"].append(s)
+                print(f"load {load}x round {r} policy {policy}: "
+                      + ", ".join(f"{label} {fmt.format(s[k])}" for k, label, fmt in COLUMNS))
         for policy in policies:
-            name, entry = split_entry(policy)
-            exe = checkouts[name].executable if name is not None else None
-            with serve(*server_flags, *policy_flags(entry), log_path=out / f"server-{policy.replace(':', '-')}-{load}.log",
-                       executable=exe) as url:
-                records = asyncio.run(run_load(url, rate, duration, deadlines, n_mix, seed=seed))
-            s = summarize(records, duration)
+            s = summarize(pooled[policy], duration * rounds)
             s.update({"policy": policy, "load": load, "rate": rate})
             results["runs"].append(s)
-            print(f"load {load}x policy {policy}: " + ", ".join(f"{label} {fmt.format(s[k])}" for k, label, fmt in COLUMNS))
     (out / "sweep.json").write_text(json.dumps(results, indent=1))
     plot(results, out / "sweep.png")
     (out / "sweep.md").write_text(scrub(markdown(results), checkouts))
     return results
+
+
+def round_ratios(res: dict, load: float, first: str, other: str) -> list[float]:
+    """Quality-goodput of `first` over `other` in each round at `load` (same arrivals within a round)."""
+    by_round = {}
+    for s in res.get("round_runs", []):
+        if s["load"] == load:
+            by_round.setdefault(s["round"], {})[s["policy"]] = s["quality_goodput"]
+    return [c[first] / c[other] for _, c in sorted(by_round.items()) if c.get(other) and first in c]
 
 
 def checkouts_note(res: dict) -> list[str]:
@@ -70,11 +91,14 @@ def policy_flags(policy: str) -> list[str]:
 
 
 def markdown(res: dict) -> str:
+    rounds = res.get("rounds", 1)
     lines = [header("Scheduling policies under load, same engine"),
              f"Full-length capacity measured first (policy `fixed`, closed-loop clients keeping 256 sequences in "
              f"flight, deadlines 60 s): "
              f"**{res['capacity_samples_per_s']:.1f} samples/s** at k = D. Offered load = multiple of that capacity, "
-             f"Poisson arrivals for {res['duration_s']:.0f} s per cell, deadlines `{res['deadlines']}` ms, "
+             f"Poisson arrivals for {res['duration_s']:.0f} s per cell"
+             f"{f' in each of {rounds} rounds (pooled below; each round new arrivals and the order rotated)' if rounds > 1 else ''}, "
+             f"deadlines `{res['deadlines']}` ms, "
              f"samples per request `{res['n_mix']}`. Server flags: `{' '.join(res['server_flags'])}`.", "",
              *checkouts_note(res), 
              "quality-goodput = sum over samples answered on time of their quality estimate, per second.", "",
@@ -89,6 +113,12 @@ def markdown(res: dict) -> str:
             continue
         ratio = lambda p: f"{cell[first] / cell[p]:.2f}x" if cell.get(p) else ("inf" if p in cell else "-")  # noqa: E731
         lines.append(f"| {load}x | " + " | ".join(ratio(p) for p in others) + " |")
+    if rounds > 1:
+        lines += ["", f"Each round's own ratio (`{first}` over each other entry, same arrivals within a round):", "",
+                  "| load | " + " | ".join(f"vs {p}" for p in others) + " |", "|---|" + "---|" * len(others)]
+        for load in sorted({s["load"] for s in res["runs"]}):
+            lines.append(f"| {load}x | " + " | ".join(
+                " / ".join(f"{x:.2f}" for x in round_ratios(res, load, first, p)) or "-" for p in others) + " |")
     lines += ["", "![sweep](sweep.png)", ""]
     return "\n".join(lines)
 
