@@ -23,7 +23,8 @@ def dry_run(*flags: str) -> list[str]:
 def test_smoke_run_is_small_stays_in_its_folder_and_never_installs():
     lines = dry_run("V3_SMOKE=1")
     trains = [line for line in lines if " train " in line]
-    assert len(trains) == 4  # feature classifier, ordered decoder, prior, plain decoder
+    # feature classifier, ordered decoder (then its fine-tuning stages, one loop line), prior, plain decoder
+    assert len(trains) == 5
     assert all("--steps-per-epoch 2 --limit 512" in line and "nice -n 19" in line for line in trains)
     outs = [line.split("--out ")[1].split()[0] for line in lines if "--out " in line]
     assert outs and all(o.startswith("runs/fashion-mnist-v3-smoke") for o in outs), outs
@@ -34,9 +35,11 @@ def test_smoke_run_is_small_stays_in_its_folder_and_never_installs():
 def test_real_recipe_trains_everything_and_installs_only_through_the_gate():
     lines = dry_run()
     trains = [line for line in lines if " train " in line]
-    assert len(trains) == 4 and not any("--steps-per-epoch" in line or "--limit" in line for line in trains)
+    assert len(trains) == 5 and not any("--steps-per-epoch" in line or "--limit" in line for line in trains)
     assert all("nice -n 19" in line for line in trains)
     decoder = next(line for line in trains if "--init-decoder" in line)
+    stages = next(line for line in trains if "for stage in 12:1e-4:0.2 16:1e-4:0.5" in line)
+    assert "--feature-weight $3" in stages and "--out runs/fashion-mnist-v3/vqvae_ordered.pt" in stages
     assert "--feature-classifier runs/fashion-mnist-v3/feature_classifier.pt" in decoder
     prior = next(line for line in trains if " train prior" in line)
     assert "--label-dropout 0.15" in prior and "--init runs/fashion-mnist-v3/v2_prior.pt" in prior
