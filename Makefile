@@ -261,9 +261,10 @@ V3_PRIOR_EPOCHS ?= 4
 V3_FEATURE_WEIGHT ?= 0.1
 V3_LABEL_DROPOUT ?= 0.15
 V3_GUIDANCE_GRID ?= 0.5,1,1.5,2,3,4
-# the default guidance exported: on zoo v2's prior, w = 1 gave the lowest FD and 0.90 label accuracy
-# (bench/results/guidance-zoo-v2/notes.md); choose from this run's own curves before trusting it
-V3_GUIDANCE ?= 1
+# the default guidance exported: "best" takes the grid's guidance whose full-length samples are worth
+# the most (FD quality times label accuracy, models/export.py guided_quality): 0.5 on the curves of
+# bench/results/fashion-mnist-v3 (FD 3.42, label accuracy 0.909; w = 1 has 0.944 but FD 4.67)
+V3_GUIDANCE ?= best
 V3_QUICK :=
 V3_EVAL := --samples 5000 --conditional-samples 1000
 V3_SERVED := --per-label 100 --n 10
@@ -281,7 +282,7 @@ V3_DECODER_EPOCHS := 1
 V3_DECODER_STAGES := 2:1e-4:0.5
 V3_PLAIN_EPOCHS := 1
 V3_PRIOR_EPOCHS := 1
-V3_GUIDANCE_GRID := 0
+V3_GUIDANCE_GRID := 1
 V3_SD_DATA := $(V3_RUNS)/spoken-digits-data
 V3_SD_DATA_FLAGS := --renditions 1 --words zero,one
 endif
@@ -329,7 +330,7 @@ zoo-v3-prior: $(V3_RUNS)/v1_vqvae.pt $(V3_RUNS)/v2_prior.pt
 
 # Measured with the classifier every zoo ships (v1's), so FD values compare with v1's and v2's.
 evaluate-v3-ordered: $(V3_V1)/manifest.json
-	$(V3_NICE) $(ANYTIME) evaluate --classifier $(V3_V1)/classifier.pt $(V3_EVAL) --guidance $(V3_GUIDANCE_GRID),$(V3_GUIDANCE) \
+	$(V3_NICE) $(ANYTIME) evaluate --classifier $(V3_V1)/classifier.pt $(V3_EVAL) --guidance $(V3_GUIDANCE_GRID) \
 		--out $(V3_RUNS)/eval-ordered --pipeline ordered $(V3_RUNS)/vqvae_ordered.pt $(V3_RUNS)/prior_ordered.pt
 
 evaluate-v3-plain: $(V3_V1)/manifest.json

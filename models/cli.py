@@ -26,6 +26,10 @@ def _floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v.strip()]
 
 
+def _guidance_default(text: str) -> float | str:
+    return "best" if text.strip().lower() == "best" else float(text)
+
+
 def _load(args, split: str):
     from .data import load_dataset
     from .dataset import Dataset
@@ -110,8 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--classifier", type=Path, default=None, help="evaluation classifier to ship alongside")
     x.add_argument("--label-dropout", type=float, default=None,
                    help="the prior's training label dropout, for a checkpoint that predates recording it")
-    x.add_argument("--guidance-default", type=float, default=None,
-                   help="guidance the server uses for labelled \"auto\" requests (manifest prior.guidance.default)")
+    x.add_argument("--guidance-default", type=_guidance_default, default=None,
+                   help="guidance the server uses for labelled \"auto\" requests (manifest prior.guidance.default); "
+                        "'best': the one worth the most at full length by the evaluation's guided curves")
     x.add_argument("--match-loudness", action="store_true",
                    help="audio: measure the decoder gain that matches the training clips' level (--dataset)")
     _dataset_args(x)

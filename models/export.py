@@ -105,21 +105,38 @@ def quality_section(evaluation: Path | None, pipeline: str, D: int) -> dict:
 
 def guided_quality(evaluation: Path | None, pipeline: str) -> dict | None:
     """`prior.guidance.quality` from the evaluation's guided curves (models/evaluate.py
-    guided_curves), or None when it measured none: the quality of class-balanced conditional
-    samples over k for each guidance w, as FD_min / FD(k, w) with FD_min the best FD of the whole
-    grid, so every curve is on one scale and the server can weigh fewer tokens against less
-    guidance (service/core/guidance_pricing.py)."""
+    guided_curves), or None when it measured none: the worth of a class-balanced conditional
+    sample at k tokens and guidance w, on one scale over the whole grid, so that the server can
+    weigh fewer tokens against less guidance (service/core/guidance_pricing.py). A labelled
+    sample is worth its fidelity only when it shows the label asked for, so the worth is
+    (FD_min / FD(k, w)) * (acc(k, w) / acc_max): FD_min and acc_max the best of the grid. On FD
+    alone, guidance that sharpens the label but costs a little FD would never be chosen."""
     if evaluation is None:
         return None
     guided = json.loads(Path(evaluation).read_text())["pipelines"][pipeline].get("guided")
     if not guided:
         return None
-    best = min(r["frechet"] for g in guided for r in g["curve"])
-    return {"metric": "relative quality FD_min/FD(k, w) of class-balanced conditional samples, Frechet distance "
-                      "in the shipped classifier's features; FD_min: the best of the grid",
+    rows = [r for g in guided for r in g["curve"]]
+    best_fd = min(r["frechet"] for r in rows)
+    accs = [r["label_accuracy"] for r in rows if r.get("label_accuracy") is not None]
+    best_acc = max(accs) if accs else None
+    label_weight = lambda r: 1.0 if not best_acc or r.get("label_accuracy") is None else r["label_accuracy"] / best_acc
+    return {"metric": "worth of class-balanced conditional samples: relative quality FD_min/FD(k, w) times relative "
+                      "label accuracy acc(k, w)/acc_max (Frechet distance and accuracy of the shipped classifier; "
+                      "FD_min, acc_max: the best of the grid)",
             "k": [r["k"] for r in guided[0]["curve"]], "guidance": [float(g["guidance"]) for g in guided],
-            "quality": [[min(1.0, best / r["frechet"]) for r in g["curve"]] for g in guided],
+            "quality": [[min(1.0, best_fd / r["frechet"]) * label_weight(r) for r in g["curve"]] for g in guided],
+            "frechet": [[r["frechet"] for r in g["curve"]] for g in guided],
             "label_accuracy": [[r["label_accuracy"] for r in g["curve"]] for g in guided]}
+
+
+def best_guidance(quality: dict | None) -> float | None:
+    """The guidance whose full-length sample is worth the most by guided_quality's curves (the
+    default an "auto" request gets when the server has tokens to spare); None without curves."""
+    if not quality:
+        return None
+    worth = [q[-1] for q in quality["quality"]]
+    return float(quality["guidance"][max(range(len(worth)), key=worth.__getitem__)])
 
 
 def guidance_section(K: int, classes: list[str], label_dropout: float | None, default: float | None,
@@ -169,10 +186,11 @@ def write_manifest(out: Path, *, name: str, modality: str, D: int, K: int, outpu
 
 def export_model(name: str, vqvae_path: Path, prior_path: Path, out: Path, evaluation: Path | None = None,
                  pipeline: str = "ordered", command: str = "", extra_files: dict[str, Path] | None = None,
-                 label_dropout: float | None = None, guidance_default: float | None = None,
+                 label_dropout: float | None = None, guidance_default: float | str | None = None,
                  loudness_reference=None) -> dict:
     """label_dropout: the prior's training label dropout, for a checkpoint that predates recording
-    it (default: the checkpoint's). guidance_default: the manifest's guidance for "auto" requests.
+    it (default: the checkpoint's). guidance_default: the manifest's guidance for "auto" requests;
+    "best": the guidance worth the most at full length by the evaluation's guided curves.
     loudness_reference: audio clips [N, 1, T] in [-1, 1] (the training split) whose loudness the
     exported decoder matches (models/loudness.py)."""
     vqvae, vq_ck = checkpoint.load_ovqvae(vqvae_path)
@@ -206,9 +224,13 @@ def export_model(name: str, vqvae_path: Path, prior_path: Path, out: Path, evalu
         "prior_history": pr_ck.get("history"),
         "export_command": command,
     }
+    guided = guided_quality(evaluation, pipeline)
+    if guidance_default == "best":
+        guidance_default = best_guidance(guided)
+        if guidance_default is None:
+            raise ValueError("--guidance-default best needs an evaluation with guided curves (evaluate --guidance)")
     manifest = write_manifest(out, name=name, modality="image" if vc.dims == 2 else "audio", D=vc.D, K=vc.K,
                               output=output, classes=classes, prior=prior_section, files=files,
                               quality=quality_section(evaluation, pipeline, vc.D), provenance=provenance,
-                              guidance=guidance_section(vc.K, classes, dropout, guidance_default,
-                                                        guided_quality(evaluation, pipeline)))
+                              guidance=guidance_section(vc.K, classes, dropout, guidance_default, guided))
     return manifest
