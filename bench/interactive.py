@@ -7,6 +7,7 @@ client, no 503 slower than 10 ms at the client, and no 503 after admission (the 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -86,10 +87,15 @@ def run(flags: list[str], out: Path, schedulers: list[str], checkouts: dict[str,
         for rep in range(repeats):
             with serve(*flags, *policy_flags(entry), log_path=out / f"server-{name.replace(':', '-')}.log",
                        executable=exe) as url:
-                records = []
+                records, rounds = [], []
                 for i, gap in enumerate(ROUND_GAPS_MS):
-                    records += asyncio.run(one_round(url, gap, seed=1000 * i + 7 * rep))
+                    got = asyncio.run(one_round(url, gap, seed=1000 * i + 7 * rep))
+                    records += got
+                    rounds += [i] * len(got)
                 expired = expired_refusals(url)
+            # every request's client and server times, to tell where a late answer lost its time
+            (out / f"records-{name.replace(':', '-')}-{rep}.jsonl").write_text(
+                "".join(json.dumps(dataclasses.asdict(r) | {"round": i}) + "\n" for r, i in zip(records, rounds)))
             v = verdict(records) | {"scheduler": name, "repeat": rep, "expired_503": expired}
             v["pass"] = (v["served_share"] >= 0.9 and v["late_at_client"] == 0 and expired == 0
                          and (v["slowest_503_ms"] or 0) <= 10 and v["other_errors"] == 0)

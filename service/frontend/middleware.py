@@ -26,7 +26,8 @@ class ArrivalAndLimits:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         state = scope.setdefault("state", {})
-        state["arrival"] = time.monotonic()
+        if "arrival" not in state:  # stamped when its bytes were read (http_protocol.py), else now
+            state["arrival"] = time.monotonic()
         rid, length, stamp = "", None, None
         for name, value in scope.get("headers") or ():
             if name == b"x-request-id":
