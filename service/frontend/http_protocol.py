@@ -12,8 +12,8 @@ step, as before. Order is kept: every write of the connection goes through the h
 
 It also stamps each request's arrival when its first bytes are read off the socket, not when
 the app starts on it: in a burst the loop reads and parses every request at once and then runs
-them one after another, and the last of 30 started ~20 ms after its bytes came in, time its
-deadline had already spent (bench/results/one-policy-interactive)."""
+them one after another, so the later ones start after time their deadline has already spent
+(docs/architecture.md has the measurement)."""
 from __future__ import annotations
 
 import asyncio
