@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .first_step import FirstStepTable
 from .first_token import FirstTokenTable
 from .guidance import GuidedRows
 from .latency import LatencyModel
@@ -61,6 +62,7 @@ class Engine(EngineOutputs):
         self._sampling: SamplingBatch | None = None
         self._guided: GuidedRows | None = None  # the guided pairs among the rows (None: none)
         self.first_tokens = FirstTokenTable.for_model(spec.K, spec.output_shape)  # one-token samples (outputs.py)
+        self.first_step = FirstStepTable(len(spec.classes) + 1)  # steps of one-token rows from nothing
         self._quiet = IterationPlan()  # the last plan, and how long it holds (see iteration)
         self.ready = threading.Event()
         self.stopped = threading.Event()
@@ -274,7 +276,8 @@ class Engine(EngineOutputs):
     def _step_and_learn(self, started: float, decode_s: float) -> None:
         B = len(self.scheduler.rows)
         predicted = self.latency.step.paced(B)  # what the deadline guard counted on
-        self._step()
+        if not self._step():
+            return  # from the first-step table: no runtime call to learn (first_step.py)
         # The latency model learns the whole iteration but its decode: the runtime call plus
         # sampling, scheduling and any wait for the GIL, which deadlines pay for too.
         took = time.perf_counter() - started - decode_s
@@ -293,7 +296,9 @@ class Engine(EngineOutputs):
         self.latency.copy.observe(len(moves), dt)
         return dt
 
-    def _step(self) -> None:
+    def _step(self) -> bool:
+        """One token for every active row; False when no runtime call was made (the logits
+        came from the first-step table)."""
         rows = self.scheduler.rows
         B = len(rows)
         if self.scheduler.take_rows_changed():
@@ -303,14 +308,17 @@ class Engine(EngineOutputs):
             self._sampling = self._sampling_batch()
             self._guided = GuidedRows.of(rows)
         t = time.perf_counter()
-        try:
-            logits = self.runtime.step(self._tokens, self._positions)
-        except Exception as e:  # fail the requests of this step only; the engine goes on
-            log.exception("prior step failed")
-            self._fail(list(self.scheduler.running), f"runtime step failed: {type(e).__name__}")
-            return
-        dt = time.perf_counter() - t
-        self._emit(StepStats(self.spec.name, self.runtime.backend, B, dt))
+        logits = self.first_step.answer(self._tokens, self._positions, rows)
+        ran = logits is None
+        if ran:
+            try:
+                logits = self.runtime.step(self._tokens, self._positions)
+            except Exception as e:  # fail the requests of this step only; the engine goes on
+                log.exception("prior step failed")
+                self._fail(list(self.scheduler.running), f"runtime step failed: {type(e).__name__}")
+                return True
+            self._emit(StepStats(self.spec.name, self.runtime.backend, B, time.perf_counter() - t))
+            self.first_step.fill(self._tokens, self._positions, logits)
         sampling, guided = self._sampling, self._guided
         if not np.isfinite(logits.sum()):  # one reduction; the per-row check only when needed
             finite = np.isfinite(logits).all(axis=1)
@@ -319,7 +327,7 @@ class Engine(EngineOutputs):
             self._fail(list(bad), "non-finite logits from the model")
             rows = self.scheduler.rows
             if not rows:
-                return
+                return ran
             logits = logits[[old_row[id(s)] for s in rows]]
             sampling = self._sampling_batch()
             guided = GuidedRows.of(rows)
@@ -331,6 +339,7 @@ class Engine(EngineOutputs):
         self._tokens, self._positions = new, self._positions + 1
         # a request's compute: the runtime step and the sampling of its token
         self.scheduler.update_from_output(new.tolist(), time.perf_counter() - t)
+        return ran
 
     def _sampling_batch(self) -> SamplingBatch:
         sp = [s.request.sampling for s in self.scheduler.rows]

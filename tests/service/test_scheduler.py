@@ -270,14 +270,15 @@ def test_the_scheduler_owns_the_lifecycle():
     assert out.moves == [] and [x.slot for r in (a, b, c) for x in r.sequences] == [0, 1, 2, 3, 4]
     assert all(r.status.value == "running" for r in (a, b, c)) and not s.waiting
     s.cancel(a)
-    out = s.schedule(100.0)  # a's rows 0-1 are filled by the last rows (4, then 3)
+    out = s.schedule(100.0)  # a's rows 0-1 are filled by the last rows (4 into 1, then 3 into 0)
     assert out.answered == [a] and a.finish_reason is FinishReason.CANCELLED
-    assert out.moves == [(4, 0), (3, 1)] and [q.slot for q in s.rows] == [0, 1, 2]
-    assert s.rows[0] is c.sequences[1] and s.rows[1] is c.sequences[0] and s.rows[2] is b.sequences[0]
+    assert out.moves == [(4, 1), (3, 0)] and [q.slot for q in s.rows] == [0, 1, 2]
+    assert s.rows[0] is c.sequences[0] and s.rows[1] is c.sequences[1] and s.rows[2] is b.sequences[0]
     for _ in range(3):
         s.update_from_output([7] * len(s.rows), 0.001)
     out = s.schedule(100.0)  # budgets of 3 reached: both leave their rows, decoded next
     assert {r for r, _ in out.finish} == {b, c} and s.rows == [] and not s.running
+    assert out.moves == []  # rows leaving together leave highest first: none is copied to leave later
     s.decoded(b, np.zeros((1, 4)), 0.002, FinishReason.BUDGET)
     assert b.status.value == "finished" and b.tokens == 3 and b.compute_s == pytest.approx(0.005)
 
