@@ -309,9 +309,11 @@ def run(flags: list[str], out: Path, seconds: float, rounds: int, baseline: Path
     result = summarize(servers, todo, cells, flags, seconds, rounds)
     result["flame_graphs"] = flames
     result["throughput_ratios"] = ratios
-    (out / "cost.json").write_text(json.dumps(result, indent=1))
+    # the baseline checkout by its commit, not by where it lies on this machine
+    unpath = (lambda text: text.replace(str(baseline), f"<checkout of {servers[1].commit}>")) if baseline else str
+    (out / "cost.json").write_text(unpath(json.dumps(result, indent=1)))
     plot(result, out / "cost.png")
-    (out / "cost.md").write_text(report(result))
+    (out / "cost.md").write_text(unpath(report(result)))
     return result
 
 
