@@ -84,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--deadlines", default="loguniform:50:1000", help="deadline distribution in ms")
     plan.add_argument("--n-mix", default="1", help="samples per request: value:weight,...")
     plan.add_argument("--seed", type=int, default=0)
-    plan.add_argument("--jitter", type=float, default=0.0, help="the simulation's cost noise (anytime plan --jitter)")
+    plan.add_argument("--jitter", type=float, default=None, help="the simulation's cost noise (anytime plan --jitter; "
+                      "default: fitted with the contention)")
+    plan.add_argument("--repeats", type=int, default=1, help="measured runs of each load (their mean is compared)")
     plan.add_argument("--server-flag", action="append", default=[], help="extra `anytime serve` flag (repeat)")
     plan.add_argument("--out", type=Path, default=Path("bench/results/plan"))
     cost = sub.add_parser("cost", help="CPU per request by process role and request shape (--baseline: vs another checkout)")
@@ -156,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
 
         run(["--model-dirs", str(args.model_dir), "--backend", args.backend, *args.server_flag], args.out,
             [float(x) for x in args.loads.split(",")], args.duration, args.deadlines, args.n_mix, args.seed, args.jitter,
-            model_dir=args.model_dir, backend=args.backend)
+            model_dir=args.model_dir, backend=args.backend, repeats=args.repeats)
         print((args.out / "validation.md").read_text())
         return 0
     if args.what == "cost":

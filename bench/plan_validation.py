@@ -59,19 +59,22 @@ def scrape(url: str) -> dict:
                 out[s.name] = out.get(s.name, 0.0) + s.value
             elif s.name == "anytime_latency_model_factor":
                 out[f"factor_{s.labels['kind']}"] = s.value
+            elif s.name == "anytime_deadline_margin_seconds":
+                out[f"margin_{s.labels['part']}"] = s.value
     return out
 
 
 def measured_load(url, rate, duration, deadlines, n_mix, seed) -> dict:
     """A measured run, with what the replica's /metrics says its runtime did meanwhile: steps,
     mean batch, decode calls and their mean cost, and the medians of the latency model's online
-    factors (measured / start-up profile) sampled every 0.25 s during the run."""
+    factors (measured / start-up profile) and deadline margins sampled every 0.25 s during the run."""
     before, factors, stop = scrape(url), [], threading.Event()
 
     def sample():
         while not stop.wait(0.25):
             m = scrape(url)
-            factors.append((m.get("factor_step", 1.0), m.get("factor_decode", 1.0)))
+            factors.append((m.get("factor_step", 1.0), m.get("factor_decode", 1.0), m.get("margin_respond", 0.0),
+                            m.get("margin_jitter", 0.0)))
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -83,29 +86,61 @@ def measured_load(url, rate, duration, deadlines, n_mix, seed) -> dict:
     after = scrape(url)
     d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in RUNTIME}
     steps, decodes = d[RUNTIME[0]], d[RUNTIME[3]]
-    mid = factors[4:-4] or factors or [(1.0, 1.0)]  # the run's steady part
+    mid = factors[4:-4] or factors or [(1.0, 1.0, 0.0, 0.0)]  # the run's steady part
     point["runtime"] = {"steps": int(steps), "mean_batch": d[RUNTIME[2]] / max(1, steps),
                         "mean_step_ms": 1000 * d[RUNTIME[1]] / max(1, steps), "decodes": int(decodes),
                         "mean_decode_ms": 1000 * d[RUNTIME[4]] / max(1, decodes),
                         "factor_step": statistics.median(f[0] for f in mid),
-                        "factor_decode": statistics.median(f[1] for f in mid)}
+                        "factor_decode": statistics.median(f[1] for f in mid),
+                        "margin_respond_ms": 1000 * statistics.median(f[2] for f in mid),
+                        "margin_jitter_ms": 1000 * statistics.median(f[3] for f in mid)}
     return point
 
 
-def fit_contention(cal, measured_tokens: float, rate, duration, deadlines, n_mix, seed, jitter) -> float:
+def fit_contention(cal, measured_tokens: float, rate, duration, deadlines, n_mix, seed, jitter, steps=10) -> float:
     """The contention (Calibration.contention_s) at which the simulation gives the measured mean
     tokens of a loaded run: more contention, fewer tokens, so a bisection finds it."""
     lo, hi = 0.0, 0.02
-    for _ in range(10):
+    for _ in range(steps):
         cal.contention_s = (lo + hi) / 2
         tokens = simulated_point(cal, rate, duration, deadlines, n_mix, seed, jitter)["mean_tokens"]
         lo, hi = (cal.contention_s, hi) if tokens > measured_tokens else (lo, cal.contention_s)
     return (lo + hi) / 2
 
 
+def fit_loaded_run(cal, measured: dict, rate, duration, deadlines, n_mix, seed) -> None:
+    """Everything Calibration takes from one loaded run: the frontend's response time per
+    request/s, from the slowest recent response the engine kept free (its median; a simulated
+    response time is one value, so its margin is that value); then the jitter at which the
+    simulated engine keeps as much free for overruns as the measured one did (more jitter,
+    larger overruns: a bisection), each with the contention that gives the run's mean tokens."""
+    rt = measured["runtime"]
+    cal.respond_contention_s = max(0.0, (rt["margin_respond_ms"] / 1000 - cal.respond_s) / rate)
+    lo, hi = 0.0, 0.8
+    for _ in range(6):
+        cal.jitter = (lo + hi) / 2
+        cal.contention_s = fit_contention(cal, measured["mean_tokens"], rate, duration, deadlines, n_mix, seed, None, 8)
+        sim = simulated_point(cal, rate, duration, deadlines, n_mix, seed, None)["runtime"]
+        lo, hi = (cal.jitter, hi) if sim["margin_jitter_ms"] < rt["margin_jitter_ms"] else (lo, cal.jitter)
+    cal.jitter = (lo + hi) / 2
+    cal.contention_s = fit_contention(cal, measured["mean_tokens"], rate, duration, deadlines, n_mix, seed, None)
+
+
+def mean_of_runs(runs: list[dict]) -> dict:
+    """The mean of repeated measurements of one load (the first run's refusal messages), with
+    each run's on-time rate, refusal rate and mean tokens under "runs"."""
+    keys = ("on_time", "refused", "mean_tokens", "mean_quality")
+    point = {**runs[0], **{k: statistics.mean(m[k] for m in runs) for k in keys}}
+    point["runtime"] = {k: statistics.mean(m["runtime"][k] for m in runs) for k in runs[0]["runtime"]}
+    point["runtime"]["steps"], point["runtime"]["decodes"] = (round(point["runtime"][k]) for k in ("steps", "decodes"))
+    point["errors"] = sum(m["errors"] for m in runs)
+    point["runs"] = [{k: m[k] for k in keys} for m in runs]
+    return point
+
+
 def run(flags: list[str], out: Path, loads: list[float], duration: float, deadlines: str, n_mix: str,
-        seed: int = 0, jitter: float = 0.0, rest_s: float = 3.0, fit_load: float = 1.5,
-        model_dir: Path | None = None, backend: str = "onnx") -> dict:
+        seed: int = 0, jitter: float | None = None, rest_s: float = 3.0, fit_load: float = 1.5,
+        model_dir: Path | None = None, backend: str = "onnx", repeats: int = 1) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     with serve(*flags, "--policy", "fixed", log_path=out / "capacity-server.log") as cap_url:
         capacity = asyncio.run(measure_capacity(cap_url, "1"))
@@ -118,27 +153,38 @@ def run(flags: list[str], out: Path, loads: list[float], duration: float, deadli
         # contention: fitted on other arrivals (seed + 1) at another load than those validated
         fit_rate = fit_load * capacity / mean_n(n_mix)
         fit_run = measured_load(url, fit_rate, duration / 2, deadlines, n_mix, seed + 1)
-        cal.contention_s = fit_contention(cal, fit_run["mean_tokens"], fit_rate, duration / 2, deadlines, n_mix,
-                                          seed + 1, jitter)
+        if jitter is None:  # jitter, response time and contention, all from this run
+            fit_loaded_run(cal, fit_run, fit_rate, duration / 2, deadlines, n_mix, seed + 1)
+        else:
+            cal.contention_s = fit_contention(cal, fit_run["mean_tokens"], fit_rate, duration / 2, deadlines, n_mix,
+                                              seed + 1, jitter)
         cal.save(out / "calibration.json")
-        print(f"contention fitted at {fit_load}x: {1000 * cal.contention_s:.3f} ms per request/s ({fit_run})")
+        print(f"fitted at {fit_load}x: contention {1000 * cal.contention_s:.3f} ms per request/s, jitter "
+              f"{cal.jitter:.3f}, respond {1000 * cal.respond_contention_s:.4f} ms per request/s ({fit_run})")
         time.sleep(rest_s)
+        # the same arrivals measured `repeats` times, in rounds over the loads (a drift of the
+        # machine spreads over all of them): one run's refusal rate at 2x varies several-fold
+        runs: dict[float, list[dict]] = {load: [] for load in loads}
+        for _ in range(repeats):
+            for load in loads:
+                measured = measured_load(url, load * capacity / mean_n(n_mix), duration, deadlines, n_mix, seed)
+                runs[load].append(measured)
+                print(f"{load}x: measured {measured}", flush=True)
+                time.sleep(rest_s)  # the replica forgets the run (pressure and the online correction fade)
         for load in loads:
             rate = load * capacity / mean_n(n_mix)
-            measured = measured_load(url, rate, duration, deadlines, n_mix, seed)
             simulated = simulated_point(cal, rate, duration, deadlines, n_mix, seed, jitter)
-            rows.append({"load": load, "rate": rate, "measured": measured, "simulated": simulated})
-            print(f"{load}x: measured {measured}\n      simulated {simulated}", flush=True)
-            time.sleep(rest_s)  # the replica forgets the run (pressure and the online correction fade)
+            rows.append({"load": load, "rate": rate, "measured": mean_of_runs(runs[load]), "simulated": simulated})
+            print(f"{load}x: simulated {simulated}", flush=True)
     result = {"capacity_n1": capacity, "fit": {"load": fit_load, "seed": seed + 1, "measured": fit_run}, "duration_s": duration, "deadlines": deadlines, "n_mix": n_mix, "seed": seed,
-              "jitter": jitter, "calibration": json.loads(cal.to_json()), "rows": rows}
+              "jitter": cal.jitter if jitter is None else jitter, "repeats": repeats, "calibration": json.loads(cal.to_json()), "rows": rows}
     (out / "validation.json").write_text(json.dumps(result, indent=1) + "\n")
     (out / "validation.md").write_text(markdown(result))
     return result
 
 
 METRICS = (("on_time", "on-time rate (of all requests)", lambda v: f"{100 * v:.1f}%"),
-           ("refused", "refusal rate", lambda v: f"{100 * v:.1f}%"),
+           ("refused", "refusal rate", lambda v: f"{100 * v:.2f}%"),
            ("mean_tokens", "mean tokens (answered)", lambda v: f"{v:.1f}"))
 
 
@@ -155,12 +201,17 @@ def markdown(r: dict) -> str:
              f"request `{r['n_mix']}`, seed {r['seed']}: the load generator and the simulation serve the same "
              "arrivals. The planner was calibrated from the running replica through its API, its decode from the engine's "
              f"start-up profile of the same runtime ([calibration.json](calibration.json): {cal['source']}; before the engine {1000 * cal['admit_s']:.2f} ms, "
-             f"after it {1000 * cal['respond_s']:.2f} ms). Its contention term (engine costs grow by "
-             f"{1000 * cal['contention_s']:.3f} ms per request/s on the replica: the CPU the frontend and the load "
-             f"generator take from the engine's cores on this 2-core machine) was fitted to the mean tokens of one "
-             f"loaded run on other arrivals (seed {r['fit']['seed']}, {r['fit']['load']:g}x, "
-             f"{r['duration_s'] / 2:g} s), before and apart from the runs below.", "",
-             f"Target: each predicted value within ±{100 * TOLERANCE:.0f}% (relative) of the measured one.", "",
+             f"after it {1000 * cal['respond_s']:.2f} ms). What load does to it (the CPU the frontend and the load "
+             f"generator take from the engine's cores on this 2-core machine) was fitted to one loaded run on other "
+             f"arrivals (seed {r['fit']['seed']}, {r['fit']['load']:g}x, {r['duration_s'] / 2:g} s), before and apart "
+             f"from the runs below: engine steps slow by {1000 * cal['contention_s']:.3f} ms per request/s (decodes "
+             f"do not), fitted to its mean tokens; every cost varies by a log-normal factor of sigma "
+             f"{cal.get('jitter', 0):.3f}, fitted to the overrun margin its engine kept; responses take "
+             f"{1000 * cal.get('respond_contention_s', 0):.4f} ms longer per request/s, from the response margin "
+             f"it kept (both margins: `anytime_deadline_margin_seconds`, medians of samples every 0.25 s).", "",
+             f"Target: each predicted value within ±{100 * TOLERANCE:.0f}% (relative) of the measured one. "
+             f"Measured: the mean of {r.get('repeats', 1)} runs of the same arrivals at each load (in rounds over "
+             "the loads, on one replica), each run's value in brackets.", "",
              "| load | requests/s | metric | measured | predicted | relative error | within ±15% |",
              "|---|---|---|---|---|---|---|"]
     for row in r["rows"]:
@@ -168,25 +219,35 @@ def markdown(r: dict) -> str:
             m, s = row["measured"][key], row["simulated"][key]
             rel = relative(s, m)
             ok = (abs(rel) <= TOLERANCE) if rel is not None else (s == 0)
-            lines.append(f"| {row['load']:g}x | {row['rate']:.1f} | {name} | {fmt(m)} | {fmt(s)} | "
+            each = row["measured"].get("runs", [])
+            if len(each) > 1:
+                m_text = f"{fmt(m)} ({', '.join(fmt(x[key]) for x in each)})"
+            else:
+                m_text = fmt(m)
+            lines.append(f"| {row['load']:g}x | {row['rate']:.1f} | {name} | {m_text} | {fmt(s)} | "
                          f"{'n/a (measured 0)' if rel is None else f'{100 * rel:+.1f}%'} | {'yes' if ok else '**no**'} |")
     lines += ["", "What the runtime did at each load: measured from the replica's /metrics "
               "(`anytime_batch_size`, `anytime_step_latency_seconds`: the runtime call alone, "
               "`anytime_decode_latency_seconds`: every decode call, first-token table hits included; "
               "`anytime_latency_model_factor`: the engine's own online correction of its start-up profile, "
-              "the median of samples every 0.25 s during the run) vs the simulation (its iterations cost "
+              "`anytime_deadline_margin_seconds`: what deadline decisions kept free for responses and overruns; "
+              "medians of samples every 0.25 s during the run) vs the simulation (its iterations cost "
               "the calibrated step, which includes sampling and the engine loop's own work, times the "
-              "contention; its decode calls count table-only calls at 0 ms).", "",
-              "| load | | steps | mean batch | mean step ms | decode calls | mean decode ms | step factor | decode factor |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "contention; its decode calls count table-only calls at 0 ms; its margins are the medians "
+              "its admissions saw).", "",
+              "| load | | steps | mean batch | mean step ms | decode calls | mean decode ms | step factor | decode factor "
+              "| respond margin ms | overrun margin ms |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in r["rows"]:
         m, s = row["measured"].get("runtime"), row["simulated"].get("runtime")
         if m:
             lines.append(f"| {row['load']:g}x | measured | {m['steps']} | {m['mean_batch']:.1f} | {m['mean_step_ms']:.2f} | "
-                         f"{m['decodes']} | {m['mean_decode_ms']:.2f} | {m['factor_step']:.2f} | {m['factor_decode']:.2f} |")
+                         f"{m['decodes']} | {m['mean_decode_ms']:.2f} | {m['factor_step']:.2f} | {m['factor_decode']:.2f} | "
+                         f"{m.get('margin_respond_ms', 0):.1f} | {m.get('margin_jitter_ms', 0):.1f} |")
         if s:
             lines.append(f"| {row['load']:g}x | simulated | {s['steps']} | {s['mean_batch']:.1f} | {s['mean_step_ms']:.2f} | "
-                         f"{s['decodes']} | {s['mean_decode_ms']:.2f} | | |")
+                         f"{s['decodes']} | {s['mean_decode_ms']:.2f} | | | "
+                         f"{s.get('margin_respond_ms', 0):.1f} | {s.get('margin_jitter_ms', 0):.1f} |")
     lines += ["", "Requests sent / errors (measured): " + ", ".join(
         f"{row['load']:g}x {row['measured']['requests']} / {row['measured']['errors']}" for row in r["rows"]), "",
               "Measured refusals by message: " + "; ".join(f"{row['load']:g}x {row['measured']['refusals_by_message']}"

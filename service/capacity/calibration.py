@@ -55,6 +55,13 @@ class Calibration:
     # from the engine's cores. An idle probe cannot see it; `anytime bench plan` fits it from
     # one loaded run of other arrivals (bench/results/plan). 0: cores to spare.
     contention_s: float = 0.0
+    # What the same contention does beyond the mean (fitted by `anytime bench plan` on that
+    # loaded run too, from the replica's anytime_deadline_margin_seconds): `jitter`, the sigma of
+    # a log-normal factor on every simulated cost, gives the overruns of predicted costs that
+    # the engine's deadline margin keeps free (preemption on shared cores); the frontend's
+    # response time grows by `respond_contention_s` per request/s. 0: an unloaded machine.
+    jitter: float = 0.0
+    respond_contention_s: float = 0.0
     max_batch: int | None = None  # the replica's max_batch when not the default (a GPU projection)
     source: str = ""  # how it was obtained: what a report quotes
     measured: dict = field(default_factory=dict)  # date, machine, backend, command: provenance

@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--duration", type=float, default=20.0, help="simulated seconds of arrivals per count")
     ap.add_argument("--seed", type=int, default=0, help="seed of the arrivals (and of --jitter)")
     ap.add_argument("--lb", default="round-robin", choices=LB_MODELS, help="how the balancer spreads requests")
-    ap.add_argument("--jitter", type=float, default=0.0, help="sigma of a log-normal noise on every simulated cost")
+    ap.add_argument("--jitter", type=float, default=None, help="sigma of a log-normal noise on every simulated cost "
+                    "(default: the calibration's, fitted by `anytime bench plan`)")
     ap.add_argument("--out", type=Path, default=Path("plan"), help="directory for plan.md, plan.json, plan.png")
     ap.add_argument("--title", default=None)
     return ap

@@ -67,7 +67,7 @@ def replica_arrivals(traffic: Traffic, replicas: int, duration: float, seed: int
 
 
 def simulate(cal: Calibration, traffic: Traffic, replicas: int, duration: float = 20.0, seed: int = 0,
-             lb: str = "round-robin", jitter: float = 0.0) -> Point:
+             lb: str = "round-robin", jitter: float | None = None) -> Point:
     outcomes = SimulatedReplica(cal, jitter=jitter, seed=seed).run(replica_arrivals(traffic, replicas, duration, seed, lb))
     return summarize(replicas, traffic.rate / replicas, outcomes)
 
@@ -95,7 +95,7 @@ class Plan:
 
 
 def plan(cal: Calibration, traffic: Traffic, floor: float, duration: float = 20.0, seed: int = 0,
-         lb: str = "round-robin", jitter: float = 0.0, counts: list[int] | None = None) -> Plan:
+         lb: str = "round-robin", jitter: float | None = None, counts: list[int] | None = None) -> Plan:
     """Simulate replica counts and find the fewest that deliver `floor` (delivered quality
     falls as load per replica rises, so a bisection finds it); `counts`: also simulate these."""
     cache: dict[int, Point] = {}

@@ -42,9 +42,12 @@ class Outcome:
 
 
 class SimulatedReplica:
-    def __init__(self, cal: Calibration, config: SchedulerConfig | None = None, jitter: float = 0.0, seed: int = 0):
+    def __init__(self, cal: Calibration, config: SchedulerConfig | None = None, jitter: float | None = None,
+                 seed: int = 0):
         """jitter: the sigma of a log-normal factor on every simulated runtime cost (0: each cost
-        is exactly the calibrated one); seeded, so a run is reproducible."""
+        is exactly the calibrated one; None: the calibration's, Calibration.jitter); seeded, so a
+        run is reproducible."""
+        jitter = cal.jitter if jitter is None else jitter
         if config is None:
             config = SchedulerConfig() if cal.max_batch is None else SchedulerConfig(max_batch=cal.max_batch)
         self.cal, self.config = cal, config
@@ -68,6 +71,7 @@ class SimulatedReplica:
         # anytime_step_latency_seconds, anytime_decode_latency_seconds): to compare with a real run
         self.steps = self.step_rows = self.decodes = self.decode_rows = 0
         self.step_s = self.decode_s = 0.0
+        self._margins: list[tuple[float, float]] = []  # (respond, jitter) margins each admission saw
 
     def runtime_stats(self) -> dict:
         """Counts and means of the simulated runtime calls (what a server's /metrics reports)."""
@@ -75,7 +79,11 @@ class SimulatedReplica:
                 "mean_step_ms": 1000 * self.step_s / max(1, self.steps), "decodes": self.decodes,
                 "mean_decode_rows": self.decode_rows / max(1, self.decodes),
                 "mean_decode_ms": 1000 * self.decode_s / max(1, self.decodes),
-                "plans": self.plans, "iterations": self.iterations, "simulated_s": self.now}
+                "plans": self.plans, "iterations": self.iterations, "simulated_s": self.now,
+                # what anytime_deadline_margin_seconds would show (admissions are Poisson: their
+                # median is the median over time that bench/plan_validation.py samples)
+                "margin_respond_ms": 1000 * _median([m[0] for m in self._margins]),
+                "margin_jitter_ms": 1000 * _median([m[1] for m in self._margins])}
 
     def clock(self) -> float:
         return self.now
@@ -113,6 +121,7 @@ class SimulatedReplica:
                       arrival=a.at, min_tokens=1, max_tokens=D)
         req.sequences = [Sequence(req, i, self._row_rng) for i in range(a.n)]
         adm = self.scheduler.admit_request(req)
+        self._margins.append((self.latency.respond(), self.latency.jitter()))
         if not adm.ok:
             self.outcomes.append(Outcome(a, refused=str(adm.reason)))
             return
@@ -154,13 +163,20 @@ class SimulatedReplica:
                 and self.latency.step.paced(len(self.scheduler.rows)) <= q.quiet_step_cost
                 and self.scheduler.margin() <= q.quiet_margin)
 
-    def _cost(self, curve, size: int) -> float:
-        """The runtime's cost now: the calibrated one, slowed by the other work that the last
-        second's requests bring to the replica's cores (Calibration.contention_s)."""
+    def _recent_requests(self) -> int:
         recent, cutoff = self._recent, self.now - 1.0
         while recent and recent[0] < cutoff:
             recent.popleft()
-        c = curve.profiled(size) * (1.0 + self.cal.contention_s * len(recent))
+        return len(recent)
+
+    def _cost(self, curve, size: int, contended: bool = True) -> float:
+        """The runtime's cost now: the calibrated one, an engine iteration's slowed by the other
+        work that the last second's requests bring to the replica's cores (Calibration.
+        contention_s). Decodes are not: a measured replica's decode cost over its start-up
+        profile stays flat from 0.5x to 2x load (bench/results/plan), while its step's grows."""
+        c = curve.profiled(size)
+        if contended:
+            c *= 1.0 + self.cal.contention_s * self._recent_requests()
         return c * float(self._rng.lognormal(0.0, self.jitter)) if self.jitter > 0 else c
 
     def _step_and_learn(self, started: float, decode_s: float) -> None:
@@ -204,7 +220,7 @@ class SimulatedReplica:
         dt = 0.0
         if rows:
             predicted = self.latency.decode.paced(rows)
-            dt = self._cost(self.truth.decode, rows)
+            dt = self._cost(self.truth.decode, rows, contended=False)
             self._advance(self.now + dt)
             self.latency.jitter.observe(max(0.0, dt - predicted))
             self.latency.decode.observe(rows, dt)
@@ -219,7 +235,13 @@ class SimulatedReplica:
         """The samples are decoded now; the response is ready respond_s later, and the engine
         learns that time from the frontend's report (Engine.observe_respond)."""
         a = self._of.pop(r.id)
-        ready = self.now + self.cal.respond_s
+        # the frontend shares the cores too: its responses take longer as requests come faster
+        respond = self.cal.respond_s + self.cal.respond_contention_s * self._recent_requests()
+        ready = self.now + respond
         k = r.tokens
         self.outcomes.append(Outcome(a, tokens=k, latency_s=ready - a.at, quality=float(self.quality[k])))
-        self._put(ready, self.cal.respond_s)
+        self._put(ready, respond)
+
+
+def _median(values: list[float]) -> float:
+    return float(np.median(values)) if values else 0.0

@@ -69,6 +69,11 @@ class Metrics:
                                 ["model", "backend"], buckets=STEP_BUCKETS, registry=r)
         self.load_factor = Gauge("anytime_latency_model_factor", "Online correction of the start-up latency profile "
                                  "(measured / profiled; > 1 means contention)", ["model", "kind"], registry=r)
+        # what every deadline decision keeps free besides predicted costs (Budget.margin): the
+        # capacity planner calibrates its simulated replica's stalls and responses from it
+        self.margin = Gauge("anytime_deadline_margin_seconds", "Time deadline decisions keep free: the slowest "
+                            "recent response (respond) and the worst recent overrun of a predicted cost (jitter)",
+                            ["model", "part"], registry=r)
         self.pressure = Gauge("anytime_scheduler_pressure", "Share of recent admissions that got fewer tokens "
                               "than on an idle server (0..1): steps are scarce", ["model"], registry=r)
         self.respond = Histogram("anytime_respond_latency_seconds", "From a request's end in the engine to its "
@@ -109,6 +114,8 @@ class Metrics:
         self.load_factor.labels(name, "decode").set_function(
             lambda: engine.latency.decode.factor if engine.latency else 1)
         self.pressure.labels(name).set_function(lambda: engine.scheduler.pressure if engine.scheduler else 0)
+        self.margin.labels(name, "respond").set_function(lambda: engine.latency.respond() if engine.latency else 0)
+        self.margin.labels(name, "jitter").set_function(lambda: engine.latency.jitter() if engine.latency else 0)
         # the autoscaling signal's series exist (at 0) before the first loss: a rate, not "no data"
         self.idle_tokens.labels(name)
         self.load_lost_tokens.labels(name)

@@ -161,3 +161,53 @@ def test_a_server_calibration_takes_its_decode_from_the_start_up_profile():
     other.D = D + 1
     with pytest.raises(ValueError, match="D="):
         calibration().with_profile_decode(other)
+
+
+def test_contention_slows_the_engine_steps_and_not_the_decodes():
+    # a measured replica's decode over its start-up profile stays flat from 0.5x to 2x load while
+    # its step's grows (bench/results/plan): the simulation slows only the steps
+    sim = SimulatedReplica(calibration(contention_s=0.002))
+    steps, decodes = [], []
+    update, observe = sim.scheduler.update_from_output, sim.latency.decode.observe
+    sim.scheduler.update_from_output = lambda tokens, s: (steps.append((len(tokens), s)), update(tokens, s))
+    sim.latency.decode.observe = lambda rows, dt: (decodes.append((rows, dt)), observe(rows, dt))
+    sim.run(arrivals(400, 2.0, "fixed:100", "1", seed=2))
+    # after the first second, about 400 requests in the last second: steps cost about 1.8x
+    late = [cost / sim.truth.step.profiled(b) for b, cost in steps[len(steps) // 2:]]
+    assert 1.6 < sum(late) / len(late) < 2.0
+    assert decodes and all(dt == pytest.approx(sim.truth.decode.profiled(rows)) for rows, dt in decodes)
+
+
+def test_the_calibrated_jitter_and_response_time_set_the_margins_admission_keeps():
+    cal = calibration()
+    quiet = SimulatedReplica(cal)
+    quiet.run(arrivals(400, 3.0, "fixed:100", "1", seed=2))
+    cal.jitter, cal.respond_contention_s = 0.3, 2e-5
+    loaded = SimulatedReplica(cal)  # jitter=None: the calibration's
+    outcomes = loaded.run(arrivals(400, 3.0, "fixed:100", "1", seed=2))
+    q, s = quiet.runtime_stats(), loaded.runtime_stats()
+    assert q["margin_jitter_ms"] < 0.5 < s["margin_jitter_ms"]  # overruns of the predicted costs
+    # the frontend's response: 1 ms idle, 2e-5 s more per request/s (about 400 in the last
+    # second once the run is past its first; the margin is the slowest of the last 2 s)
+    assert q["margin_respond_ms"] == pytest.approx(1.0)
+    assert 8.0 < s["margin_respond_ms"] < 10.5
+    assert min(o.latency_s for o in outcomes if not o.refused) > 0.008
+    assert SimulatedReplica(cal, jitter=0.0).jitter == 0.0  # an explicit one wins
+
+
+def test_the_loaded_run_fit_recovers_a_known_replica():
+    # a "measured" run made by the simulation itself with known parameters: the fit on that run
+    # alone finds them again (bench/plan_validation.py, fit_loaded_run)
+    from bench.plan_validation import fit_loaded_run, simulated_point
+
+    truth = calibration(contention_s=0.001)
+    truth.jitter, truth.respond_contention_s = 0.3, 1e-5
+    measured = simulated_point(truth, 500, 3.0, "loguniform:30:300", "1", 5, None)
+    fitted = calibration()
+    fit_loaded_run(fitted, measured, 500, 3.0, "loguniform:30:300", "1", 5)
+    # the margin is the slowest response of the last 2 s: a little above the mean rate's
+    assert fitted.respond_contention_s == pytest.approx(1e-5, rel=0.15)
+    assert fitted.jitter == pytest.approx(0.3, abs=0.08)
+    assert fitted.contention_s == pytest.approx(0.001, rel=0.3)
+    again = simulated_point(fitted, 500, 3.0, "loguniform:30:300", "1", 5, None)
+    assert again["mean_tokens"] == pytest.approx(measured["mean_tokens"], rel=0.03)
