@@ -28,6 +28,7 @@ from .model_dir import ModelSpec
 from .request import FinishReason, Request, SamplingParams, Sequence, Status
 from .runtime import Runtime
 from .profiling import profile_runtime
+from .step_threads import choose_one_thread_below
 from .sampling import SamplingBatch, sequence_rng
 from .scheduler import Admission, IterationPlan, Scheduler, SchedulerConfig, SchedulerOutput
 
@@ -120,6 +121,7 @@ class Engine(EngineOutputs):
 
     def warmup(self) -> None:
         """Profile step and decode cost vs batch size; the latency model starts from it."""
+        choose_one_thread_below(self.runtime, self.spec, self.profile_sizes)
         self.latency = profile_runtime(self.runtime, self.spec, self.profile_sizes)
         self.scheduler = Scheduler(self.config, self.latency, self.spec.D, self.spec.quality_k)
         self.ready.set()
@@ -258,7 +260,9 @@ class Engine(EngineOutputs):
         for r in out.answered:
             self._done(r)
         decode_s = self._decode(out) if out.finish or out.previews else 0.0
+        flushed = time.perf_counter()
         self._flush_outputs()
+        decode_s += time.perf_counter() - flushed  # answers leaving are not step time either
         self._quiet = dataclasses.replace(out.plan, start=[], budgets={}, finish=[], pause=[], resume=[])  # holds no requests
         if self.scheduler.rows:
             self._step_and_learn(started, decode_s + copy_s)

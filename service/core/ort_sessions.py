@@ -37,6 +37,19 @@ def ort_device(device: str | None) -> str:
     return "cuda" if cuda else "cpu"
 
 
+def one_thread_step_session(spec: ModelSpec, ort_spin: str):
+    """The step graph on the CPU with one intra-op thread: small batches run faster on it than on
+    a pool whose threads must be woken for every operator (service/core/step_threads.py)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    _ort_spinning(opts, ort_spin)
+    return ort.InferenceSession(str(spec.file("prior_step_onnx")), opts, providers=["CPUExecutionProvider"])
+
+
 def ort_sessions(spec: ModelSpec, device: str | None, threads: int, ort_spin: str, decode_threads: int = 0):
     """(device, step graph InferenceSession, decoder InferenceSession) on ort_device(device);
     the decoder with decode_threads intra-op threads (0: as the step graph)."""

@@ -34,7 +34,9 @@ class EngineOutputs:
         """Decode the requests that finish now in deadline order, in chunks of about
         DECODE_CHUNK_S, answering each chunk as soon as it is decoded (a large decode of
         other requests never delays an earlier deadline); streaming previews go last.
-        Returns the seconds spent decoding."""
+        Returns the seconds it took, all of it: the decoder calls, the rows' codes gathered for
+        them, and the answers handed to the outputs hook (the step's latency model must not
+        learn them as step time; the decode model learns the decoder calls alone)."""
         jobs = sorted(out.finish, key=lambda f: f[0].deadline) + [(r, None) for r in out.previews]
         chunk, rows, spent = [], 0, 0.0
         for job in jobs:
@@ -47,7 +49,9 @@ class EngineOutputs:
         return spent + (self._decode_chunk(chunk) if chunk else 0.0)
 
     def _decode_chunk(self, jobs: list[tuple[Request, FinishReason | None]]) -> float:
-        """One batched decode; finishes the requests with a reason, hands previews to the others."""
+        """One batched decode; finishes the requests with a reason, hands previews to the others.
+        Returns the seconds the chunk took (see _decode)."""
+        began = time.perf_counter()
         D = self.spec.D
         seqs = [s for r, _ in jobs for s in r.sampled]  # guided requests: not their null-label rows
         codes = np.zeros((len(seqs), D), dtype=np.int64)
@@ -61,7 +65,7 @@ class EngineOutputs:
         except Exception as e:  # a decoder failure fails only these requests
             log.exception("decode failed")
             self._fail([r for r, _ in jobs], f"decoder failed: {type(e).__name__}")
-            return time.perf_counter() - t
+            return time.perf_counter() - began
         dt = time.perf_counter() - t
         if decoded:  # the latency model learns from decoder calls only, not table copies
             self.latency.jitter.observe(max(0.0, dt - predicted))
@@ -79,7 +83,7 @@ class EngineOutputs:
         self._flush_outputs()  # this chunk's answers leave now, before the next chunk's decode
         self._emit(DecodeStats(self.spec.name, self.runtime.backend, len(seqs), dt,
                                self.scheduler.previews_skipped - skipped_before))
-        return dt
+        return time.perf_counter() - began
 
     def _decode_rows(self, codes: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, int, float]:
         """Samples for these rows: one-token rows whose code the decoder has seen come from the

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..settings import Settings
 from .model_dir import ModelSpec
-from .ort_sessions import intra_op_threads, ort_device, ort_sessions
+from .ort_sessions import intra_op_threads, one_thread_step_session, ort_device, ort_sessions
 from .staging import HostStaging, Transfers
 
 
@@ -106,6 +106,11 @@ class OnnxRuntime:
     def __init__(self, spec: ModelSpec, slots: int, device: str | None = None, threads: int = 0,
                  ort_spin: str | None = None, decode_threads: int = 0):
         self.device, self.step_sess, self.decode_sess = ort_sessions(spec, device, threads, ort_spin, decode_threads)
+        # On the CPU with a pool of intra-op threads, the step graph also on one thread: batches
+        # below one_thread_below run there (chosen at start-up, service/core/step_threads.py)
+        self.step_one_thread = (one_thread_step_session(spec, ort_spin or "off")
+                                if self.device == "cpu" and intra_op_threads(threads) > 1 else None)
+        self.one_thread_below = 0
         shape = (slots, spec.n_head, spec.D, spec.head_dim)
         # Host cache; ORT reads each layer's contiguous prefix [:B] in place on the CPU provider.
         self.k = [np.zeros(shape, dtype=np.float32) for _ in range(spec.n_layer)]
@@ -123,7 +128,8 @@ class OnnxRuntime:
         for i in range(L):
             feeds[self.k_names[i]] = self.k[i][:B]
             feeds[self.v_names[i]] = self.v[i][:B]
-        out = self.step_sess.run(None, feeds)
+        sess = self.step_one_thread if B < self.one_thread_below else self.step_sess
+        out = sess.run(None, feeds)
         self.transfers.to_device += B * self._in_row_bytes
         self.transfers.to_host += B * self._out_row_bytes
         rows = self.rows[:B]
