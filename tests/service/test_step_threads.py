@@ -1,5 +1,5 @@
 """Small batches step on one thread, large ones on the intra-op pool, as measured at start-up;
-both sessions give the same logits."""
+both ORT sessions give the same logits."""
 import numpy as np
 import pytest
 
@@ -9,7 +9,7 @@ from service.core.step_threads import choose_one_thread_below
 
 
 class Timed:
-    """A runtime whose step costs what a table says for each session: one thread grows with the
+    """A runtime whose step costs what a table says for each ORT session: one thread grows with the
     batch, the pool pays a fixed wake-up."""
 
     def __init__(self):
