@@ -10,14 +10,19 @@ from .runtime import Runtime
 from .sampling import sample_rows
 
 
+def probe_rows(spec: ModelSpec, b: int) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens and positions of b rows spread over the cache: what a start-up measurement steps."""
+    return (np.full(b, spec.unconditional_token, dtype=np.int64),
+            (np.arange(b, dtype=np.int64) * 7) % spec.D)
+
+
 def profile_runtime(runtime: Runtime, spec: ModelSpec, sizes: list[int]) -> LatencyModel:
     """Median cost of a step plus its sampling at each batch size, and of a full-length decode
     (up to batch 64, larger decodes are extrapolated). Runs on the thread that will step."""
     D = spec.D
     step, dec = {}, {}
     for b in sizes:
-        tokens = np.full(b, spec.unconditional_token, dtype=np.int64)
-        positions = (np.arange(b, dtype=np.int64) * 7) % D
+        tokens, positions = probe_rows(spec, b)
         ones, off = np.ones(b), np.zeros(b, dtype=np.int64)
 
         def step_and_sample():  # what one iteration costs besides scheduling

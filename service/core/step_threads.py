@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
-
 from .latency import median_time
 from .model_dir import ModelSpec
+from .profiling import probe_rows
 
 log = logging.getLogger("anytime.engine")
 
@@ -29,8 +28,7 @@ def choose_one_thread_below(runtime, spec: ModelSpec, sizes: list[int]) -> int:
         return 0
     below = max(sizes) + 1
     for b in sorted(sizes):
-        tokens = np.full(b, spec.unconditional_token, dtype=np.int64)
-        positions = (np.arange(b, dtype=np.int64) * 7) % spec.D
+        tokens, positions = probe_rows(spec, b)
         timed = {}
         for one in (True, False):
             runtime.one_thread_below = b + 1 if one else 0
