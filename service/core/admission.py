@@ -96,10 +96,8 @@ class AdmissionState:
         p = self.pressure
         self.pressure = p + alpha * (lost - p)
 
-    def observe_planned(self, k: int, n: int = 1) -> None:
-        """The tokens a row is planned, on average over rows (not requests): rows free up at
-        that pace, and an n=16 request holds 16 of them for its k steps (as n EMA updates)."""
-        self.mean_planned += (1.0 - 0.95 ** n) * (k - self.mean_planned)
+    def observe_planned(self, k: int) -> None:
+        self.mean_planned += 0.05 * (k - self.mean_planned)
 
 
 @dataclass(frozen=True)

@@ -86,10 +86,8 @@ class Budget:
         excess = running + waiting + n - B
         if excess <= 0:
             return self.latency.iteration_in_flight(running)
-        # rows free up as sequences finish, about mean_planned steps per generation, the first
-        # of them when the iteration in flight ends (it decodes them): it is waited for whole
-        steps = mean_planned * min(1.0, excess / B)
-        return self.latency.iteration_in_flight(running) + self.latency.step(B) * max(0.0, steps - 1.0)
+        # rows free up as sequences finish: about mean_planned steps per generation
+        return self.latency.step(B) * mean_planned * min(1.0, excess / B)
 
     def retry_after(self, running: int, mean_planned: float) -> float:
         return max(1.0, self.latency.step(max(1, running)) * mean_planned)

@@ -65,7 +65,7 @@ class Policy:
 
     def budget_for(self, req: Request, view: AdmitView, state: AdmissionState, cap: int, floor: int,
                    idle_k: int) -> Admission:
-        return self.accept(state, cap, idle_k, req.n)
+        return self.accept(state, cap, idle_k)
 
     def fit_all(self, req: Request, view: AdmitView, state: AdmissionState) -> int:
         """Tokens that fit when every admitted row steps beside it (and it waits for a row)."""
@@ -74,8 +74,8 @@ class Policy:
         return b.deadline_tokens(req, view.now, min(view.running + view.waiting + req.n, self.config.max_batch),
                                  wait, view.ahead, self.best_effort_previews)
 
-    def accept(self, state: AdmissionState, k: int, idle_k: int, n: int = 1) -> Admission:
-        state.observe_planned(k, n)
+    def accept(self, state: AdmissionState, k: int, idle_k: int) -> Admission:
+        state.observe_planned(k)
         return Admission(True, planned_tokens=k, idle_tokens=max(idle_k, k))
 
     def deadline_refusal(self, req: Request, view: AdmitView, state: AdmissionState, need: str,
@@ -128,7 +128,7 @@ class Drop(Policy):
     def budget_for(self, req, view, state, cap, floor, idle_k):
         if self.fit_all(req, view, state) < cap:
             return self.deadline_refusal(req, view, state, "all tokens", idle_k)
-        return self.accept(state, cap, idle_k, req.n)
+        return self.accept(state, cap, idle_k)
 
 
 class Static(Policy):
@@ -140,7 +140,7 @@ class Static(Policy):
         k = min(cap, math.floor((req.deadline_s - lat.decode.profiled(req.n) - c.respond_margin_s) / idle))
         if k < floor:
             return self.deadline_refusal(req, view, state, f"min_tokens={floor}", min(idle_k, max(k, 0)))
-        return self.accept(state, k, min(idle_k, k), req.n)  # static ignores load: it never loses to it
+        return self.accept(state, k, min(idle_k, k))  # static ignores load: it never loses to it
 
 
 class Anytime(Policy):
@@ -184,7 +184,7 @@ class Anytime(Policy):
         k = min(cap, fit) if self.long(req) else min(want, fit)
         if min(k, want) < floor:
             return self.deadline_refusal(req, view, state, f"min_tokens={floor}", idle_k)
-        return self.accept(state, k, idle_k, req.n)
+        return self.accept(state, k, idle_k)
 
     def long(self, r: Request) -> bool:
         """Its deadline holds several full-length generations at a full batch: tokens past its
