@@ -7,13 +7,15 @@ thread: at 1x load on 2 cores the mean step took 0.95 ms on the pool and 0.64 ms
 thread, and the default scheduler gave 0.45 of D tokens where one thread gave 0.55
 (bench/results/step-threads). A large batch still gains from the pool. So the runtime keeps the
 step graph on both and this start-up measurement picks, per batch size, the faster one: one
-thread below the first profiled size where the pool is clearly faster.
+thread below the smallest profiled size from which on the pool is clearly faster.
 """
 from __future__ import annotations
 
 import logging
+import time
 
-from .latency import median_time
+import numpy as np
+
 from .model_dir import ModelSpec
 from .profiling import probe_rows
 
@@ -23,19 +25,36 @@ POOL_MARGIN = 0.95  # the pool must be at least 5% faster to be used (timings ar
 
 
 def choose_one_thread_below(runtime, spec: ModelSpec, sizes: list[int]) -> int:
-    """Set and return runtime.one_thread_below (0: the runtime has no one-thread step)."""
+    """Set and return runtime.one_thread_below (0: the runtime has no one-thread step): the
+    smallest size from which on the pool is clearly faster at every profiled size.
+
+    The two are timed in alternation, so that whatever else runs at start-up (the frontend
+    workers start beside the engine) slows both alike; and a size counts only if every larger
+    one agrees, because a single noisy win at a small batch would put every small batch on
+    the pool (start-ups of one machine chose 1, 32 and 32 when the first win decided, where
+    one thread was faster up to 64 in quiet measurements)."""
     if getattr(runtime, "step_one_thread", None) is None:
         return 0
     below = max(sizes) + 1
-    for b in sorted(sizes):
-        tokens, positions = probe_rows(spec, b)
-        timed = {}
-        for one in (True, False):
-            runtime.one_thread_below = b + 1 if one else 0
-            timed[one] = median_time(lambda: runtime.step(tokens, positions), 5 if b > 64 else 9)
-        if timed[False] < POOL_MARGIN * timed[True]:
-            below = b
+    for b in sorted(sizes, reverse=True):
+        one, pool = _alternating_times(runtime, spec, b, 5 if b > 64 else 9)
+        if pool >= POOL_MARGIN * one:
             break
+        below = b
     runtime.one_thread_below = below
     log.info("step threads chosen", extra={"model": spec.name, "one_thread_below": below})
     return below
+
+
+def _alternating_times(runtime, spec: ModelSpec, batch: int, repeats: int) -> tuple[float, float]:
+    """Median step seconds at `batch` on one thread and on the pool, timed in turn."""
+    tokens, positions = probe_rows(spec, batch)
+    times = {True: [], False: []}
+    for i in range(repeats + 1):
+        for one in (True, False):
+            runtime.one_thread_below = batch + 1 if one else 0
+            t = time.perf_counter()
+            runtime.step(tokens, positions)
+            if i:  # the first round warms both up
+                times[one].append(time.perf_counter() - t)
+    return float(np.median(times[True])), float(np.median(times[False]))

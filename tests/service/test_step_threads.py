@@ -33,6 +33,41 @@ def test_the_pool_is_used_from_the_first_size_where_it_is_clearly_faster():
     assert choose_one_thread_below(rt, Spec, [1, 4, 16, 64, 128]) == 64 == rt.one_thread_below
 
 
+class Fluke(Timed):
+    """The pool happens to win at 4 rows (a noisy start-up), not at 16."""
+
+    def step(self, tokens, positions):
+        import time
+        if len(tokens) == 4 and self.one_thread_below <= 4:
+            return time.sleep(0.0001)
+        return super().step(tokens, positions)
+
+
+class Disturbed(Timed):
+    """Something else takes the core for a stretch of calls (the frontend workers starting)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def step(self, tokens, positions):
+        import time
+        self.calls += 1
+        if 3 <= self.calls <= 12:
+            time.sleep(0.005)
+        return super().step(tokens, positions)
+
+
+def test_a_small_batch_steps_on_the_pool_only_if_every_larger_one_does_too():
+    assert choose_one_thread_below(Fluke(), Spec, [1, 4, 16, 64, 128]) == 64
+
+
+def test_both_sessions_are_timed_in_turn_so_a_disturbance_slows_both():
+    # at 16 rows one thread takes 1.6 ms, the pool 2.3: timed one after the other, the
+    # stretch would fall on one thread's calls and make the pool look faster
+    assert choose_one_thread_below(Disturbed(), Spec, [16]) == 17
+
+
 def test_without_a_one_thread_session_nothing_is_chosen(tiny_model_dir):
     spec = load_model_dir(tiny_model_dir, "onnx")
     rt = make_runtime(spec, "onnx", 16, threads=1, ort_spin="off")
