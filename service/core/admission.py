@@ -21,6 +21,7 @@ class Admission:
     # tokens per sample an idle replica would have planned (0: the deadline itself leaves too
     # few); what load took is measured against it (the autoscaling signal, EngineCore)
     idle_tokens: int = 0
+    start_by: float = math.nan  # when it should get a row, if it waits for one (Request.start_by)
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class LoadSnapshot:
     row_step_s: float = 0.0  # seconds per row-step at a full batch
     demand_before: tuple[int, ...] = (0,)  # demand_before[i]: row-steps due by deadlines[i] (exclusive)
     spare_after: tuple[float, ...] = (math.inf,)  # min over j >= i of deadlines[j] / row_step_s - demand through j
+    queue_wait_error: float = 0.0  # how much later than estimated queued requests get a row (queue_wait.py)
 
     def promised_steps(self, n: int, deadline: float, now: float, pending: int = 0, share: float = 1.0) -> float:
         """The most steps a request of n rows due at `deadline` can be guaranteed without the

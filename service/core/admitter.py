@@ -1,7 +1,7 @@
 """The Admitter: the only engine code that runs on the admitting thread (the engine core's IPC
 thread, or the event loop in-process). It decides in microseconds from the load the engine
 thread last published and its own list of admissions the engine has not taken yet, writes a
-request's `planned_tokens` and `idle_tokens` before handing it over, and otherwise writes only
+request's `planned_tokens`, `idle_tokens` and `start_by` before handing it over, and otherwise writes only
 its own state (AdmissionState, the pending list)."""
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ class Admitter:
             pending.popleft()
         adm = self.policy.admit(req, self._view(req, load, pending, dequeued_rows), self.state)
         if adm.ok:
-            req.planned_tokens, req.idle_tokens = adm.planned_tokens, adm.idle_tokens
+            req.planned_tokens, req.idle_tokens, req.start_by = adm.planned_tokens, adm.idle_tokens, adm.start_by
             self.admitted_rows += req.n
             pending.append((req.id, req.deadline, req.n, adm.planned_tokens))
         return adm

@@ -10,6 +10,7 @@ import time
 
 from .admission import LoadSnapshot
 from .planner import IterationPlan
+from .queue_wait import QueueWaitError
 from .request import FinishReason, Request, Status
 from .rows import RowTable
 from .slack import PRIORITY_RANK
@@ -30,6 +31,7 @@ class Lifecycle:
         self.short_starts = 0  # started with less than min_tokens (the last resort; should stay 0)
         self.previews_skipped = 0  # best-effort previews due every preview_every tokens never decoded
         self.cancelled: list[Request] = []
+        self.wait_error = QueueWaitError()  # how much later than admission estimated queued requests start
 
     @property
     def rows(self):
@@ -58,6 +60,7 @@ class Lifecycle:
             self.waiting.remove(r)
             self.dequeued_rows += r.n
             r.started, r.budget = now, plan.budgets[id(r)]
+            self.wait_error.observe(r.start_by, now)
             self._move(r, None, self.running, Status.RUNNING, self.table.start, moves)
         self.short_starts += plan.short_starts
 
@@ -142,14 +145,15 @@ class Lifecycle:
         deadlines = tuple(map(_deadline, reqs))
         rows_before = tuple(itertools.accumulate((r.n for r in reqs), initial=0))
         if stepping is None:
-            return LoadSnapshot(len(self.rows), deadlines, rows_before)
+            return LoadSnapshot(len(self.rows), deadlines, rows_before, queue_wait_error=self.wait_error.seconds)
         full = budget.full_step()
         row_step = full / self.config.max_batch
         demand = tuple(itertools.accumulate((r.n * max(0, stepping.target(r) - r.tokens) for r in reqs), initial=0))
         spare = [math.inf] * (len(reqs) + 1)
         for i in range(len(reqs) - 1, -1, -1):
             spare[i] = min(spare[i + 1], deadlines[i] / row_step - demand[i + 1])
-        guaranteed = dict(row_step_s=row_step, demand_before=demand, spare_after=tuple(spare))
+        guaranteed = dict(row_step_s=row_step, demand_before=demand, spare_after=tuple(spare),
+                          queue_wait_error=self.wait_error.seconds)
         if not any(map(stepping.may_stand_aside, reqs)):
             rows = dict.fromkeys(PRIORITY_RANK, 0)
             for r in reqs:

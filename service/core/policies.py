@@ -67,16 +67,21 @@ class Policy:
                    idle_k: int) -> Admission:
         return self.accept(state, cap, idle_k)
 
-    def fit_all(self, req: Request, view: AdmitView, state: AdmissionState) -> int:
-        """Tokens that fit when every admitted row steps beside it (and it waits for a row)."""
+    def fit_all(self, req: Request, view: AdmitView, state: AdmissionState, late_by: float = 0.0) -> int:
+        """Tokens that fit when every admitted row steps beside it (and it waits for a row,
+        late_by seconds longer than estimated)."""
         b = self.budget
         wait = b.wait_estimate(view.running, view.waiting, req.n, state.mean_planned)
         return b.deadline_tokens(req, view.now, min(view.running + view.waiting + req.n, self.config.max_batch),
-                                 wait, view.ahead, self.best_effort_previews)
+                                 wait + late_by, view.ahead, self.best_effort_previews)
 
-    def accept(self, state: AdmissionState, k: int, idle_k: int) -> Admission:
+    def queued(self, req: Request, view: AdmitView) -> bool:
+        """It has to wait for rows to free up in a full batch."""
+        return view.running + view.waiting + req.n > self.config.max_batch
+
+    def accept(self, state: AdmissionState, k: int, idle_k: int, start_by: float = math.nan) -> Admission:
         state.observe_planned(k)
-        return Admission(True, planned_tokens=k, idle_tokens=max(idle_k, k))
+        return Admission(True, planned_tokens=k, idle_tokens=max(idle_k, k), start_by=start_by)
 
     def deadline_refusal(self, req: Request, view: AdmitView, state: AdmissionState, need: str,
                          idle_k: int) -> Admission:
@@ -168,6 +173,7 @@ class Anytime(Policy):
         # pressure: did load take tokens from this request (were everything to step)? Standing
         # aside for it is not free either: a burst that others stand aside for lowers the knee
         state.observe_pressure(float(fit < idle_k), c.pressure_alpha)
+        queued = fit >= floor and self.queued(req, view)  # it fits, once rows free up
         # 2. only if it would be refused that way: rows with laxity stand aside while it steps,
         #    so count just the rows that cannot, within the work already guaranteed to other
         #    deadlines (so that no admitted request is forced out later)
@@ -184,7 +190,15 @@ class Anytime(Policy):
         k = min(cap, fit) if self.long(req) else min(want, fit)
         if min(k, want) < floor:
             return self.deadline_refusal(req, view, state, f"min_tokens={floor}", idle_k)
-        return self.accept(state, k, idle_k)
+        start_by = math.nan
+        if queued:
+            # it waits for a row, and later arrivals due sooner may start first: refused if the
+            # usual error of the wait estimate (queue_wait.py) would leave it nothing on time
+            late = view.load.queue_wait_error
+            if late > 0 and self.fit_all(req, view, state, late) < floor:
+                return self.deadline_refusal(req, view, state, f"min_tokens={floor}", idle_k)
+            start_by = view.now + b.wait_estimate(view.running, view.waiting, req.n, state.mean_planned)
+        return self.accept(state, k, idle_k, start_by)
 
     def long(self, r: Request) -> bool:
         """Its deadline holds several full-length generations at a full batch: tokens past its

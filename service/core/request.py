@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -68,6 +69,9 @@ class Request:
     planned_tokens: int = 0  # the budget admission gave (written once, by the Admitter)
     budget: int = 0  # tokens it steps to at most: planned_tokens, lowered when it starts late (Lifecycle)
     idle_tokens: int = 0  # the budget an idle replica would have given (what load took is measured against it)
+    # when admission expected it to get a row, had it to wait for one (NaN: rows were free);
+    # written once, by the Admitter (service/core/queue_wait.py learns from it)
+    start_by: float = math.nan
     sampling: SamplingParams = field(default_factory=SamplingParams)
     id: int = field(default_factory=lambda: next(_ids))
     request_id: str = ""
