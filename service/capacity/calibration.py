@@ -62,6 +62,11 @@ class Calibration:
     # response time grows by `respond_contention_s` per request/s. 0: an unloaded machine.
     jitter: float = 0.0
     respond_contention_s: float = 0.0
+    # The engine thread's own work in each planned iteration, per live request (the plan, the
+    # step inputs rebuilt when rows change, the outputs): the API calibration sends one request
+    # at a time and cannot see it. The engine learns it as part of its step cost; fitted by
+    # `anytime bench plan` to the step count of the loaded run. 0: none.
+    plan_request_s: float = 0.0
     max_batch: int | None = None  # the replica's max_batch when not the default (a GPU projection)
     source: str = ""  # how it was obtained: what a report quotes
     measured: dict = field(default_factory=dict)  # date, machine, backend, command: provenance

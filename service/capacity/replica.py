@@ -150,6 +150,9 @@ class SimulatedReplica:
             return
         self.plans += 1
         out = sched.schedule(started)
+        if self.cal.plan_request_s:
+            live = len(sched.running) + len(sched.waiting) + len(sched.paused)
+            self._advance(self.now + self._overhead(live))
         copy_s = self._move_rows(len(out.moves))
         decode_s = self._decode(out) if out.finish or out.previews else 0.0
         self._quiet = dataclasses.replace(out.plan, start=[], budgets={}, finish=[], pause=[], resume=[])
@@ -177,6 +180,11 @@ class SimulatedReplica:
         c = curve.profiled(size)
         if contended:
             c *= 1.0 + self.cal.contention_s * self._recent_requests()
+        return c * float(self._rng.lognormal(0.0, self.jitter)) if self.jitter > 0 else c
+
+    def _overhead(self, live: int) -> float:
+        """The engine thread's work around the runtime calls of a planned iteration."""
+        c = self.cal.plan_request_s * live * (1.0 + self.cal.contention_s * self._recent_requests())
         return c * float(self._rng.lognormal(0.0, self.jitter)) if self.jitter > 0 else c
 
     def _step_and_learn(self, started: float, decode_s: float) -> None:

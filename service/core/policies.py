@@ -197,7 +197,10 @@ class Anytime(Policy):
             late = view.load.queue_wait_error
             if late > 0 and self.fit_all(req, view, state, late) < floor:
                 return self.deadline_refusal(req, view, state, f"min_tokens={floor}", idle_k)
-            start_by = view.now + b.wait_estimate(view.running, view.waiting, req.n, state.mean_planned)
+            if fit < want and not self.long(req):
+                # its deadline binds its tokens, so a later start costs it: what the error learns
+                # from (a request with time to spare is passed by those due sooner, by design)
+                start_by = view.now + b.wait_estimate(view.running, view.waiting, req.n, state.mean_planned)
         return self.accept(state, k, idle_k, start_by)
 
     def long(self, r: Request) -> bool:

@@ -7,7 +7,7 @@ import pytest
 
 from service.core.queue_wait import MIN_STARTS, QueueWaitError
 
-from .test_scheduler import request, scheduler
+from .test_scheduler import D, request, scheduler
 
 
 def test_the_error_is_a_high_quantile_of_queued_starts_only():
@@ -44,3 +44,13 @@ def test_admission_says_when_a_queued_request_should_start():
     queued = s.admit(request(200), 100.0, running=64, waiting=0)
     free = s.admit(request(200), 100.0, running=8, waiting=0)
     assert queued.start_by > 100.0 and math.isnan(free.start_by)
+
+
+def test_only_requests_whose_deadline_binds_are_learned_from():
+    s = scheduler(max_batch=64)
+    # due in seconds: it has time to spare and is passed by arrivals due sooner, by design
+    spare = s.admit(request(20_000), 100.0, running=64, waiting=0)
+    assert spare.ok and spare.planned_tokens == D and math.isnan(spare.start_by)
+    # due soon, in a full batch: its deadline binds its tokens, so a late start is an error
+    tight = s.admit(request(60), 100.0, running=64, waiting=0)
+    assert tight.ok and tight.planned_tokens < D and tight.start_by > 100.0
