@@ -11,7 +11,7 @@ deadline. Only requests whose deadline bound their tokens at admission are learn
 (Anytime.budget_for sets their `start_by`): a request with time to spare is passed by every
 arrival due sooner, by design, and its delay is no error. Learned from every queued request,
 the quantile grew to seconds beside bulk work due in 5-30 s, and refused 39% of 1-3 s
-streaming requests at 2x (bench/results/one-policy-mixed)."""
+streaming requests at 2x (bench/results/one-policy-mixed/at-9bf6607)."""
 from __future__ import annotations
 
 import collections
