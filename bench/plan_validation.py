@@ -28,6 +28,8 @@ from .server_proc import serve
 from .summary import summarize as summarize_records
 
 TOLERANCE = 0.15  # relative, the issue's target
+PLAN_REQUEST_MAX_S = 60e-6  # the bisection's upper end for Calibration.plan_request_s
+FIT_PASSES = 2  # rounds of fitting the jitter and the per-request work in turn
 
 
 def measured_point(records) -> dict:
@@ -111,19 +113,30 @@ def fit_contention(cal, measured_tokens: float, rate, duration, deadlines, n_mix
 def fit_loaded_run(cal, measured: dict, rate, duration, deadlines, n_mix, seed) -> None:
     """Everything Calibration takes from one loaded run: the frontend's response time per
     request/s, from the slowest recent response the engine kept free (its median; a simulated
-    response time is one value, so its margin is that value); then the jitter at which the
-    simulated engine keeps as much free for overruns as the measured one did (more jitter,
-    larger overruns: a bisection), each with the contention that gives the run's mean tokens."""
+    response time is one value, so its margin is that value); then, in turn until they settle,
+    the jitter at which the simulated engine keeps as much free for overruns as the measured one
+    did, and the engine's work per live request at which it takes as many steps; each with the
+    contention that gives the run's mean tokens."""
     rt = measured["runtime"]
     cal.respond_contention_s = max(0.0, (rt["margin_respond_ms"] / 1000 - cal.respond_s) / rate)
-    lo, hi = 0.0, 0.8
+    run = (rate, duration, deadlines, n_mix, seed)
+    for _ in range(FIT_PASSES):  # each moves the other: more work per iteration, larger overruns
+        _bisect(cal, "jitter", 0.8, measured, run, lambda sim: sim["margin_jitter_ms"] < rt["margin_jitter_ms"])
+        # more work per iteration: fuller and fewer iterations
+        _bisect(cal, "plan_request_s", PLAN_REQUEST_MAX_S, measured, run, lambda sim: sim["steps"] > rt["steps"])
+    cal.contention_s = fit_contention(cal, measured["mean_tokens"], *run, None)
+
+
+def _bisect(cal, name: str, hi: float, measured: dict, run: tuple, too_low) -> None:
+    """Set cal.<name> in [0, hi] by bisection on `too_low(simulated runtime stats)`, each
+    candidate with the contention that gives the measured mean tokens."""
+    lo = 0.0
     for _ in range(6):
-        cal.jitter = (lo + hi) / 2
-        cal.contention_s = fit_contention(cal, measured["mean_tokens"], rate, duration, deadlines, n_mix, seed, None, 8)
-        sim = simulated_point(cal, rate, duration, deadlines, n_mix, seed, None)["runtime"]
-        lo, hi = (cal.jitter, hi) if sim["margin_jitter_ms"] < rt["margin_jitter_ms"] else (lo, cal.jitter)
-    cal.jitter = (lo + hi) / 2
-    cal.contention_s = fit_contention(cal, measured["mean_tokens"], rate, duration, deadlines, n_mix, seed, None)
+        setattr(cal, name, (lo + hi) / 2)
+        cal.contention_s = fit_contention(cal, measured["mean_tokens"], *run, None, 8)
+        sim = simulated_point(cal, *run, None)["runtime"]
+        lo, hi = (getattr(cal, name), hi) if too_low(sim) else (lo, getattr(cal, name))
+    setattr(cal, name, (lo + hi) / 2)
 
 
 def mean_of_runs(runs: list[dict]) -> dict:
@@ -159,7 +172,8 @@ def run(flags: list[str], out: Path, loads: list[float], duration: float, deadli
             cal.contention_s = fit_contention(cal, fit_run["mean_tokens"], fit_rate, duration / 2, deadlines, n_mix,
                                               seed + 1, jitter)
         cal.save(out / "calibration.json")
-        print(f"fitted at {fit_load}x: contention {1000 * cal.contention_s:.3f} ms per request/s, jitter "
+        print(f"fitted at {fit_load}x: contention {1000 * cal.contention_s:.3f}e-3 per request/s, work "
+              f"{1e6 * cal.plan_request_s:.1f} us per live request, jitter "
               f"{cal.jitter:.3f}, respond {1000 * cal.respond_contention_s:.4f} ms per request/s ({fit_run})")
         time.sleep(rest_s)
         # the same arrivals measured `repeats` times, in rounds over the loads (a drift of the
@@ -204,7 +218,9 @@ def markdown(r: dict) -> str:
              f"after it {1000 * cal['respond_s']:.2f} ms). What load does to it (the CPU the frontend and the load "
              f"generator take from the engine's cores on this 2-core machine) was fitted to one loaded run on other "
              f"arrivals (seed {r['fit']['seed']}, {r['fit']['load']:g}x, {r['duration_s'] / 2:g} s), before and apart "
-             f"from the runs below: engine steps slow by {1000 * cal['contention_s']:.3f} ms per request/s (decodes "
+             f"from the runs below: each planned engine iteration costs {1e6 * cal.get('plan_request_s', 0):.1f} us "
+             f"per live request of the engine's own work (plan, step inputs, outputs), fitted to the steps it "
+             f"took; engine steps slow by a fraction {1000 * cal['contention_s']:.3f}e-3 per request/s (decodes "
              f"do not), fitted to its mean tokens; every cost varies by a log-normal factor of sigma "
              f"{cal.get('jitter', 0):.3f}, fitted to the overrun margin its engine kept; responses take "
              f"{1000 * cal.get('respond_contention_s', 0):.4f} ms longer per request/s, from the response margin "
@@ -233,7 +249,7 @@ def markdown(r: dict) -> str:
               "`anytime_deadline_margin_seconds`: what deadline decisions kept free for responses and overruns; "
               "medians of samples every 0.25 s during the run) vs the simulation (its iterations cost "
               "the calibrated step, which includes sampling and the engine loop's own work, times the "
-              "contention; its decode calls count table-only calls at 0 ms; its margins are the medians "
+              "contention, plus the work per live request of each planned iteration; its decode calls count table-only calls at 0 ms; its margins are the medians "
               "its admissions saw).", "",
               "| load | | steps | mean batch | mean step ms | decode calls | mean decode ms | step factor | decode factor "
               "| respond margin ms | overrun margin ms |",

@@ -178,6 +178,22 @@ def test_contention_slows_the_engine_steps_and_not_the_decodes():
     assert decodes and all(dt == pytest.approx(sim.truth.decode.profiled(rows)) for rows, dt in decodes)
 
 
+def test_the_engines_work_per_live_request_makes_iterations_fewer_and_fuller():
+    # the engine's own Python per live request and planned iteration (Calibration.plan_request_s),
+    # which one request at a time through the API cannot show: the engine learns it as step cost
+    quiet, busy = calibration(), calibration()
+    busy.plan_request_s = 20e-6
+    stats = []
+    for cal in (quiet, busy):
+        sim = SimulatedReplica(cal, jitter=0.0)
+        out = sim.run(arrivals(500, 2.0, "loguniform:30:300", "1", seed=3))
+        stats.append((sim.runtime_stats(), np.mean([o.tokens for o in out if not o.refused])))
+    (q, q_tokens), (b, b_tokens) = stats
+    assert b["steps"] < 0.9 * q["steps"] and b["mean_batch"] > 1.1 * q["mean_batch"]
+    assert b["mean_step_ms"] == pytest.approx(q["mean_step_ms"], rel=0.25)  # the runtime's own step is not slower
+    assert b_tokens < q_tokens  # admission plans with the dearer iterations the engine learned
+
+
 def test_the_calibrated_jitter_and_response_time_set_the_margins_admission_keeps():
     cal = calibration()
     quiet = SimulatedReplica(cal)
@@ -201,7 +217,7 @@ def test_the_loaded_run_fit_recovers_a_known_replica():
     from bench.plan_validation import fit_loaded_run, simulated_point
 
     truth = calibration(contention_s=0.001)
-    truth.jitter, truth.respond_contention_s = 0.3, 1e-5
+    truth.jitter, truth.respond_contention_s, truth.plan_request_s = 0.3, 1e-5, 10e-6
     measured = simulated_point(truth, 500, 3.0, "loguniform:30:300", "1", 5, None)
     fitted = calibration()
     fit_loaded_run(fitted, measured, 500, 3.0, "loguniform:30:300", "1", 5)
@@ -209,5 +225,7 @@ def test_the_loaded_run_fit_recovers_a_known_replica():
     assert fitted.respond_contention_s == pytest.approx(1e-5, rel=0.15)
     assert fitted.jitter == pytest.approx(0.3, abs=0.08)
     assert fitted.contention_s == pytest.approx(0.001, rel=0.3)
+    assert fitted.plan_request_s == pytest.approx(10e-6, rel=0.3)
     again = simulated_point(fitted, 500, 3.0, "loguniform:30:300", "1", 5, None)
     assert again["mean_tokens"] == pytest.approx(measured["mean_tokens"], rel=0.03)
+    assert again["runtime"]["steps"] == pytest.approx(measured["runtime"]["steps"], rel=0.05)
