@@ -249,8 +249,8 @@ def markdown(r: dict) -> str:
               "`anytime_deadline_margin_seconds`: what deadline decisions kept free for responses and overruns; "
               "medians of samples every 0.25 s during the run) vs the simulation (its iterations cost "
               "the calibrated step, which includes sampling and the engine loop's own work, times the "
-              "contention, plus the work per live request of each planned iteration; its decode calls count table-only calls at 0 ms; its margins are the medians "
-              "its admissions saw).", "",
+              "contention, plus the work per live request of each planned iteration; its decode calls "
+              "count table-only calls at 0 ms; its margins are the medians its admissions saw).", "",
               "| load | | steps | mean batch | mean step ms | decode calls | mean decode ms | step factor | decode factor "
               "| respond margin ms | overrun margin ms |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -177,14 +177,16 @@ class SimulatedReplica:
         work that the last second's requests bring to the replica's cores (Calibration.
         contention_s). Decodes are not: a measured replica's decode cost over its start-up
         profile stays flat from 0.5x to 2x load (bench/results/plan), while its step's grows."""
-        c = curve.profiled(size)
-        if contended:
-            c *= 1.0 + self.cal.contention_s * self._recent_requests()
-        return c * float(self._rng.lognormal(0.0, self.jitter)) if self.jitter > 0 else c
+        return self._as_loaded(curve.profiled(size), contended)
 
     def _overhead(self, live: int) -> float:
         """The engine thread's work around the runtime calls of a planned iteration."""
-        c = self.cal.plan_request_s * live * (1.0 + self.cal.contention_s * self._recent_requests())
+        return self._as_loaded(self.cal.plan_request_s * live)
+
+    def _as_loaded(self, c: float, contended: bool = True) -> float:
+        """A calibrated cost as the loaded replica pays it: contention, then jitter."""
+        if contended:
+            c *= 1.0 + self.cal.contention_s * self._recent_requests()
         return c * float(self._rng.lognormal(0.0, self.jitter)) if self.jitter > 0 else c
 
     def _step_and_learn(self, started: float, decode_s: float) -> None:
