@@ -57,7 +57,6 @@ class SimulatedReplica:
         self.quality = cal.quality_k()
         self.scheduler = Scheduler(config, self.latency, cal.D, self.quality)
         self.jitter, self._rng = jitter, np.random.default_rng(seed)
-        self._row_rng = np.random.default_rng(0)  # the sequences' own (never drawn from: no sampling here)
         self._inbox: list = []  # (time, order, item): admitted requests and respond observations
         self._order = itertools.count()
         self._quiet = IterationPlan()
@@ -119,7 +118,7 @@ class SimulatedReplica:
         D = self.cal.D
         req = Request(model=self.cal.model, n=a.n, seed=a.seed, label=a.label, deadline_s=a.deadline_ms / 1000,
                       arrival=a.at, min_tokens=1, max_tokens=D)
-        req.sequences = [Sequence(req, i, self._row_rng) for i in range(a.n)]
+        req.sequences = [Sequence(req, i, (0, i)) for i in range(a.n)]
         adm = self.scheduler.admit_request(req)
         self._margins.append((self.latency.respond(), self.latency.jitter()))
         if not adm.ok:

@@ -29,8 +29,9 @@ from .request import FinishReason, Request, SamplingParams, Sequence, Status
 from .runtime import Runtime
 from .profiling import profile_runtime
 from .step_threads import choose_one_thread_below
-from .sampling import SamplingBatch, sequence_rng
+from .sampling import SamplingBatch
 from .scheduler import Admission, IterationPlan, Scheduler, SchedulerConfig, SchedulerOutput
+from .streams import SlotStreams
 
 log = logging.getLogger("anytime.engine")
 
@@ -62,6 +63,8 @@ class Engine(EngineOutputs):
         self._tokens = self._positions = np.zeros(0, dtype=np.int64)
         self._sampling: SamplingBatch | None = None
         self._guided: GuidedRows | None = None  # the guided pairs among the rows (None: none)
+        # each KV-cache slot's random stream, moved with its cache row (streams.py)
+        self._streams = SlotStreams(config.slots())
         self.first_tokens = FirstTokenTable.for_model(spec.K, spec.output_shape)  # one-token samples (outputs.py)
         self.first_step = FirstStepTable(len(spec.classes) + 1)  # steps of one-token rows from nothing
         self._quiet = IterationPlan()  # the last plan, and how long it holds (see iteration)
@@ -168,18 +171,18 @@ class Engine(EngineOutputs):
                       request_id=request_id, preview_every=preview_every, priority=priority, guidance=guidance)
         if seeds is None and labels is None:
             start = self._start_token(label)
-            req.sequences = [Sequence(req, i, sequence_rng(seed, i), start) for i in range(n)]
+            req.sequences = [Sequence(req, i, (seed, i), start) for i in range(n)]
         else:
             seeds = seeds if seeds is not None else [seed] * n
             labels = labels if labels is not None else [label] * n
             if len(seeds) != n or len(labels) != n:
                 raise ValueError(f"{len(seeds)} seeds and {len(labels)} labels for {n} rows")
-            req.sequences = [Sequence(req, i, sequence_rng(s, 0), self._start_token(c))
+            req.sequences = [Sequence(req, i, (s, 0), self._start_token(c))
                              for i, (s, c) in enumerate(zip(seeds, labels))]
         if guidance > 0:
             for s in list(req.sequences):
                 # its tokens are copied from s, so its own stream is never used for a draw that matters
-                s.null_row = Sequence(req, n + s.index, sequence_rng(seed, n + s.index), self.spec.unconditional_token)
+                s.null_row = Sequence(req, n + s.index, (seed, n + s.index), self.spec.unconditional_token)
                 req.sequences.append(s.null_row)
         return req
 
@@ -257,6 +260,8 @@ class Engine(EngineOutputs):
             return
         out = self.scheduler.schedule(now)
         copy_s = self._move_rows(out.moves)
+        if out.plan.start:
+            self._start_streams(out.plan.start)
         for r in out.answered:
             self._done(r)
         decode_s = self._decode(out) if out.finish or out.previews else 0.0
@@ -296,9 +301,16 @@ class Engine(EngineOutputs):
         t = time.perf_counter()
         for src, dst in moves:
             self.runtime.move_row(src, dst)
+            self._streams.move(src, dst)
         dt = time.perf_counter() - t
         self.latency.copy.observe(len(moves), dt)
         return dt
+
+    def _start_streams(self, started: list[Request]) -> None:
+        """The rows that joined this iteration start their streams in their slots (after the
+        iteration's row copies, which may have moved a paused row out of the way)."""
+        seqs = [s for r in started for s in r.sequences]
+        self._streams.start([s.slot for s in seqs], [s.stream for s in seqs])
 
     def _step(self) -> bool:
         """One token for every active row; False when no runtime call was made (the logits
@@ -337,7 +349,7 @@ class Engine(EngineOutputs):
             guided = GuidedRows.of(rows)
         if guided is not None:
             logits = guided.mix(logits)
-        new = sampling.sample(logits, np.array([s.rng.random() for s in rows]))
+        new = sampling.sample(logits, self._streams.draw(len(rows)))
         if guided is not None:
             guided.follow(new)
         self._tokens, self._positions = new, self._positions + 1

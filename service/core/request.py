@@ -42,7 +42,7 @@ class Sequence:
 
     request: "Request | None"  # None once the request has finished (Engine._done)
     index: int
-    rng: np.random.Generator
+    stream: tuple[int, int]  # (seed, index) of its random stream (service/core/streams.py)
     start_token: int = 0
     codes: list[int] = field(default_factory=list)
     slot: int = -1

@@ -1,7 +1,8 @@
 """Per-row token sampling from logits, deterministic per sequence.
 
-Each sequence owns a numpy Generator seeded from (request seed, sample index) and draws
-exactly one uniform per step, so the t-th token depends only on the seed, the logits and t:
+Each sequence has a random stream seeded from (request seed, sample index): sequence_rng's
+Generator, which the engine draws from for the whole batch at once (service/core/streams.py).
+It draws exactly one uniform per step, so the t-th token depends only on the seed, the logits and t:
 the same seed gives the same sample whatever else is batched, and a shorter sample is a
 prefix of a longer one.
 """

@@ -2,7 +2,6 @@
 copies it returned leave every sequence's keys and values in its slot, active rows first."""
 import random
 
-import numpy as np
 import pytest
 
 from service.core.request import Sequence
@@ -10,7 +9,7 @@ from service.core.rows import RowTable
 
 
 def _seq(i: int) -> Sequence:
-    return Sequence(request=None, index=i, rng=np.random.default_rng(i))
+    return Sequence(request=None, index=i, stream=(i, 0))
 
 
 class FakeCache:

@@ -20,7 +20,7 @@ def scheduler(policy="anytime", **kw) -> Scheduler:
 def request(deadline_ms, now=100.0, n=1, min_tokens=1, max_tokens=D, tokens=0, planned=0) -> Request:
     r = Request(model="m", n=n, seed=0, label=None, deadline_s=deadline_ms / 1000, arrival=now,
                 min_tokens=min_tokens, max_tokens=max_tokens, planned_tokens=planned, budget=planned)
-    r.sequences = [Sequence(r, i, rng=None, codes=[0] * tokens) for i in range(n)]
+    r.sequences = [Sequence(r, i, stream=(0, i), codes=[0] * tokens) for i in range(n)]
     return r
 
 

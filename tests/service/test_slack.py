@@ -27,7 +27,7 @@ def scheduler(**kw) -> Scheduler:
 def request(deadline_ms, now, n=1, planned=D, preview_every=0) -> Request:
     r = Request(model="m", n=n, seed=0, label=None, deadline_s=deadline_ms / 1000, arrival=now,
                 min_tokens=1, max_tokens=D, planned_tokens=planned, budget=planned, preview_every=preview_every)
-    r.sequences = [Sequence(r, i, rng=None) for i in range(n)]
+    r.sequences = [Sequence(r, i, stream=(0, i)) for i in range(n)]
     return r
 
 
