@@ -125,6 +125,9 @@ class Server:
     model: str = ""
     D: int = 0
     pids: dict[str, list[int]] = field(default_factory=dict)
+    # what its start-up chose from timings (a server started here; its log says): a side-by-side
+    # run whose servers chose differently compares the choices, not the code
+    chose: dict[str, object] = field(default_factory=dict)
 
     def describe(self) -> None:
         info = httpx.get(self.url + "/models", timeout=10).json()["models"]
@@ -147,7 +150,22 @@ def start(checkout: Path, label: str, flags: list[str], log_path: Path) -> Serve
     wait_ready(proc, url, 180.0, log_path)
     server = Server(label, url, proc.pid, proc)
     server.describe()
+    server.chose = startup_choices(log_path.read_text(errors="replace"))
     return server
+
+
+def startup_choices(log_text: str) -> dict[str, object]:
+    """The timing-based choices a server's start-up logged (JSON lines): the batch below which
+    the prior steps on one thread (service/core/step_threads.py), by model."""
+    chose = {}
+    for line in log_text.splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and rec.get("message") == "step threads chosen":
+            chose[f"one_thread_below[{rec.get('model')}]"] = rec.get("one_thread_below")
+    return chose
 
 
 def attach(label: str, url: str, pid: int) -> Server:
@@ -346,7 +364,7 @@ def summarize(servers: list[Server], todo: list[Shape], cells: dict, flags: list
     shown = [f.replace(str(ROOT) + "/", "") for f in flags]  # the report names no machine paths
     res = {"flags": shown, "seconds_per_cell": seconds, "rounds": rounds,
            "servers": {s.label: {"commit": s.commit, "model": s.model, "D": s.D,
-                                 "processes": {r: len(p) for r, p in s.pids.items()}} for s in servers},
+                                 "processes": {r: len(p) for r, p in s.pids.items()}, "chose": s.chose} for s in servers},
            "shapes": []}
     for shape in todo:
         row = {"shape": shape.name, "n": shape.n, "concurrency": shape.concurrency, "body": shape.body,
@@ -402,11 +420,15 @@ def _fmt(value: float | None, digits: int) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
+def _server_line(label: str, v: dict) -> str:
+    chose = "".join(f", {c} {x}" for c, x in v.get("chose", {}).items())
+    return f"**{label}** at `{v['commit']}` (model `{v['model']}`, D={v['D']}, processes {v['processes']}{chose})"
+
+
 def report(res: dict) -> str:
     servers = list(res["servers"])
     lines = [header("CPU per request by process role and request shape"),
-             "Servers: " + "; ".join(f"**{k}** at `{v['commit']}` (model `{v['model']}`, D={v['D']}, processes "
-                                     f"{v['processes']})" for k, v in res["servers"].items()) + ".",
+             "Servers: " + "; ".join(_server_line(k, v) for k, v in res["servers"].items()) + ".",
              f"Server flags: `{' '.join(res['flags'])}`. Each cell: `hey -n N` (closed loop, the concurrency "
              f"in the table; N = about {res['seconds_per_cell']:g} s of the slower server's rate in a 1 s warm-up, "
              f"the same N for both servers), {res['rounds']} rounds alternating between the "

@@ -1,5 +1,6 @@
-"""`anytime bench cost`: which measures it holds to issue 24's targets, from a run's medians."""
-from bench.cost import targets
+"""`anytime bench cost`: which measures it holds to issue 24's targets, from a run's medians,
+and what it records of each server."""
+from bench.cost import startup_choices, targets
 
 
 def cell(total_per_request: float, n: int) -> dict:
@@ -26,3 +27,14 @@ def test_per_sample_target_is_held_at_a_full_batch_and_the_half_batch_is_only_re
 def test_per_sample_target_fails_above_the_bound():
     out = {t["measure"]: t for t in targets(run_of(n1_half=5.0, n1_full=4.8, n64=4.0))}
     assert out["full-length CPU per sample, n=1 (128 in flight) / n=64 (this)"]["met"] is False
+
+
+def test_start_up_choices_are_read_from_the_server_log():
+    log = "\n".join([
+        '{"time":"t","level":"INFO","logger":"uvicorn.error","message":"Started server process [1]"}',
+        "not json at all",
+        '{"time":"t","level":"INFO","logger":"anytime.engine","message":"step threads chosen",'
+        '"model":"fashion-mnist","one_thread_below":129}',
+    ])
+    assert startup_choices(log) == {"one_thread_below[fashion-mnist]": 129}
+    assert startup_choices("") == {}
