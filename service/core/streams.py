@@ -4,7 +4,7 @@ A sequence draws one uniform per step from numpy's PCG64 seeded with
 SeedSequence([seed & 0xFFFFFFFF, seed >> 32, index]): bit for bit the stream of
 `sampling.sequence_rng` (tests/service/test_streams.py holds them equal). That Generator,
 built per sequence at admission and drawn from by a Python call per row per step, cost the
-engine core ~0.01 ms of a one-token request's 0.16 ms; here the rows that start in an iteration
+engine core 0.005-0.01 ms of a one-token request's 0.16 ms (bench/results/cost/streams-vs-0b2ec1c); here the rows that start in an iteration
 are seeded together and every step draws for the whole batch in a few numpy operations. A 128-bit PCG state is two uint64 arrays (high, low halves); numpy's uint64 arithmetic
 wraps, which is the modular arithmetic PCG needs.
 
