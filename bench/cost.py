@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -364,7 +363,8 @@ def summarize(servers: list[Server], todo: list[Shape], cells: dict, flags: list
     shown = [f.replace(str(ROOT) + "/", "") for f in flags]  # the report names no machine paths
     res = {"flags": shown, "seconds_per_cell": seconds, "rounds": rounds,
            "servers": {s.label: {"commit": s.commit, "model": s.model, "D": s.D,
-                                 "processes": {r: len(p) for r, p in s.pids.items()}, "chose": s.chose} for s in servers},
+                                 "processes": {r: len(p) for r, p in s.pids.items()}, "chose": s.chose}
+                       for s in servers},
            "shapes": []}
     for shape in todo:
         row = {"shape": shape.name, "n": shape.n, "concurrency": shape.concurrency, "body": shape.body,
@@ -465,8 +465,8 @@ def report(res: dict) -> str:
                   + ", ".join(f"[{f}]({f})" for f in res["flame_graphs"])]
     if res["targets"]:
         lines += ["", "| measure | value | target | met |", "|---|---|---|---|"]
-        lines += [f"| {t['measure']} | {t['value']:.2f} | {t['target']} | {'' if t['met'] is None else 'yes' if t['met'] else 'no'} |"
-                  for t in res["targets"]]
+        met = {None: "", True: "yes", False: "no"}
+        lines += [f"| {t['measure']} | {t['value']:.2f} | {t['target']} | {met[t['met']]} |" for t in res["targets"]]
     lines += ["", "![CPU per request by role](cost.png)", ""]
     return "\n".join(lines)
 

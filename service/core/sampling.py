@@ -2,9 +2,9 @@
 
 Each sequence has a random stream seeded from (request seed, sample index): sequence_rng's
 Generator, which the engine draws from for the whole batch at once (service/core/streams.py).
-It draws exactly one uniform per step, so the t-th token depends only on the seed, the logits and t:
-the same seed gives the same sample whatever else is batched, and a shorter sample is a
-prefix of a longer one.
+It draws exactly one uniform per step, so the t-th token depends only on the seed, the logits
+and t: the same seed gives the same sample whatever else is batched, and a shorter sample is
+a prefix of a longer one.
 """
 from __future__ import annotations
 

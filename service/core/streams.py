@@ -4,9 +4,11 @@ A sequence draws one uniform per step from numpy's PCG64 seeded with
 SeedSequence([seed & 0xFFFFFFFF, seed >> 32, index]): bit for bit the stream of
 `sampling.sequence_rng` (tests/service/test_streams.py holds them equal). That Generator,
 built per sequence at admission and drawn from by a Python call per row per step, cost the
-engine core 0.005-0.01 ms of a one-token request's 0.16 ms (bench/results/cost/streams-vs-0b2ec1c); here the rows that start in an iteration
-are seeded together and every step draws for the whole batch in a few numpy operations. A 128-bit PCG state is two uint64 arrays (high, low halves); numpy's uint64 arithmetic
-wraps, which is the modular arithmetic PCG needs.
+engine core 0.005-0.01 ms of a one-token request's 0.16 ms
+(bench/results/cost/streams-vs-0b2ec1c); here the rows that start in an iteration are seeded
+together and every step draws for the whole batch in a few numpy operations. A 128-bit PCG
+state is two uint64 arrays (high, low halves); numpy's uint64 arithmetic wraps, which is the
+modular arithmetic PCG needs.
 
 The states live per KV-cache slot (`SlotStreams`) and move with the cache rows, so a batch
 whose rows change costs nothing here beyond the copies the cache makes anyway.
@@ -15,17 +17,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from .sampling import sequence_rng
+
 _U64 = np.uint64
 _M32 = _U64(0xFFFFFFFF)
 _MASK64 = (1 << 64) - 1
 _MULT = (2549297995355413924 << 64) | 4865540595714422341  # PCG's default 128-bit multiplier
+_MULT_H, _MULT_L = _U64(_MULT >> 64), _U64(_MULT & _MASK64)
 
 # SeedSequence's hash constants (numpy/random/bit_generator.pyx)
 _INIT_A, _MULT_A, _INIT_B, _MULT_B = 0x43B0D7E5, 0x931E8875, 0x8B51F9DD, 0x58F38DED
 _MIX_L, _MIX_R = 0xCA01F9DD, 0x4973F715
 _POOL = 4
-
-
 
 
 def _mulhi64(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -46,22 +49,22 @@ def _add128(ah, al, bh, bl):
 
 
 # ---- seeding ---------------------------------------------------------------------------------
-def _hash_constants(start: int, mult: int, count: int) -> list[np.uint32]:
-    """SeedSequence's running hash constant, which does not depend on the data: each call of
-    its hash multiplies it before use."""
-    out, h = [], start
+def _hash_constants(start: int, mult: int, count: int) -> list[tuple[np.uint32, np.uint32]]:
+    """SeedSequence's running hash constant, which does not depend on the data: call k of its
+    hash xors with h_k and multiplies by h_(k+1) = h_k * mult."""
+    h = [start]
     for _ in range(count):
-        out.append(h)
-        h = (h * mult) & 0xFFFFFFFF
-    return [np.uint32(v) for v in out]
+        h.append((h[-1] * mult) & 0xFFFFFFFF)
+    return [(np.uint32(x), np.uint32(m)) for x, m in zip(h, h[1:])]
 
 
 _MIX_HASH = _hash_constants(_INIT_A, _MULT_A, _POOL + _POOL * (_POOL - 1))
 _OUT_HASH = _hash_constants(_INIT_B, _MULT_B, 8)
 
 
-def _hashmix(value: np.ndarray, h: np.uint32) -> np.ndarray:
-    value = (value ^ h) * np.uint32((int(h) * _MULT_A) & 0xFFFFFFFF)
+def _hashmix(value: np.ndarray, constants: tuple[np.uint32, np.uint32]) -> np.ndarray:
+    xor, mul = constants
+    value = (value ^ xor) * mul
     return value ^ (value >> np.uint32(16))
 
 
@@ -84,7 +87,7 @@ def seed_origins(keys: list[tuple[int, int]]) -> np.ndarray:
 
 
 def _origin_one(seed: int, index: int) -> tuple[int, int, int, int]:
-    st = np.random.PCG64(np.random.SeedSequence([seed & 0xFFFFFFFF, seed >> 32, index])).state["state"]
+    st = sequence_rng(seed, index).bit_generator.state["state"]
     return st["state"] >> 64, st["state"] & _MASK64, st["inc"] >> 64, st["inc"] & _MASK64
 
 
@@ -102,10 +105,7 @@ def _seed_batch(keys: list[tuple[int, int]]) -> np.ndarray:
             if src != dst:
                 pool[dst] = _mix(pool[dst], _hashmix(pool[src], next(h)))
     # SeedSequence.generate_state(4, uint64): eight words cycled from the pool, as little-endian pairs
-    words = []
-    for i, hc in enumerate(_OUT_HASH):
-        v = (pool[i % _POOL] ^ hc) * np.uint32((int(hc) * _MULT_B) & 0xFFFFFFFF)
-        words.append((v ^ (v >> np.uint32(16))).astype(_U64))
+    words = [_hashmix(pool[i % _POOL], hc).astype(_U64) for i, hc in enumerate(_OUT_HASH)]
     val = [words[2 * j] | (words[2 * j + 1] << _U64(32)) for j in range(4)]
     # pcg64_set_seed(state = val[0]:val[1], seq = val[2]:val[3]) and pcg_setseq_128_srandom_r:
     # inc = seq << 1 | 1; state = 0; step; state += initstate; step
@@ -114,9 +114,6 @@ def _seed_batch(keys: list[tuple[int, int]]) -> np.ndarray:
     sh, sl = _add128(inc_h, inc_l, val[0], val[1])  # 0 * M + inc, then + initstate
     sh, sl = _step(sh, sl, inc_h, inc_l)
     return np.stack([sh, sl, inc_h, inc_l], axis=1)
-
-
-_MULT_H, _MULT_L = _U64(_MULT >> 64), _U64(_MULT & _MASK64)
 
 
 def _step(sh, sl, ih, il):
