@@ -29,6 +29,7 @@ from .summary import summarize as summarize_records
 
 TOLERANCE = 0.15  # relative, the issue's target
 PLAN_REQUEST_MAX_S = 60e-6  # the bisection's upper end for Calibration.plan_request_s
+FRONTEND_MAX_S = 4e-3  # and for Calibration.frontend_s (a worker's loop time per request)
 FIT_PASSES = 2  # rounds of fitting the jitter and the per-request work in turn
 
 
@@ -43,9 +44,12 @@ def measured_point(records) -> dict:
 
 def simulated_point(cal, rate, duration, deadlines, n_mix, seed, jitter) -> dict:
     sim = SimulatedReplica(cal, jitter=jitter, seed=seed)
-    p = summarize(1, rate, sim.run(arrivals(rate, duration, deadlines, n_mix, seed)))
+    outcomes = sim.run(arrivals(rate, duration, deadlines, n_mix, seed))
+    p = summarize(1, rate, outcomes)
+    reasons = collections.Counter(o.refused for o in outcomes if o.refused)
     return {"requests": p.requests, "on_time": p.on_time, "refused": p.refused, "errors": 0,
-            "mean_tokens": p.mean_tokens, "mean_quality": p.mean_quality, "runtime": sim.runtime_stats()}
+            "mean_tokens": p.mean_tokens, "mean_quality": p.mean_quality, "runtime": sim.runtime_stats(),
+            "refusals_by_reason": dict(reasons.most_common(5))}
 
 
 RUNTIME = ("anytime_step_latency_seconds_count", "anytime_step_latency_seconds_sum", "anytime_batch_size_sum",
@@ -99,32 +103,40 @@ def measured_load(url, rate, duration, deadlines, n_mix, seed) -> dict:
     return point
 
 
-def fit_contention(cal, measured_tokens: float, rate, duration, deadlines, n_mix, seed, jitter, steps=10) -> float:
-    """The contention (Calibration.contention_s) at which the simulation gives the measured mean
-    tokens of a loaded run: more contention, fewer tokens, so a bisection finds it."""
-    lo, hi = 0.0, 0.02
+def tokens_per_request(point: dict) -> float:
+    """Mean tokens over all requests, a refused one counting 0: it falls as contention grows,
+    whether the replica gives fewer tokens or (its frontend shedding) refuses more requests; the
+    mean over answers alone rises again once shedding spares the engine."""
+    return point["mean_tokens"] * (1.0 - point["refused"])
+
+
+def fit_contention(cal, measured: dict, rate, duration, deadlines, n_mix, seed, jitter, steps=10) -> float:
+    """The contention (Calibration.contention_s) at which the simulation gives the tokens per
+    request of a loaded run: more contention, fewer tokens, so a bisection finds it."""
+    lo, hi, target = 0.0, 0.02, tokens_per_request(measured)
     for _ in range(steps):
         cal.contention_s = (lo + hi) / 2
-        tokens = simulated_point(cal, rate, duration, deadlines, n_mix, seed, jitter)["mean_tokens"]
-        lo, hi = (cal.contention_s, hi) if tokens > measured_tokens else (lo, cal.contention_s)
+        tokens = tokens_per_request(simulated_point(cal, rate, duration, deadlines, n_mix, seed, jitter))
+        lo, hi = (cal.contention_s, hi) if tokens > target else (lo, cal.contention_s)
     return (lo + hi) / 2
 
 
 def fit_loaded_run(cal, measured: dict, rate, duration, deadlines, n_mix, seed) -> None:
-    """Everything Calibration takes from one loaded run: the frontend's response time per
-    request/s, from the slowest recent response the engine kept free (its median; a simulated
-    response time is one value, so its margin is that value); then, in turn until they settle,
-    the jitter at which the simulated engine keeps as much free for overruns as the measured one
-    did, and the engine's work per live request at which it takes as many steps; each with the
-    contention that gives the run's mean tokens."""
+    """Everything Calibration takes from one loaded run, in turn until they settle: the frontend
+    worker's loop time per request at which the simulated engine keeps as much free for the
+    response as the measured one did (the slowest recent response, its median over the run);
+    the jitter at which it keeps as much free for overruns; and the engine's work per live
+    request at which it takes as many steps; each with the contention that gives the run's mean
+    tokens."""
     rt = measured["runtime"]
-    cal.respond_contention_s = max(0.0, (rt["margin_respond_ms"] / 1000 - cal.respond_s) / rate)
     run = (rate, duration, deadlines, n_mix, seed)
-    for _ in range(FIT_PASSES):  # each moves the other: more work per iteration, larger overruns
+    for _ in range(FIT_PASSES):  # each moves the others: more work per iteration, larger overruns
+        _bisect(cal, "frontend_s", FRONTEND_MAX_S, measured, run,
+                lambda sim: sim["margin_respond_ms"] < rt["margin_respond_ms"])
         _bisect(cal, "jitter", 0.8, measured, run, lambda sim: sim["margin_jitter_ms"] < rt["margin_jitter_ms"])
         # more work per iteration: fuller and fewer iterations
         _bisect(cal, "plan_request_s", PLAN_REQUEST_MAX_S, measured, run, lambda sim: sim["steps"] > rt["steps"])
-    cal.contention_s = fit_contention(cal, measured["mean_tokens"], *run, None)
+    cal.contention_s = fit_contention(cal, measured, *run, None)
 
 
 def _bisect(cal, name: str, hi: float, measured: dict, run: tuple, too_low) -> None:
@@ -133,7 +145,7 @@ def _bisect(cal, name: str, hi: float, measured: dict, run: tuple, too_low) -> N
     lo = 0.0
     for _ in range(6):
         setattr(cal, name, (lo + hi) / 2)
-        cal.contention_s = fit_contention(cal, measured["mean_tokens"], *run, None, 8)
+        cal.contention_s = fit_contention(cal, measured, *run, None, 8)
         sim = simulated_point(cal, *run, None)["runtime"]
         lo, hi = (getattr(cal, name), hi) if too_low(sim) else (lo, getattr(cal, name))
     setattr(cal, name, (lo + hi) / 2)
@@ -169,12 +181,12 @@ def run(flags: list[str], out: Path, loads: list[float], duration: float, deadli
         if jitter is None:  # jitter, response time and contention, all from this run
             fit_loaded_run(cal, fit_run, fit_rate, duration / 2, deadlines, n_mix, seed + 1)
         else:
-            cal.contention_s = fit_contention(cal, fit_run["mean_tokens"], fit_rate, duration / 2, deadlines, n_mix,
+            cal.contention_s = fit_contention(cal, fit_run, fit_rate, duration / 2, deadlines, n_mix,
                                               seed + 1, jitter)
         cal.save(out / "calibration.json")
         print(f"fitted at {fit_load}x: contention {1000 * cal.contention_s:.3f}e-3 per request/s, work "
-              f"{1e6 * cal.plan_request_s:.1f} us per live request, jitter "
-              f"{cal.jitter:.3f}, respond {1000 * cal.respond_contention_s:.4f} ms per request/s ({fit_run})")
+              f"{1e6 * cal.plan_request_s:.1f} us per live request, jitter {cal.jitter:.3f}, frontend "
+              f"{1000 * cal.frontend_s:.3f} ms per request on {cal.frontend_workers} worker(s) ({fit_run})")
         time.sleep(rest_s)
         # the same arrivals measured `repeats` times, in rounds over the loads (a drift of the
         # machine spreads over all of them): one run's refusal rate at 2x varies several-fold
@@ -222,9 +234,12 @@ def markdown(r: dict) -> str:
              f"per live request of the engine's own work (plan, step inputs, outputs), fitted to the steps it "
              f"took; engine steps slow by a fraction {1000 * cal['contention_s']:.3f}e-3 per request/s (decodes "
              f"do not), fitted to its mean tokens; every cost varies by a log-normal factor of sigma "
-             f"{cal.get('jitter', 0):.3f}, fitted to the overrun margin its engine kept; responses take "
-             f"{1000 * cal.get('respond_contention_s', 0):.4f} ms longer per request/s, from the response margin "
-             f"it kept (both margins: `anytime_deadline_margin_seconds`, medians of samples every 0.25 s).", "",
+             f"{cal.get('jitter', 0):.3f}, fitted to the overrun margin its engine kept; each request takes "
+             f"{1000 * cal.get('frontend_s', 0):.3f} ms of a frontend worker's event loop "
+             f"({cal.get('frontend_workers', 1)} worker(s), each a queue that sheds by the server's rule past "
+             f"{1000 * cal.get('shed_lag_s', 0):.0f} ms behind), slowed by the same contention, fitted to the "
+             f"response margin it kept (both margins: `anytime_deadline_margin_seconds`, medians of samples every "
+             f"0.25 s).", "",
              f"Target: each predicted value within ±{100 * TOLERANCE:.0f}% (relative) of the measured one. "
              f"Measured: the mean of {r.get('repeats', 1)} runs of the same arrivals at each load (in rounds over "
              "the loads, on one replica), each run's value in brackets.", "",
@@ -267,5 +282,7 @@ def markdown(r: dict) -> str:
     lines += ["", "Requests sent / errors (measured): " + ", ".join(
         f"{row['load']:g}x {row['measured']['requests']} / {row['measured']['errors']}" for row in r["rows"]), "",
               "Measured refusals by message: " + "; ".join(f"{row['load']:g}x {row['measured']['refusals_by_message']}"
-                                                        for row in r["rows"]), ""]
+                                                        for row in r["rows"]), "",
+              "Simulated refusals by reason: " + "; ".join(
+                  f"{row['load']:g}x {row['simulated'].get('refusals_by_reason', {})}" for row in r["rows"]), ""]
     return "\n".join(lines)

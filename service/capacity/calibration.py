@@ -34,6 +34,10 @@ from ..core.latency import LatencyModel
 # decode-to-response times on the machine of bench/results/plan (see that report).
 DEFAULT_ADMIT_S = 0.0015
 DEFAULT_RESPOND_S = 0.0015
+# A frontend worker's CPU per full-length n=1 JSON request (bench/results/cost/xeon-cbe4c73, at
+# cbe4c73): its event loop's time per request when nothing fitted it to a loaded run
+DEFAULT_FRONTEND_S = 0.30e-3
+DEFAULT_SHED_LAG_S = 0.010  # the server's --shed-lag-ms default (service/settings.py)
 # The short requests of the API probe: two tokens, the fewest whose samples need the decoder
 # (one-token samples come from the engine's first-token table, service/core/first_token.py).
 SHORT_K = 2
@@ -58,10 +62,18 @@ class Calibration:
     # What the same contention does beyond the mean (fitted by `anytime bench plan` on that
     # loaded run too, from the replica's anytime_deadline_margin_seconds): `jitter`, the sigma of
     # a log-normal factor on every simulated cost, gives the overruns of predicted costs that
-    # the engine's deadline margin keeps free (preemption on shared cores); the frontend's
-    # response time grows by `respond_contention_s` per request/s. 0: an unloaded machine.
+    # the engine's deadline margin keeps free (preemption on shared cores). 0: an unloaded machine.
     jitter: float = 0.0
-    respond_contention_s: float = 0.0
+    # The frontend: each of `frontend_workers` event loops is a queue (service/capacity/replica.py)
+    # in which a request takes `frontend_s` of loop time (parsing, validating and admitting it,
+    # then encoding and sending its answer), slowed by the contention and jitter as the engine's
+    # costs are; a loop that runs behind sheds new requests by the server's rule at `shed_lag_s`
+    # (service/frontend/shedding.py). Queueing there is what makes responses slower, and requests
+    # shed, as the request rate nears what the workers can parse. `anytime bench plan` fits
+    # frontend_s to the response margin of a loaded run; 0: no frontend queue.
+    frontend_s: float = DEFAULT_FRONTEND_S
+    frontend_workers: int = 1
+    shed_lag_s: float = DEFAULT_SHED_LAG_S
     # The engine thread's own work in each planned iteration, per live request (the plan, the
     # step inputs rebuilt when rows change, the outputs): the API calibration sends one request
     # at a time and cannot see it. The engine learns it as part of its step cost; fitted by
@@ -108,6 +120,9 @@ class Calibration:
             d = json.loads(Path(path).read_text())
             d["step_s"] = {int(b): float(s) for b, s in d["step_s"].items()}
             d["decode_s"] = {int(b): float(s) for b, s in d["decode_s"].items()}
+            # files written before the frontend stage: their response time grew linearly with the
+            # rate instead; they load with the default frontend
+            d.pop("respond_contention_s", None)
             cal = cls(**d)
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"{path}: not a calibration file ({type(e).__name__}: {e})") from None
@@ -191,11 +206,26 @@ def _measure_server(httpx, url, model, sizes, repeats, api_key) -> Calibration:
             if n == 1:
                 before += [a["queue_ms"] / 1000 for a in full + short]
                 after += [(a["latency_ms"] - a["queue_ms"] - a["engine_ms"]) / 1000 for a in full + short]
+        workers = _frontend_workers(client)
     return Calibration(name, D, card.quality_k.tolist(), step, decode,
                        admit_s=statistics.median(before), respond_s=max(0.0, statistics.median(after)),
+                       frontend_workers=workers,
                        source=f"measured through the API of a running replica ({len(sizes)} batch sizes, "
                               f"medians of {repeats})",
                        measured={**machine(), "backend": card.backend, "device": card.device})
+
+
+def _frontend_workers(client) -> int:
+    """The replica's frontend workers, from its /metrics (anytime_frontend_workers); 1 when it
+    does not say."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    r = client.get("/metrics")
+    if r.status_code == 200:
+        for family in text_string_to_metric_families(r.text):
+            if family.name == "anytime_frontend_workers" and family.samples:
+                return max(1, int(family.samples[0].value))
+    return 1
 
 
 def _get(client, path: str) -> dict:

@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "(service/capacity/gpu.py presets; a projection, not a measurement)")
     ap.add_argument("--backend", default="onnx", choices=["onnx", "torchscript"], help="with --model-dir")
     ap.add_argument("--api-key", default=None, help="with --server, when the replica requires one")
+    ap.add_argument("--frontend-workers", type=int, default=None, help="frontend workers per replica (default: the "
+                    "calibration's, or as many as the measured replica ran; a GPU projection: 8)")
     ap.add_argument("--save-calibration", type=Path, help="write the calibration used as JSON")
     ap.add_argument("--replicas", default="", help="comma-separated counts to simulate besides the search's")
     ap.add_argument("--duration", type=float, default=20.0, help="simulated seconds of arrivals per count")
@@ -65,11 +67,15 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--gpu projects from a model directory (--model-dir), not from --calibration or --server")
     if args.rate <= 0 or not 0 < args.quality_floor <= 1 or args.duration <= 0 or any(c < 1 for c in counts):
         ap.error("--rate and --duration must be positive, --quality-floor in (0, 1], --replicas at least 1")
+    if args.frontend_workers is not None and not 1 <= args.frontend_workers <= 64:
+        ap.error("--frontend-workers must be in 1..64 (anytime serve --workers)")
     try:
         cal = calibration(args)
     except (ValueError, RuntimeError, OSError) as e:
         print(f"anytime plan: {e}", file=sys.stderr)
         return 2
+    if args.frontend_workers is not None:
+        cal.frontend_workers = args.frontend_workers
     if args.save_calibration:
         cal.save(args.save_calibration)
     from .fleet import plan

@@ -10,9 +10,12 @@ with the KV cache in device memory, I/O binding) plus the host's share, measured
 - decode(B) = a launch per decoder node, plus this machine's measured CPU decode scaled by
   the ratio of the device's peak to this CPU's (the engine benchmark's measured GEMM peak);
 - max_batch 512 (a GPU step costs nearly the same at 128 and 512 rows; the CPU default is 128).
+- the frontend: 8 workers (the most `anytime serve` starts by default, for a host with 9 cores
+  or more), each an event loop at this CPU's frontend cost per request (Calibration.frontend_s),
+  with cores to spare (no contention).
 
 Not modelled: CUDA graphs (not tried, docs/gpu.md), contention with other tenants, and the
-frontend's CPU (the host must have the cores for its frontend workers at this rate)."""
+engine core's own per-request work beside the step (admission, messages)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -34,6 +37,7 @@ LAUNCH_S = 6e-6  # one kernel launch and ORT's per-node dispatch on CUDA
 PCIE_BYTES_S = 12e9  # effective host <-> device copy bandwidth (PCIe 4.0 x16, pageable)
 CPU_PEAK_FLOPS = 203e9  # this machine's measured fp32 GEMM peak (bench/results/engine/engine.md)
 GPU_MAX_BATCH = 512
+GPU_FRONTEND_WORKERS = 8  # service/settings.default_workers' ceiling
 
 
 def step_flops(manifest: dict, batch: int) -> float:
@@ -83,6 +87,7 @@ def project(model_dir: Path, preset: str) -> Calibration:
         decode[b] = decode_nodes * LAUNCH_S + c * CPU_PEAK_FLOPS / peak
     return Calibration(cpu.model, cpu.D, cpu.quality, step, decode, copy_row_s=2 * LAUNCH_S,
                        admit_s=cpu.admit_s, respond_s=cpu.respond_s, max_batch=GPU_MAX_BATCH,
+                       frontend_s=cpu.frontend_s, frontend_workers=GPU_FRONTEND_WORKERS,
                        source=f"PROJECTION for an NVIDIA {preset.upper()} (service/capacity/gpu.py: roofline "
                               f"{peak / 1e12:g} TFLOP/s, {bandwidth / 1e9:g} GB/s, {step_nodes} step kernels at "
                               f"{LAUNCH_S * 1e6:g} us; host sampling measured here); not a measurement",

@@ -5,9 +5,15 @@ calibrated cost and time.monotonic by a variable. Everything that decides is the
 Budget, the Planner with the deadline guard and who steps, the Lifecycle, the latency model that
 learns online). Nothing here re-implements a decision; it only lets simulated time pass.
 
-Time passes in one place, `_advance`, which admits every arrival due before the new time at its
-own moment first: admission runs on another thread in the server, against the load the engine
-published at its last plan, and so it does here."""
+Time passes in one place, `_advance`, which handles every arrival and admission due before the
+new time at its own moment first: admission runs on another thread in the server, against the
+load the engine published at its last plan, and so it does here.
+
+The frontend is a queue per worker: each event loop serves its requests' work in order of
+arrival (parsing and admitting a request, answering one), so a loop that the request rate keeps
+busy delays both, and the response time the engine learns grows as the loop saturates. At the
+loop's door the server's shedding rule (service/frontend/shedding.sheds) refuses new requests
+while the loop runs behind."""
 from __future__ import annotations
 
 import collections
@@ -22,8 +28,18 @@ from ..core.outputs import EngineOutputs
 from ..core.planner import IterationPlan
 from ..core.request import Request, Sequence
 from ..core.scheduler import Scheduler, SchedulerConfig
+from ..frontend.shedding import sheds
 from .calibration import Calibration
 from .traffic import Arrival
+
+# How a request's frontend time (Calibration.frontend_s) splits: parsing, validating and admitting
+# it on the way in, encoding and sending the answer on the way out (half each; bench cost's
+# flame graphs of a full-length n=1 JSON request show neither side dominating). A refusal (shed
+# at the door, or by admission) costs about what /healthz does: half a full request's frontend
+# CPU (bench/results/cost/xeon-cbe4c73).
+IN_SHARE = 0.5
+REFUSAL_SHARE = 0.5
+SHED = "overloaded"  # the refusal reason of a shed request (the server's message starts so)
 
 
 @dataclass(frozen=True)
@@ -58,6 +74,9 @@ class SimulatedReplica:
         self.scheduler = Scheduler(config, self.latency, cal.D, self.quality)
         self.jitter, self._rng = jitter, np.random.default_rng(seed)
         self._inbox: list = []  # (time, order, item): admitted requests and respond observations
+        self._pending: list = []  # (time, order, arrival, worker): parsed, to be admitted then
+        self._loops = [0.0] * max(1, cal.frontend_workers)  # when each frontend worker's loop is free
+        self._worker: dict[int, int] = {}  # request id -> the worker that answers it
         self._order = itertools.count()
         self._quiet = IterationPlan()
         self._recent: collections.deque[float] = collections.deque()  # arrival times of the last second
@@ -95,26 +114,60 @@ class SimulatedReplica:
             self._take_new()
             if sched.has_work():
                 self._iteration()
-            elif self._inbox:  # only respond observations are due: the engine sleeps until then
-                self._advance(max(self.now, self._inbox[0][0]))
-            elif self._next < len(arrivals):  # idle: the engine sleeps until an admission wakes it
-                self._advance(max(self.now, arrivals[self._next].at + self.cal.admit_s))
+            elif (due := self._next_event()) is not None:  # the engine sleeps until something is due
+                self._advance(max(self.now, due))
             else:
                 return sorted(self.outcomes, key=lambda o: o.arrival.at)
 
-    # ---- the admitting thread ------------------------------------------------------------
+    def _next_event(self) -> float | None:
+        """When the next arrival, admission or respond observation is due (None: nothing is)."""
+        due = [q[0][0] for q in (self._inbox, self._pending) if q]
+        if self._next < len(self._arrivals):
+            due.append(self._arrivals[self._next].at)
+        return min(due, default=None)
+
+    # ---- the frontend and the admitting thread ---------------------------------------------
     def _advance(self, to: float) -> None:
-        """Let time pass until `to`, admitting each arrival due by then at its own time."""
-        arrivals = self._arrivals
-        while self._next < len(arrivals) and arrivals[self._next].at + self.cal.admit_s <= to:
-            a = arrivals[self._next]
-            self._next += 1
-            self.now = max(self.now, a.at + self.cal.admit_s)
-            self._recent.append(a.at)
-            self._admit(a)
+        """Let time pass until `to`, taking each arrival into its worker's loop and admitting
+        each parsed request at its own time, in order of time."""
+        arrivals, pending = self._arrivals, self._pending
+        while True:
+            arrival = arrivals[self._next].at if self._next < len(arrivals) else float("inf")
+            admission = pending[0][0] if pending else float("inf")
+            if min(arrival, admission) > to:
+                break
+            if arrival <= admission:
+                a = arrivals[self._next]
+                self._next += 1
+                self.now = max(self.now, arrival)
+                self._recent.append(a.at)
+                self._enter(a, self._next % len(self._loops))
+            else:
+                _, _, a, worker = heapq.heappop(pending)
+                self.now = max(self.now, admission)
+                self._admit(a, worker)
         self.now = max(self.now, to)
 
-    def _admit(self, a: Arrival) -> None:
+    def _loop_work(self, worker: int, at: float, share: float) -> float:
+        """`share` of a request's frontend time on `worker`'s loop, queued behind what it holds
+        (in order of arrival: asyncio runs ready callbacks first in, first out); when it starts."""
+        start = max(self._loops[worker], at)
+        cost = self.cal.frontend_s * share
+        self._loops[worker] = start + (self._as_loaded(cost) if cost else 0.0)
+        return start
+
+    def _enter(self, a: Arrival, worker: int) -> None:
+        """A request reaches a worker (the kernel spreads connections over them: here in turn):
+        shed at the door while the loop runs behind, else parsed and sent for admission, which
+        the idle replica's arrival-to-admission time after the loop gets to it."""
+        if sheds(self._loops[worker] - self.now, self.cal.shed_lag_s, a.deadline_ms / 1000):
+            self._loop_work(worker, self.now, REFUSAL_SHARE)
+            self.outcomes.append(Outcome(a, refused=SHED))
+            return
+        start = self._loop_work(worker, self.now, IN_SHARE)
+        heapq.heappush(self._pending, (start + self.cal.admit_s, next(self._order), a, worker))
+
+    def _admit(self, a: Arrival, worker: int) -> None:
         D = self.cal.D
         req = Request(model=self.cal.model, n=a.n, seed=a.seed, label=a.label, deadline_s=a.deadline_ms / 1000,
                       arrival=a.at, min_tokens=1, max_tokens=D)
@@ -122,9 +175,10 @@ class SimulatedReplica:
         adm = self.scheduler.admit_request(req)
         self._margins.append((self.latency.respond(), self.latency.jitter()))
         if not adm.ok:
+            self._loop_work(worker, self.now, REFUSAL_SHARE)
             self.outcomes.append(Outcome(a, refused=str(adm.reason)))
             return
-        self._of[req.id] = a
+        self._of[req.id], self._worker[req.id] = a, worker
         self._put(self.now, req)
 
     def _put(self, at: float, item) -> None:
@@ -241,12 +295,13 @@ class SimulatedReplica:
         return dt
 
     def _answer(self, r: Request) -> None:
-        """The samples are decoded now; the response is ready respond_s later, and the engine
-        learns that time from the frontend's report (Engine.observe_respond)."""
+        """The samples are decoded now; the response is ready respond_s after the worker's loop
+        gets to it, and the engine learns that time from the frontend's report
+        (Engine.observe_respond)."""
         a = self._of.pop(r.id)
-        # the frontend shares the cores too: its responses take longer as requests come faster
-        respond = self.cal.respond_s + self.cal.respond_contention_s * self._recent_requests()
-        ready = self.now + respond
+        start = self._loop_work(self._worker.pop(r.id), self.now, 1.0 - IN_SHARE)
+        ready = start + self.cal.respond_s
+        respond = ready - self.now
         k = r.tokens
         self.outcomes.append(Outcome(a, tokens=k, latency_s=ready - a.at, quality=float(self.quality[k])))
         self._put(ready, respond)

@@ -22,7 +22,9 @@ def markdown(p: Plan, cal: Calibration, title: str, header: list[str], plot: boo
              f"`{t.n_mix}` (mean {mean_n(t.n_mix):.2f})",
              f"- replica: {cal.model} (D={cal.D}), {cal.source}; max_batch "
              f"{cal.max_batch or 'default'}; before the engine {1000 * cal.admit_s:.2f} ms, after it "
-             f"{1000 * cal.respond_s:.2f} ms",
+             f"{1000 * cal.respond_s:.2f} ms; frontend {1000 * cal.frontend_s:.3f} ms of event loop per request on "
+             f"{cal.frontend_workers} worker{'s' if cal.frontend_workers > 1 else ''} (up to "
+             f"{cal.frontend_workers / cal.frontend_s if cal.frontend_s else float('inf'):.0f} requests/s unloaded)",
              f"- one replica's full-length capacity (k = D, a full batch): {p.capacity:.0f} samples/s",
              "", answer + ".", "",
              f"A nearly idle fleet ({p.ceiling.replicas} replicas) delivers {p.ceiling.delivered_quality:.3f} "

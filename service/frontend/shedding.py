@@ -68,14 +68,20 @@ def is_generation(scope) -> bool:
                                                                   and path.endswith("/infer")))
 
 
+def sheds(behind_s: float, max_lag_s: float, deadline_s: float | None) -> bool:
+    """The rule: a generation request is shed while the loop runs more than max_lag_s behind (0:
+    never) and more than LAG_SHARE of its deadline (None, not found in the body: shed). The
+    capacity planner's simulated frontend applies it too (service/capacity/replica.py)."""
+    if not max_lag_s or behind_s <= max_lag_s:
+        return False
+    return deadline_s is None or behind_s > LAG_SHARE * deadline_s
+
+
 def shed_lag(scope, lag: LoopLag, max_lag_s: float) -> float | None:
     """How far behind the loop runs when this request is to be shed, else None."""
     if not max_lag_s or not is_generation(scope) or (behind := lag.behind(time.monotonic())) <= max_lag_s:
         return None
-    deadline = peek_deadline_s(scope.get("state", {}).get("body", b""))
-    if deadline is not None and behind <= LAG_SHARE * deadline:
-        return None
-    return behind
+    return behind if sheds(behind, max_lag_s, peek_deadline_s(scope.get("state", {}).get("body", b""))) else None
 
 
 class LoadShedding:

@@ -11,19 +11,22 @@ import pytest
 from service.capacity import cli
 from service.capacity.calibration import Calibration
 from service.capacity.fleet import Traffic, plan, simulate
-from service.capacity.replica import SimulatedReplica
+from service.capacity.replica import SHED, SimulatedReplica
 from service.capacity.traffic import arrivals
 from service.core import admitter, lifecycle, planner
+from service.core.scheduler import SchedulerConfig
+from service.frontend.shedding import LAG_SHARE
 
 D = 16
 
 
-def calibration(contention_s: float = 0.0) -> Calibration:
+def calibration(contention_s: float = 0.0, frontend_s: float = 0.0) -> Calibration:
+    """frontend_s 0 by default: the engine alone, unless a test is about the frontend."""
     quality = np.minimum(1.0, np.arange(D + 1) / 12).tolist()
     step = {1: 0.001, 8: 0.0015, 32: 0.003, 128: 0.009}
     decode = {1: 0.0002, 8: 0.0008, 32: 0.003, 64: 0.006}
     return Calibration("tiny", D, quality, step, decode, admit_s=0.001, respond_s=0.001, contention_s=contention_s,
-                       source="made up for tests")
+                       frontend_s=frontend_s, source="made up for tests")
 
 
 def test_the_simulation_runs_the_real_scheduler_on_its_clock(monkeypatch):
@@ -109,6 +112,22 @@ def test_anytime_plan_writes_its_report(tmp_path, capsys):
     assert md in capsys.readouterr().out
 
 
+def test_more_frontend_workers_lift_a_frontend_bound_plan(tmp_path):
+    # a replica whose one worker's loop parses only 500 requests/s, far below its engine's
+    cal = calibration(frontend_s=0.002)
+    cal.save(tmp_path / "cal.json")
+    needed = {}
+    for workers in ("1", "4"):
+        out = tmp_path / workers
+        assert cli.main(["--rate", "2000", "--deadlines", "loguniform:50:500", "--n-mix", "1", "--quality-floor",
+                         "0.8", "--calibration", str(tmp_path / "cal.json"), "--frontend-workers", workers,
+                         "--duration", "2", "--out", str(out)]) == 0
+        needed[workers] = json.loads((out / "plan.json").read_text())["replicas_needed"]
+        assert f"on {workers} worker" in (out / "plan.md").read_text()
+    # 2000 requests/s need 4 single-worker loops at least; with 4 workers each, the engines decide
+    assert needed["1"] >= 4 and needed["4"] < needed["1"]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--rate", "-5"], "--rate"),
     (["--rate", "10", "--deadlines", "lognormal:1:2"], "unknown deadline distribution"),
@@ -117,6 +136,7 @@ def test_anytime_plan_writes_its_report(tmp_path, capsys):
     (["--rate", "10", "--n-mix", "65"], "n must be 1-64"),
     (["--rate", "10", "--quality-floor", "1.5"], "--quality-floor"),
     (["--rate", "10", "--replicas", "0"], "--replicas"),
+    (["--rate", "10", "--frontend-workers", "0"], "--frontend-workers"),
 ])
 def test_anytime_plan_refuses_bad_input_with_a_message(args, message, capsys, tmp_path):
     calibration().save(tmp_path / "cal.json")
@@ -194,21 +214,54 @@ def test_the_engines_work_per_live_request_makes_iterations_fewer_and_fuller():
     assert b_tokens < q_tokens  # admission plans with the dearer iterations the engine learned
 
 
-def test_the_calibrated_jitter_and_response_time_set_the_margins_admission_keeps():
+def test_the_calibrated_jitter_sets_the_overrun_margin_admission_keeps():
     cal = calibration()
     quiet = SimulatedReplica(cal)
     quiet.run(arrivals(400, 3.0, "fixed:100", "1", seed=2))
-    cal.jitter, cal.respond_contention_s = 0.3, 2e-5
+    cal.jitter = 0.3
     loaded = SimulatedReplica(cal)  # jitter=None: the calibration's
-    outcomes = loaded.run(arrivals(400, 3.0, "fixed:100", "1", seed=2))
+    loaded.run(arrivals(400, 3.0, "fixed:100", "1", seed=2))
     q, s = quiet.runtime_stats(), loaded.runtime_stats()
     assert q["margin_jitter_ms"] < 0.5 < s["margin_jitter_ms"]  # overruns of the predicted costs
-    # the frontend's response: 1 ms idle, 2e-5 s more per request/s (about 400 in the last
-    # second once the run is past its first; the margin is the slowest of the last 2 s)
-    assert q["margin_respond_ms"] == pytest.approx(1.0)
-    assert 8.0 < s["margin_respond_ms"] < 10.5
-    assert min(o.latency_s for o in outcomes if not o.refused) > 0.008
+    # no frontend queue: every response takes the idle replica's 1 ms
+    assert q["margin_respond_ms"] == pytest.approx(1.0) and s["margin_respond_ms"] == pytest.approx(1.0)
     assert SimulatedReplica(cal, jitter=0.0).jitter == 0.0  # an explicit one wins
+
+
+def frontend_run(rate: float, workers: int = 1, deadlines: str = "fixed:1000") -> tuple[dict, list]:
+    cal = calibration(frontend_s=0.002)  # one worker's loop parses and answers 500 requests/s
+    cal.frontend_workers = workers
+    sim = SimulatedReplica(cal)
+    out = sim.run(arrivals(rate, 3.0, deadlines, "1", seed=3))
+    return sim.runtime_stats(), out
+
+
+def test_the_frontend_is_a_queue_whose_delay_grows_faster_than_the_rate():
+    margins = [frontend_run(rate)[0]["margin_respond_ms"] for rate in (100, 250, 450)]
+    waits = [m - 1.0 for m in margins]  # beyond the idle replica's 1 ms
+    assert 0 < waits[0] < waits[1] < waits[2]
+    assert waits[2] / waits[1] > 2 * 450 / 250  # a queue near saturation, not a linear growth
+    # a second worker halves each loop's share: near one worker's saturation it hardly waits
+    assert frontend_run(450, workers=2)[0]["margin_respond_ms"] < margins[2] / 4
+
+
+def test_a_saturated_frontend_sheds_by_the_servers_rule_and_keeps_its_answers_on_time():
+    for rate in (100, 250, 400):  # below one worker's 500 requests/s: nothing shed
+        assert not any(o.refused for o in frontend_run(rate)[1])
+    stats, out = frontend_run(700)
+    shed = [o for o in out if o.refused == SHED]
+    answered = [o for o in out if not o.refused]
+    assert len(shed) + len(answered) == len(out)  # the engine refused nothing: the door did
+    # a shed request costs half an answered one: 500 = answered + shed / 2 of 700 requests/s
+    assert 0.45 < len(shed) / len(out) < 0.65
+    assert all(o.on_time for o in answered)
+    # the rule lets the loop fall behind by up to LAG_SHARE of a 1 s deadline before it sheds;
+    # an answer may wait that and the answers of a batch that finished together (1 ms each)
+    assert 50 < stats["margin_respond_ms"] < 1000 * LAG_SHARE + SchedulerConfig().max_batch * 1.0
+    # tighter deadlines are shed sooner (10% of 100 ms: past the 10 ms floor)
+    tight = frontend_run(700, deadlines="fixed:100")[0]["margin_respond_ms"]
+    assert tight < 0.4 * stats["margin_respond_ms"]
+    assert not any(o.refused for o in frontend_run(700, workers=2)[1])
 
 
 def test_the_loaded_run_fit_recovers_a_known_replica():
@@ -216,13 +269,12 @@ def test_the_loaded_run_fit_recovers_a_known_replica():
     # alone finds them again (bench/plan_validation.py, fit_loaded_run)
     from bench.plan_validation import fit_loaded_run, simulated_point
 
-    truth = calibration(contention_s=0.001)
-    truth.jitter, truth.respond_contention_s, truth.plan_request_s = 0.3, 1e-5, 10e-6
+    truth = calibration(contention_s=0.001, frontend_s=1e-3)
+    truth.jitter, truth.plan_request_s = 0.3, 10e-6
     measured = simulated_point(truth, 500, 3.0, "loguniform:30:300", "1", 5, None)
     fitted = calibration()
     fit_loaded_run(fitted, measured, 500, 3.0, "loguniform:30:300", "1", 5)
-    # the margin is the slowest response of the last 2 s: a little above the mean rate's
-    assert fitted.respond_contention_s == pytest.approx(1e-5, rel=0.15)
+    assert fitted.frontend_s == pytest.approx(1e-3, rel=0.15)
     assert fitted.jitter == pytest.approx(0.3, abs=0.08)
     assert fitted.contention_s == pytest.approx(0.001, rel=0.3)
     assert fitted.plan_request_s == pytest.approx(10e-6, rel=0.3)
