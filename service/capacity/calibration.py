@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import statistics
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -38,6 +39,7 @@ DEFAULT_RESPOND_S = 0.0015
 # cbe4c73): its event loop's time per request when nothing fitted it to a loaded run
 DEFAULT_FRONTEND_S = 0.30e-3
 DEFAULT_SHED_LAG_S = 0.010  # the server's --shed-lag-ms default (service/settings.py)
+API_MAX_N = 64  # the largest n of one request (service/frontend/validation.py)
 # The short requests of the API probe: two tokens, the fewest whose samples need the decoder
 # (one-token samples come from the engine's first-token table, service/core/first_token.py).
 SHORT_K = 2
@@ -161,11 +163,14 @@ def from_profile(model_dir: Path, backend: str = "onnx", max_batch: int | None =
                        measured={**machine(), "backend": backend, "model_dir": Path(model_dir).name})
 
 
-def from_server(url: str, model: str | None = None, sizes=(1, 2, 4, 8, 16, 32, 64), repeats: int = 5,
+def from_server(url: str, model: str | None = None, sizes=(1, 2, 4, 8, 16, 32, 64, 128), repeats: int = 5,
                 api_key: str | None = None) -> Calibration:
     """Measure an idle running replica through its API (module docstring). Requests go one at a
-    time, so each steps alone at batch n; medians over `repeats`. Sizes above 64 (the API's
-    largest n) are extrapolated by the latency model, linearly from the two largest."""
+    time, so each steps alone at batch n; medians over `repeats`. A size above 64 (the API's
+    largest n) is sent as requests of at most 64 at once, which the engine steps together: a
+    full batch is where a loaded replica spends its time, and its cost there is not a straight
+    line from smaller ones (the runtime's thread choice changes at a full batch, and larger
+    batches are extrapolated by the latency model, linearly from the two largest sizes)."""
     import httpx
 
     try:
@@ -192,12 +197,22 @@ def _measure_server(httpx, url, model, sizes, repeats, api_key) -> Calibration:
                 raise RuntimeError(f"{url}: asked for {k} tokens, got {out['tokens']} (is the replica idle?)")
             return out
 
+        def rows(n: int, k: int) -> dict:
+            """n rows at once: one request, or (past the API's n) several sent together, their
+            engine times averaged."""
+            if n <= API_MAX_N:
+                return timed(n, k)
+            parts = [API_MAX_N] * (n // API_MAX_N) + ([n % API_MAX_N] if n % API_MAX_N else [])
+            with ThreadPoolExecutor(len(parts)) as pool:
+                outs = list(pool.map(lambda m: timed(m, k), parts))
+            return {"engine_ms": statistics.mean(o["engine_ms"] for o in outs)}
+
         for _ in range(3):  # warm the path
             timed(1, D)
         step, decode, before, after = {}, {}, [], []
         for n in sizes:
-            full = [timed(n, D) for _ in range(repeats)]
-            short = [timed(n, SHORT_K) for _ in range(repeats)]
+            full = [rows(n, D) for _ in range(repeats)]
+            short = [rows(n, SHORT_K) for _ in range(repeats)]
             e_full = statistics.median(a["engine_ms"] for a in full) / 1000
             e_short = statistics.median(a["engine_ms"] for a in short) / 1000
             # engine(k) = k iterations that step + the decode: two sizes of k give both
