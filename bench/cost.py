@@ -26,12 +26,9 @@ import httpx
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from .machine import header
+from .machine import commit, header
+from .process_cpu import ROLES, cpu_by_role, descendants, is_standby, role_of, snapshot
 from .server_proc import ROOT, free_port, wait_ready
-
-ROLES = ("core", "frontend", "supervisor")
-TICK_S = 1 / os.sysconf("SC_CLK_TCK")
-
 
 @dataclass
 class Shape:
@@ -58,61 +55,6 @@ def shapes(D: int) -> list[Shape]:
         Shape("full n=64 json", 64, 4, body={**full, "n": 64}),
         Shape("full n=1 SSE, previews", 1, 64, body={**full, "stream": True, "preview_every": max(1, D // 8)}),
     ]
-
-
-# ---- the server's processes ------------------------------------------------------------------
-def descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            for task in os.listdir(f"/proc/{p}/task"):
-                todo += [int(c) for c in Path(f"/proc/{p}/task/{task}/children").read_text().split()]
-        except OSError:
-            continue
-    return out
-
-
-def role_of(pid: int) -> str:
-    try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-    except OSError:
-        return "gone"
-    if b"service.core.process" in cmd:
-        return "core"
-    if b"service.frontend.worker" in cmd:
-        return "frontend"
-    return "supervisor"
-
-
-def is_standby(pid: int) -> bool:
-    """A frontend worker held in reserve (it waits for `go` and serves nothing; it renames
-    itself anytime-worker when it starts serving)."""
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip() == "anytime-standby"
-    except OSError:
-        return True
-
-
-def cpu_s(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) * TICK_S
-
-
-def snapshot(root: int) -> dict[int, tuple[str, float]]:
-    return {p: (role_of(p), cpu_s(p)) for p in descendants(root)}
-
-
-def cpu_by_role(before: dict, after: dict) -> dict[str, float]:
-    spent = dict.fromkeys(ROLES, 0.0)
-    for pid, (role, t) in after.items():
-        if role in spent:
-            spent[role] += t - before.get(pid, (role, 0.0))[1]
-    return spent
 
 
 @dataclass
@@ -289,13 +231,6 @@ def throughput_ratios(server: Server, rounds: int, tmp: Path) -> dict:
 
 
 # ---- the run ---------------------------------------------------------------------------------
-def commit_of(checkout: Path) -> str:
-    r = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "-C", str(checkout), "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True).stdout.strip()
-    return r.stdout.strip() + ("+changes" if dirty else "")
-
-
 def run(flags: list[str], out: Path, seconds: float, rounds: int, baseline: Path | None = None,
         url: str | None = None, pid: int | None = None, baseline_url: str | None = None,
         baseline_pid: int | None = None, only: list[str] | None = None, profile_shapes: list[str] = (),
@@ -305,13 +240,13 @@ def run(flags: list[str], out: Path, seconds: float, rounds: int, baseline: Path
     tmp = Path(tempfile.mkdtemp(prefix="anytime-cost-"))
     try:
         servers.append(attach("this", url, pid) if url else start(ROOT, "this", flags, out / "server.log"))
-        servers[0].commit = commit_of(ROOT)
+        servers[0].commit = commit(ROOT)
         if baseline_url:
             servers.append(attach("baseline", baseline_url, baseline_pid))
             servers[1].commit = "attached"
         elif baseline is not None:
             servers.append(start(baseline, "baseline", flags, out / "server-baseline.log"))
-            servers[1].commit = commit_of(baseline)
+            servers[1].commit = commit(baseline)
         todo = [s for s in shapes(servers[0].D) if not only or s.name in only]
         cells: dict[str, dict[str, list[dict]]] = {s.name: {v.label: [] for v in servers} for s in todo}
         for shape in todo:

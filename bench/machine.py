@@ -18,12 +18,13 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def commit() -> str:
-    """The commit of the code being measured (short hash, `+changes` when the tree differs from it)."""
+def commit(checkout=None) -> str:
+    """The commit of the code being measured (short hash, `+changes` when the tree differs from
+    it): this checkout's, or another checkout's (a path) measured beside it."""
     import subprocess
     from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(checkout) if checkout else Path(__file__).resolve().parent.parent
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
                              check=True).stdout.strip()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ import aiohttp
 import numpy as np
 
 from .machine import header
+from .process_cpu import cpu_s
 from .server_proc import serve
 
 MAX_TOKENS = 8  # the frontend's work does not depend on k; short generations keep the run short
@@ -45,11 +45,6 @@ VARIANTS = {"/generate json (base64 PNG)": _generate("json"), "/generate npy": _
             "OIP, JSON tensors": _oip(False), "OIP, binary tensors": _oip(True)}
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
 async def _measure(url: str, model: str, worker: int, make, n: int, requests: int) -> dict:
     latencies, failed = [], 0
     async with aiohttp.ClientSession(url, timeout=aiohttp.ClientTimeout(total=30)) as client:
@@ -65,10 +60,10 @@ async def _measure(url: str, model: str, worker: int, make, n: int, requests: in
         for i in range(20):  # warm-up
             await one(i)
         latencies.clear()
-        cpu = _cpu_seconds(worker)
+        cpu = cpu_s(worker)
         for i in range(requests):
             await one(i)
-        cpu = _cpu_seconds(worker) - cpu
+        cpu = cpu_s(worker) - cpu
     return {"n": n, "requests": requests, "failed": failed, "cpu_ms_per_request": cpu / requests * 1000,
             "client_latency_ms_p50": float(np.median(latencies))}
 

@@ -20,6 +20,7 @@ import httpx
 import numpy as np
 
 from .machine import header
+from .process_cpu import tree_cpu_s
 from .server_proc import serve
 
 CONFIGS = ("off A", "off B", "on")
@@ -49,25 +50,6 @@ class SpanSink:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
-def process_tree_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process and all its descendants (from /proc)."""
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            parents[int(entry)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
-    tree, frontier = {pid}, [pid]
-    while frontier:
-        p = frontier.pop()
-        children = [c for c, (ppid, _) in parents.items() if ppid == p]
-        tree.update(children)
-        frontier.extend(children)
-    return sum(parents[p][1] for p in tree if p in parents) / os.sysconf("SC_CLK_TCK")
 
 
 def _block(client: httpx.Client, seeds: range) -> list[tuple[float, float, float]]:
@@ -153,9 +135,9 @@ def run(flags: list[str], out: Path, rounds: int = 8, per_block: int = 100) -> d
             order = CONFIGS if rnd % 2 == 0 else CONFIGS[::-1]
             for c in order:
                 client, pid = servers[c]
-                before = process_tree_cpu_s(pid)
+                before = tree_cpu_s(pid)
                 rows[c] += _block(client, range(rnd * per_block, (rnd + 1) * per_block))
-                cpu[c] += process_tree_cpu_s(pid) - before
+                cpu[c] += tree_cpu_s(pid) - before
         time.sleep(2)  # the last batch of spans (OTEL_BSP_SCHEDULE_DELAY 0.5 s)
     requests = rounds * per_block
     res = {"requests_per_config": requests, "per_block": per_block, "spans_received": sink.spans, "configs": {},

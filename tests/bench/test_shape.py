@@ -14,7 +14,7 @@ COMMANDS = {"engine": "engine_bench", "load": "load_bench", "sweep": "policy_swe
             "oip": "oip_cost", "tracing": "tracing", "soak": "soak", "chaos": "chaos", "threads": "thread_modes",
             "split": "split", "split-sweep": "split_sweep", "peers": "peers", "fleet": "fleet",
             "guidance": "guidance_sweep", "plan": "plan_validation"}
-SHARED = {"server_proc", "loadgen", "summary", "tables", "machine", "checkouts", "fleet_proc"}
+SHARED = {"server_proc", "loadgen", "summary", "tables", "machine", "checkouts", "fleet_proc", "process_cpu"}
 ENTRY_POINTS = {"__init__", "cli", "gpu_check"}
 
 
