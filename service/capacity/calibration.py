@@ -30,6 +30,8 @@ import numpy as np
 
 from ..catalog import ModelCard
 from ..core.latency import LatencyModel
+from ..settings import Settings
+from ..frontend.validation import MAX_SAMPLES as API_MAX_N  # the largest n of one request
 
 # Used when nothing measured them (from_profile): an idle replica's arrival-to-admission and
 # decode-to-response times on the machine of bench/results/plan (see that report).
@@ -38,8 +40,7 @@ DEFAULT_RESPOND_S = 0.0015
 # A frontend worker's CPU per full-length n=1 JSON request (bench/results/cost/xeon-cbe4c73, at
 # cbe4c73): its event loop's time per request when nothing fitted it to a loaded run
 DEFAULT_FRONTEND_S = 0.30e-3
-DEFAULT_SHED_LAG_S = 0.010  # the server's --shed-lag-ms default (service/settings.py)
-API_MAX_N = 64  # the largest n of one request (service/frontend/validation.py)
+DEFAULT_SHED_LAG_S = Settings.model_fields["shed_lag_ms"].default / 1000  # the server's default
 # The short requests of the API probe: two tokens, the fewest whose samples need the decoder
 # (one-token samples come from the engine's first-token table, service/core/first_token.py).
 SHORT_K = 2

@@ -159,7 +159,7 @@ class SimulatedReplica:
     def _enter(self, a: Arrival, worker: int) -> None:
         """A request reaches a worker (the kernel spreads connections over them: here in turn):
         shed at the door while the loop runs behind, else parsed and sent for admission, which
-        the idle replica's arrival-to-admission time after the loop gets to it."""
+        happens the idle replica's arrival-to-admission time after the loop gets to it."""
         if sheds(self._loops[worker] - self.now, self.cal.shed_lag_s, a.deadline_ms / 1000):
             self._loop_work(worker, self.now, REFUSAL_SHARE)
             self.outcomes.append(Outcome(a, refused=SHED))
