@@ -126,8 +126,8 @@ def fit_loaded_run(cal, measured: dict, rate, duration, deadlines, n_mix, seed) 
     worker's loop time per request at which the simulated engine keeps as much free for the
     response as the measured one did (the slowest recent response, its median over the run);
     the jitter at which it keeps as much free for overruns; and the engine's work per live
-    request at which it takes as many steps; each with the contention that gives the run's mean
-    tokens."""
+    request at which it takes as many steps; each with the contention that gives the run's
+    tokens per request."""
     rt = measured["runtime"]
     run = (rate, duration, deadlines, n_mix, seed)
     for _ in range(FIT_PASSES):  # each moves the others: more work per iteration, larger overruns
@@ -141,7 +141,7 @@ def fit_loaded_run(cal, measured: dict, rate, duration, deadlines, n_mix, seed) 
 
 def _bisect(cal, name: str, hi: float, measured: dict, run: tuple, too_low) -> None:
     """Set cal.<name> in [0, hi] by bisection on `too_low(simulated runtime stats)`, each
-    candidate with the contention that gives the measured mean tokens."""
+    candidate with the contention that gives the measured tokens per request."""
     lo = 0.0
     for _ in range(6):
         setattr(cal, name, (lo + hi) / 2)
@@ -233,7 +233,7 @@ def markdown(r: dict) -> str:
              f"from the runs below: each planned engine iteration costs {1e6 * cal.get('plan_request_s', 0):.1f} us "
              f"per live request of the engine's own work (plan, step inputs, outputs), fitted to the steps it "
              f"took; engine steps slow by a fraction {1000 * cal['contention_s']:.3f}e-3 per request/s (decodes "
-             f"do not), fitted to its mean tokens; every cost varies by a log-normal factor of sigma "
+             f"do not), fitted to its tokens per request (a refusal counting 0); every cost varies by a log-normal factor of sigma "
              f"{cal.get('jitter', 0):.3f}, fitted to the overrun margin its engine kept; each request takes "
              f"{1000 * cal.get('frontend_s', 0):.3f} ms of a frontend worker's event loop "
              f"({cal.get('frontend_workers', 1)} worker(s), each a queue that sheds by the server's rule past "
